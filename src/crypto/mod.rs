@@ -1,0 +1,1 @@
+//! Placeholder: the keyring and field encryption live here (issue 3).

@@ -1,0 +1,16 @@
+//! pgveil: a PostgreSQL wire-protocol proxy that keeps customer personal data
+//! encrypted at rest, shows each caller only what its role may see, and
+//! records who saw what.
+//!
+//! The crate is organised along the data flow of one connection (see
+//! `ARCHITECTURE.md`): [`net`] cuts bytes into frames, [`proto`] gives cheap
+//! views over those frames, [`session`] runs one client connection from
+//! startup to termination, and [`server`] accepts clients and owns the state
+//! shared between connections.
+
+pub mod config;
+pub mod crypto;
+pub mod net;
+pub mod proto;
+pub mod server;
+pub mod session;
