@@ -14,3 +14,5 @@ pub mod net;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod tempdb;
+pub mod demo;

@@ -1,1 +1,90 @@
-fn main() {}
+//! The `pgveil` command: `serve` runs the proxy, `demo` runs it in front of
+//! a throwaway database with sample data.
+
+use clap::{Parser, Subcommand};
+use pgveil::config::{Config, ConfigError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pgveil", version, about = "PostgreSQL proxy that protects personal data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding `[proxy] listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// PostgreSQL server address, overriding `[proxy] upstream`.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Start a throwaway PostgreSQL with a hotel's sample guest data and
+    /// pgveil in front of it; Ctrl-C stops both and deletes the data.
+    Demo {
+        /// Port pgveil listens on.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            upstream,
+        } => load_config(config, listen, upstream).and_then(|cfg| {
+            pgveil::server::serve(cfg).map_err(|e| format!("pgveil: {e}"))
+        }),
+        Command::Demo { port } => pgveil::demo::run(port).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(
+    path: Option<PathBuf>,
+    listen: Option<String>,
+    upstream: Option<String>,
+) -> Result<Config, String> {
+    let mut cfg = match path {
+        Some(p) => Config::load(&p),
+        None => Ok(Config::default()),
+    }
+    .map_err(|e| e.to_string())?;
+    let apply = |slot: &mut String, flag, v: Option<String>| -> Result<(), ConfigError> {
+        match v {
+            Some(v) => Config::override_addr(slot, flag, &v),
+            None => Ok(()),
+        }
+    };
+    apply(&mut cfg.proxy.listen, "--listen", listen).map_err(|e| e.to_string())?;
+    apply(&mut cfg.proxy.upstream, "--upstream", upstream).map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// Logs go to stderr; `RUST_LOG` sets the level (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,121 @@
+//! Accepting clients and owning what sessions share.
+//!
+//! One task per client connection; the only cross-connection state on the
+//! relay path is the cancel-key registry. [`Proxy::bind`] is what both the
+//! `serve` command and the tests use, so tests run exactly the code users do.
+
+pub mod cancel;
+
+use crate::config::Config;
+use crate::net::tweaks;
+use crate::session;
+use cancel::CancelRegistry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// State shared by every session of one proxy.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration the proxy was started with.
+    pub config: Config,
+    /// Routes CancelRequests to the right upstream backend.
+    pub cancels: CancelRegistry,
+}
+
+/// A listening proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Binds the listen address and starts accepting on the current runtime.
+    pub async fn bind(config: Config) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(&config.proxy.listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            cancels: CancelRegistry::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, shared.clone(), stopped));
+        info!(%addr, upstream = %shared.config.proxy.upstream, "pgveil listening");
+        Ok(Proxy { addr, shared, stop })
+    }
+
+    /// The address clients connect to (useful when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state, for inspection by tests and the admin side.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting new clients; running sessions continue.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tweaks::tune(&stream);
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        session::run(stream, peer, shared).await;
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    debug!("accept loop stopped");
+}
+
+/// Builds the runtime, binds, and serves until SIGINT or SIGTERM.
+pub fn serve(config: Config) -> std::io::Result<()> {
+    let runtime = runtime(config.proxy.workers)?;
+    runtime.block_on(async {
+        let proxy = Proxy::bind(config).await?;
+        wait_for_shutdown_signal().await?;
+        info!("shutting down");
+        proxy.shutdown();
+        Ok(())
+    })
+}
+
+/// The tokio runtime pgveil runs on: `workers` threads, or one per CPU.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn wait_for_shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Messages from the server, on their way to the client.
+//!
+//! Protocol rules relied on: authentication requests (`R`) come first and
+//! end with AuthenticationOk or an ErrorResponse; BackendKeyData (`K`) comes
+//! once, after AuthenticationOk and before the first ReadyForQuery; an
+//! ErrorResponse with severity FATAL is the server's last message.
+
+use super::{Session, SessionError};
+use crate::net::Frame;
+use crate::proto::{auth, error, keydata::CancelKey, tag};
+use bytes::BytesMut;
+use tracing::info;
+
+impl Session<'_> {
+    /// Handles one server frame, queueing bytes for the client.
+    #[inline]
+    pub(super) fn on_server_frame(
+        &mut self,
+        frame: &Frame,
+        to_client: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        match frame.tag() {
+            tag::AUTHENTICATION => self.on_authentication(frame, to_client),
+            tag::BACKEND_KEY_DATA => return self.on_key_data(frame, to_client),
+            tag::ERROR_RESPONSE => {
+                if error::is_fatal(frame.body()) {
+                    self.server_said_fatal = true;
+                }
+                to_client.extend_from_slice(frame.as_bytes());
+            }
+            _ => to_client.extend_from_slice(frame.as_bytes()),
+        }
+        Ok(())
+    }
+
+    fn on_authentication(&mut self, frame: &Frame, to_client: &mut BytesMut) {
+        match auth::request_code(frame.body()) {
+            Some(auth::code::OK) if !self.authenticated => {
+                self.authenticated = true;
+                info!(user = %self.user, "authenticated");
+            }
+            Some(auth::code::SASL) => {
+                if auth::write_without_channel_binding(frame.body(), to_client) {
+                    return;
+                }
+            }
+            _ => {}
+        }
+        to_client.extend_from_slice(frame.as_bytes());
+    }
+
+    /// Replaces the server's cancel key with one pgveil minted, so a cancel
+    /// comes back through pgveil and the client never learns the backend pid.
+    fn on_key_data(&mut self, frame: &Frame, to_client: &mut BytesMut) -> Result<(), SessionError> {
+        let Some(upstream) = CancelKey::from_key_data(frame.body()) else {
+            return Err(SessionError::ServerFrame(crate::net::FrameError::TooShort {
+                tag: 'K',
+                len: frame.body().len() as u32 + 4,
+            }));
+        };
+        let (mine, registration) = self
+            .shared
+            .cancels
+            .register(upstream)
+            .map_err(|_| SessionError::Random)?;
+        mine.write_key_data(to_client);
+        self.cancel = Some(registration);
+        Ok(())
+    }
+}
