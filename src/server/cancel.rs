@@ -13,7 +13,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// Live sessions' cancel keys: pgveil's pid → (pgveil's secret, upstream key).
 #[derive(Debug)]
 pub struct CancelRegistry {
-    keys: DashMap<i32, (Bytes, CancelKey)>,
+    keys: DashMap<i32, Entry>,
     rng: SystemRandom,
 }
 
@@ -30,6 +30,17 @@ impl Default for CancelRegistry {
 /// cannot guess a secret byte by byte from response timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the registry keeps per session.
+#[derive(Debug)]
+struct Entry {
+    /// The secret pgveil gave the client.
+    secret: Bytes,
+    /// The server's key for the session's backend.
+    upstream: CancelKey,
+    /// The authenticated user, for operators' views of live sessions.
+    user: String,
 }
 
 /// Removes a session's key from the registry when the session ends.
@@ -53,6 +64,7 @@ impl CancelRegistry {
     pub fn register(
         &self,
         upstream: CancelKey,
+        user: &str,
     ) -> Result<(CancelKey, Registration<'_>), ring::error::Unspecified> {
         let mut secret = [0u8; 4];
         self.rng.fill(&mut secret)?;
@@ -63,7 +75,11 @@ impl CancelRegistry {
             let pid = (i32::from_be_bytes(pid) & 0x7fff_ffff).max(1);
             if let dashmap::Entry::Vacant(slot) = self.keys.entry(pid) {
                 let secret = Bytes::copy_from_slice(&secret);
-                slot.insert((secret.clone(), upstream));
+                slot.insert(Entry {
+                    secret: secret.clone(),
+                    upstream,
+                    user: user.to_owned(),
+                });
                 let key = CancelKey { pid, secret };
                 return Ok((
                     key,
@@ -79,8 +95,13 @@ impl CancelRegistry {
     /// The upstream key for a client's cancel request, if pid and secret match.
     pub fn lookup(&self, client: &CancelKey) -> Option<CancelKey> {
         let entry = self.keys.get(&client.pid)?;
-        let (secret, upstream) = entry.value();
-        constant_time_eq(secret, &client.secret).then(|| upstream.clone())
+        let e = entry.value();
+        constant_time_eq(&e.secret, &client.secret).then(|| e.upstream.clone())
+    }
+
+    /// Authenticated users of the live sessions.
+    pub fn users(&self) -> Vec<String> {
+        self.keys.iter().map(|e| e.value().user.clone()).collect()
     }
 
     /// Number of live sessions with a key, for tests and metrics.
@@ -105,7 +126,7 @@ mod tests {
             pid: 77,
             secret: Bytes::from_static(b"abcd"),
         };
-        let (mine, guard) = reg.register(upstream.clone()).unwrap();
+        let (mine, guard) = reg.register(upstream.clone(), "alice").unwrap();
         assert_ne!(mine.secret, upstream.secret);
         assert_eq!(reg.lookup(&mine), Some(upstream));
         let wrong = CancelKey {
@@ -113,6 +134,7 @@ mod tests {
             secret: Bytes::from_static(b"zzzz"),
         };
         assert_eq!(reg.lookup(&wrong), None);
+        assert_eq!(reg.users(), ["alice"]);
         drop(guard);
         assert_eq!(reg.lookup(&mine), None);
         assert!(reg.is_empty());

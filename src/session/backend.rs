@@ -61,7 +61,7 @@ impl Session<'_> {
         let (mine, registration) = self
             .shared
             .cancels
-            .register(upstream)
+            .register(upstream, &self.user)
             .map_err(|_| SessionError::Random)?;
         mine.write_key_data(to_client);
         self.cancel = Some(registration);
