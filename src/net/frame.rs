@@ -27,7 +27,7 @@ pub enum FrameError {
     /// The length field is smaller than the length field itself.
     #[error("invalid message length {len} for message type '{tag}'")]
     TooShort { tag: char, len: u32 },
-    /// The length field is larger than `max_message_bytes` allows.
+    /// The frame (tag included) is larger than `max_message_bytes` allows.
     #[error("message type '{tag}' of {len} bytes exceeds the limit of {max} bytes")]
     TooLong { tag: char, len: u64, max: usize },
     /// A startup-phase packet with an impossible length.
@@ -123,7 +123,7 @@ fn check_header(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     if total > max {
         return Err(FrameError::TooLong {
             tag: tag as char,
-            len: u64::from(len),
+            len: u64::from(len) + 1,
             max,
         });
     }

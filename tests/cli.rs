@@ -1,0 +1,126 @@
+//! The `pgveil` binary as a user runs it: config errors, `serve`, `demo`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn pgveil() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgveil"))
+}
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn broken_config_files_name_the_key_and_line() {
+    for (text, expect) in [
+        ("[proxy]\nlisten = \"127.0.0.1:7000\"\nupstraem = \"x:1\"\n", vec!["line 3", "upstraem"]),
+        ("[proxy]\nmax_message_bytes = \"big\"\n", vec!["line 2", "max_message_bytes"]),
+        ("[proxy]\nupstream = \"db\"\n", vec!["line 2", "expected host:port"]),
+        ("[proxxy]\n", vec!["line 1", "proxxy"]),
+        ("this is not toml", vec!["line 1"]),
+    ] {
+        let f = write_config(text);
+        let out = pgveil()
+            .args(["serve", "--config"])
+            .arg(f.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("pgveil: config file"), "{text}: {err}");
+        for e in expect {
+            assert!(err.contains(e), "{text}: missing {e:?} in {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn missing_config_file_and_bad_flags_are_clear_errors() {
+    let out = pgveil()
+        .args(["serve", "--config", "/nonexistent/pgveil.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read config file /nonexistent/pgveil.toml"), "{err}");
+
+    let out = pgveil()
+        .args(["serve", "--upstream", "no-port-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--upstream: expected host:port"), "{err}");
+}
+
+#[test]
+fn serve_listens_and_stops_on_sigterm() {
+    let port = pgveil::tempdb::free_port().unwrap();
+    let f = write_config(&format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:1\"\n"));
+    let mut child = pgveil()
+        .args(["serve", "--config"])
+        .arg(f.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pgveil serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn demo_serves_the_hotel_fixtures_and_cleans_up() {
+    let port = pgveil::tempdb::free_port().unwrap();
+    let mut child = pgveil()
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("Press Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    assert!(text.contains(&format!("port={port}")), "{text}");
+    let bindir = pgveil::tempdb::find_bindir().unwrap();
+    let out = Command::new(bindir.join("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+        .args(["-c", "select count(*) from guests", "-c", "select count(*) from stays where guest_id <= 3000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3000\n8000\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "demo proxy still listening"
+    );
+}
