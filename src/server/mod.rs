@@ -100,7 +100,16 @@ pub fn serve(config: Config) -> std::io::Result<()> {
 }
 
 /// The tokio runtime pgveil runs on: `workers` threads, or one per CPU.
+///
+/// One worker means a current-thread runtime: no work stealing and no
+/// cross-thread wake-ups, the cheapest per message when the proxy shares a
+/// small machine with the database (PgBouncer's model).
 pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
         builder.worker_threads(workers);

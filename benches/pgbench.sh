@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Side-by-side pgbench: direct PostgreSQL, PgBouncer (session mode), a plain
+# TCP byte forwarder, and pgveil, all on loopback, in one alternating run.
+#
+# Prints TPS and average latency per target and workload, the ratios
+# pgveil/direct, pgveil/PgBouncer and pgveil/forwarder, and each proxy's CPU
+# time per transaction (utime+stime of the proxy process / transactions).
+#
+# Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds)
+#   CLIENTS=8 DURATION=10 ROUNDS=2 SCALE=10 WORKLOADS="select-simple ..." benches/pgbench.sh
+# Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
+# postgresql pgbouncer). Run as root or as a normal user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-2}
+SCALE=${SCALE:-10}
+WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared"}
+TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
+PGVEIL_WORKERS=${PGVEIL_WORKERS:-0}
+
+bindir=""
+for d in $(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || echo /nonexistent)")") /usr/lib/postgresql/*/bin; do
+  if [ -x "$d/initdb" ] && [ -x "$d/pgbench" ]; then bindir=$d; fi
+done
+[ -n "$bindir" ] || { echo "PostgreSQL server binaries not found: apt-get install postgresql" >&2; exit 1; }
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+[ -x "$PGBOUNCER" ] || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
+
+echo "building release binaries ..."
+cargo build --release --quiet --bin pgveil
+forwarder=$(cargo bench --bench forwarder --no-run --message-format=json 2>/dev/null \
+  | grep -o '"executable":"[^"]*forwarder[^"]*"' | tail -n 1 | cut -d'"' -f4)
+[ -x "$forwarder" ] || { echo "could not build benches/forwarder.rs" >&2; exit 1; }
+pgveil=target/release/pgveil
+
+work=$(mktemp -d /tmp/pgveil-bench-XXXXXX)
+run_as=()
+if [ "$(id -u)" = 0 ]; then
+  chown postgres: "$work" 2>/dev/null || chown nobody: "$work"
+  # setpriv execs (no fork), so $! is the server's own pid for CPU accounting.
+  run_user=$(stat -c %U "$work")
+  run_as=(setpriv --reuid="$run_user" --regid="$(id -g "$run_user")" --init-groups --)
+fi
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/data/postmaster.pid" ] && "${run_as[@]}" "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); FWD_PORT=$(free_port); VEIL_PORT=$(free_port)
+
+echo "starting PostgreSQL on $PG_PORT ..."
+"${run_as[@]}" "$bindir/initdb" -D "$work/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null
+cat >> "$work/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+max_connections = 100
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+"${run_as[@]}" "$bindir/pg_ctl" -D "$work/data" -o "-p $PG_PORT" -l "$work/pg.log" -w start >/dev/null
+"$bindir/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+
+cat > "$work/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+EOF
+echo '"postgres" ""' > "$work/userlist.txt"
+[ "$(id -u)" = 0 ] && chown "$(stat -c %U "$work")" "$work/pgbouncer.ini" "$work/userlist.txt"
+"${run_as[@]}" "$PGBOUNCER" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!); BOUNCER_PID=$!
+"$forwarder" "127.0.0.1:$FWD_PORT" "127.0.0.1:$PG_PORT" "$PGVEIL_WORKERS" &
+pids+=($!); FWD_PID=$!
+cat > "$work/pgveil.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$VEIL_PORT"
+upstream = "127.0.0.1:$PG_PORT"
+workers = $PGVEIL_WORKERS
+EOF
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil.toml" 2>"$work/pgveil.log" &
+pids+=($!); VEIL_PID=$!
+
+for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT; do
+  for _ in $(seq 100); do
+    "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.1
+  done
+done
+
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; *) echo "";; esac; }
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+args_of() {
+  case $1 in
+    select-simple) echo "-S -M simple";;
+    select-extended) echo "-S -M extended";;
+    select-prepared) echo "-S -M prepared";;
+    tpcb-prepared) echo "-M prepared";;
+  esac
+}
+
+results="$work/results.tsv"
+: > "$results"
+TCK=$(getconf CLK_TCK)
+echo "running: clients=$CLIENTS threads=$THREADS duration=${DURATION}s rounds=$ROUNDS scale=$SCALE"
+for round in $(seq "$ROUNDS"); do
+  for wl in $WORKLOADS; do
+    for target in $TARGETS; do
+      port=$(port_of "$target"); pid=$(pid_of "$target")
+      before=$(cpu_ticks "$pid")
+      # shellcheck disable=SC2046
+      out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" \
+              -T "$DURATION" $(args_of "$wl") postgres 2>&1) || { echo "$out" >&2; exit 1; }
+      after=$(cpu_ticks "$pid")
+      tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
+      lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+      txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+      cpu_us=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$TCK" 'BEGIN { if (n > 0 && t > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us" >> "$results"
+      printf '  round %s %-16s %-10s tps=%10s  lat=%7s ms  proxy_cpu=%6s us/txn\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us"
+    done
+  done
+done
+
+echo
+echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS" '
+  { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
+  END {
+    nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
+    printf "%-16s %-10s %12s %10s %14s\n", "workload", "target", "tps", "lat_ms", "proxy_us/txn"
+    for (i = 1; i <= nw; i++) for (j = 1; j <= nt; j++) {
+      k = wls[i] SUBSEP tg[j]
+      if (n[k]) printf "%-16s %-10s %12.0f %10.3f %14s\n", wls[i], tg[j], tps[k]/n[k], lat[k]/n[k], (ncpu[k] ? sprintf("%.1f", cpu[k]/ncpu[k]) : "-")
+    }
+    print ""
+    printf "%-16s %14s %16s %16s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder"
+    for (i = 1; i <= nw; i++) {
+      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]
+      printf "%-16s %14s %16s %16s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-")
+    }
+  }' "$results"
