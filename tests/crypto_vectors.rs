@@ -76,7 +76,14 @@ mod spec {
         tag.as_ref()[..12].try_into().expect("12 bytes")
     }
 
-    pub fn seal(keys: &Keys, mode: u8, version: u32, column: &str, nonce: [u8; 12], canonical: &[u8]) -> Vec<u8> {
+    pub fn seal(
+        keys: &Keys,
+        mode: u8,
+        version: u32,
+        column: &str,
+        nonce: [u8; 12],
+        canonical: &[u8],
+    ) -> Vec<u8> {
         let mut env = vec![1, mode];
         env.extend_from_slice(&version.to_be_bytes());
         let mut aad = env.clone();
@@ -85,7 +92,11 @@ mod spec {
         let mut ct = canonical.to_vec();
         let tag = keys
             .aead
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut ct)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut ct,
+            )
             .expect("seal");
         env.extend_from_slice(&ct);
         env.extend_from_slice(tag.as_ref());
@@ -114,15 +125,22 @@ fn mode_of(name: &str) -> (Mode, u8) {
 
 fn input_of(v: &Value) -> (Format, Vec<u8>) {
     match v["input_format"].as_str() {
-        Some("text") => (Format::Text, v["input"].as_str().expect("input").as_bytes().to_vec()),
-        Some("binary") => (Format::Binary, unhex(v["input_hex"].as_str().expect("input_hex"))),
+        Some("text") => (
+            Format::Text,
+            v["input"].as_str().expect("input").as_bytes().to_vec(),
+        ),
+        Some("binary") => (
+            Format::Binary,
+            unhex(v["input_hex"].as_str().expect("input_hex")),
+        ),
         other => panic!("bad input_format {other:?}"),
     }
 }
 
 fn decrypt(c: &ColumnCipher, env: &[u8], f: Format) -> Vec<u8> {
     let mut out = Vec::new();
-    c.decrypt(env, f, &mut out).expect("pgveil decrypts the vector");
+    c.decrypt(env, f, &mut out)
+        .expect("pgveil decrypts the vector");
     out
 }
 
@@ -134,8 +152,13 @@ fn open_keyring(fx: &Value) -> (tempfile::TempDir, Keyring, [u8; 32]) {
         .try_into()
         .expect("32 bytes");
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("keyring.toml"), fx["keyring_toml"].as_str().expect("toml")).expect("write");
-    let kr = Keyring::open(dir.path(), &MasterKey::from_bytes(master)).expect("open fixture keyring");
+    std::fs::write(
+        dir.path().join("keyring.toml"),
+        fx["keyring_toml"].as_str().expect("toml"),
+    )
+    .expect("write");
+    let kr =
+        Keyring::open(dir.path(), &MasterKey::from_bytes(master)).expect("open fixture keyring");
     (dir, kr, master)
 }
 
@@ -146,12 +169,17 @@ fn vectors_match() {
     let (_dir, kr, master) = open_keyring(&fx);
 
     // The keyring's wrapped root keys are the documented ones.
-    let file: toml::Value = toml::from_str(fx["keyring_toml"].as_str().expect("toml")).expect("toml parses");
+    let file: toml::Value =
+        toml::from_str(fx["keyring_toml"].as_str().expect("toml")).expect("toml parses");
     let versions = file["versions"].as_array().expect("versions");
     for v in versions {
         let n = v["version"].as_integer().expect("n") as u32;
         let root = spec::unwrap_root(&master, n, v["wrapped_key"].as_str().expect("wrapped"));
-        assert_eq!(hex(&root), fx["root_keys_hex"][n.to_string()], "root key {n}");
+        assert_eq!(
+            hex(&root),
+            fx["root_keys_hex"][n.to_string()],
+            "root key {n}"
+        );
     }
 
     let vectors = fx["vectors"].as_array().expect("vectors");
@@ -163,14 +191,24 @@ fn vectors_match() {
         let (mode, mode_byte) = mode_of(v["mode"].as_str().expect("mode"));
         let version = v["key_version"].as_u64().expect("version") as u32;
         let canonical = unhex(v["canonical_hex"].as_str().expect("canonical"));
-        let nonce: [u8; 12] = unhex(v["nonce_hex"].as_str().expect("nonce")).try_into().expect("12");
+        let nonce: [u8; 12] = unhex(v["nonce_hex"].as_str().expect("nonce"))
+            .try_into()
+            .expect("12");
         let want_env = unhex(v["envelope_hex"].as_str().expect("envelope"));
 
         // 1. Independent recomputation from the spec.
-        let root = unhex(fx["root_keys_hex"][version.to_string()].as_str().expect("root"));
+        let root = unhex(
+            fx["root_keys_hex"][version.to_string()]
+                .as_str()
+                .expect("root"),
+        );
         let keys = spec::derive(&root, column);
         if mode == Mode::Searchable {
-            assert_eq!(spec::searchable_nonce(&keys, &canonical), nonce, "{name}: nonce rule");
+            assert_eq!(
+                spec::searchable_nonce(&keys, &canonical),
+                nonce,
+                "{name}: nonce rule"
+            );
         }
         let env = spec::seal(&keys, mode_byte, version, column, nonce, &canonical);
         assert_eq!(hex(&env), hex(&want_env), "{name}: envelope");
@@ -179,9 +217,17 @@ fn vectors_match() {
         // 2. pgveil decrypts it to what PostgreSQL would send.
         let c = kr.column(column, ty, mode).expect("column");
         let t = decrypt(&c, &want_env, Format::Text);
-        assert_eq!(String::from_utf8_lossy(&t), v["text_output"].as_str().expect("text"), "{name}: text");
+        assert_eq!(
+            String::from_utf8_lossy(&t),
+            v["text_output"].as_str().expect("text"),
+            "{name}: text"
+        );
         let b = decrypt(&c, &want_env, Format::Binary);
-        assert_eq!(hex(&b), v["binary_output_hex"].as_str().expect("binary"), "{name}: binary");
+        assert_eq!(
+            hex(&b),
+            v["binary_output_hex"].as_str().expect("binary"),
+            "{name}: binary"
+        );
 
         // 3. pgveil encrypts the input to exactly this envelope (searchable),
         //    or to one that opens to the same canonical value (randomized).
@@ -189,7 +235,10 @@ fn vectors_match() {
         match mode {
             Mode::Searchable => {
                 let all = c.search_envelopes(&input, f).expect("search");
-                let mine = all.iter().find(|(n, _)| *n == version).expect("version present");
+                let mine = all
+                    .iter()
+                    .find(|(n, _)| *n == version)
+                    .expect("version present");
                 assert_eq!(hex(&mine.1), hex(&want_env), "{name}: pgveil envelope");
                 if version == kr.active_version() {
                     let mut out = Vec::new();
@@ -201,10 +250,18 @@ fn vectors_match() {
                 let mut out = Vec::new();
                 c.encrypt(&input, f, &mut out).expect("encrypt");
                 let active_keys = spec::derive(
-                    &unhex(fx["root_keys_hex"][kr.active_version().to_string()].as_str().expect("root")),
+                    &unhex(
+                        fx["root_keys_hex"][kr.active_version().to_string()]
+                            .as_str()
+                            .expect("root"),
+                    ),
                     column,
                 );
-                assert_eq!(spec::open(&active_keys, column, &out), canonical, "{name}: canonical");
+                assert_eq!(
+                    spec::open(&active_keys, column, &out),
+                    canonical,
+                    "{name}: canonical"
+                );
             }
         }
     }
@@ -212,33 +269,249 @@ fn vectors_match() {
 
 /// (name, column, type, mode, key version, input format, input).
 const CASES: &[(&str, &str, &str, &str, u32, &str, &str)] = &[
-    ("phone searchable", "public.guests.phone", "text", "searchable", 2, "text", "+86 138 0013 8000"),
-    ("phone searchable old version", "public.guests.phone", "text", "searchable", 1, "text", "+86 138 0013 8000"),
-    ("phone randomized", "public.guests.phone", "text", "randomized", 2, "text", "+86 138 0013 8000"),
-    ("phone randomized old version", "public.guests.phone", "text", "randomized", 1, "text", "+86 138 0013 8000"),
-    ("same value other column", "public.guests.mobile", "text", "searchable", 2, "text", "+86 138 0013 8000"),
-    ("varchar utf8", "crm.customers.city", "varchar", "searchable", 2, "text", "Zürich 北京"),
-    ("char padded", "crm.customers.code", "char", "searchable", 2, "text", "AB  "),
-    ("empty text", "public.guests.note", "text", "randomized", 2, "text", ""),
-    ("int4 leading zero", "public.guests.room", "int4", "searchable", 2, "text", "042"),
-    ("int4 binary", "public.guests.room", "int4", "searchable", 2, "binary", "0000002a"),
-    ("int2", "public.guests.floor", "int2", "searchable", 2, "text", "-7"),
-    ("int8 min", "bank.accounts.balance", "int8", "randomized", 2, "text", "-9223372036854775808"),
-    ("numeric scale kept", "bank.accounts.rate", "numeric", "searchable", 2, "text", "0042.50"),
-    ("numeric binary", "bank.accounts.rate", "numeric", "searchable", 2, "binary", "0002000000000002002a1388"),
-    ("float4", "lab.samples.ph", "float4", "searchable", 2, "text", "7.25"),
-    ("float8", "lab.samples.conc", "float8", "searchable", 2, "text", "-1.5e-7"),
-    ("bool", "public.guests.vip", "bool", "searchable", 2, "text", "yes"),
-    ("date", "public.guests.birth_date", "date", "searchable", 2, "text", "1990-02-28"),
-    ("date bc", "public.guests.birth_date", "date", "randomized", 2, "text", "0044-03-15 BC"),
-    ("time", "public.stays.checkin_time", "time", "searchable", 2, "text", "14:30:00.25"),
-    ("timestamp", "public.stays.arrived", "timestamp", "searchable", 2, "text", "2024-01-02T03:04:05.5"),
-    ("timestamptz", "public.stays.paid_at", "timestamptz", "searchable", 2, "text", "2024-01-02 03:04:05+08"),
-    ("uuid", "public.guests.external_id", "uuid", "searchable", 2, "text", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"),
-    ("json verbatim", "public.guests.prefs", "json", "randomized", 2, "text", "{\"pillow\": \"soft\", \"floor\": [3, 4]}"),
-    ("jsonb", "public.guests.tags", "jsonb", "searchable", 2, "text", "[\"vip\", 1]"),
-    ("bytea", "public.guests.photo", "bytea", "searchable", 2, "text", "\\xDEADbeef"),
-    ("id number", "public.guests.id_number", "text", "searchable", 2, "text", "11010519491231002X"),
+    (
+        "phone searchable",
+        "public.guests.phone",
+        "text",
+        "searchable",
+        2,
+        "text",
+        "+86 138 0013 8000",
+    ),
+    (
+        "phone searchable old version",
+        "public.guests.phone",
+        "text",
+        "searchable",
+        1,
+        "text",
+        "+86 138 0013 8000",
+    ),
+    (
+        "phone randomized",
+        "public.guests.phone",
+        "text",
+        "randomized",
+        2,
+        "text",
+        "+86 138 0013 8000",
+    ),
+    (
+        "phone randomized old version",
+        "public.guests.phone",
+        "text",
+        "randomized",
+        1,
+        "text",
+        "+86 138 0013 8000",
+    ),
+    (
+        "same value other column",
+        "public.guests.mobile",
+        "text",
+        "searchable",
+        2,
+        "text",
+        "+86 138 0013 8000",
+    ),
+    (
+        "varchar utf8",
+        "crm.customers.city",
+        "varchar",
+        "searchable",
+        2,
+        "text",
+        "Zürich 北京",
+    ),
+    (
+        "char padded",
+        "crm.customers.code",
+        "char",
+        "searchable",
+        2,
+        "text",
+        "AB  ",
+    ),
+    (
+        "empty text",
+        "public.guests.note",
+        "text",
+        "randomized",
+        2,
+        "text",
+        "",
+    ),
+    (
+        "int4 leading zero",
+        "public.guests.room",
+        "int4",
+        "searchable",
+        2,
+        "text",
+        "042",
+    ),
+    (
+        "int4 binary",
+        "public.guests.room",
+        "int4",
+        "searchable",
+        2,
+        "binary",
+        "0000002a",
+    ),
+    (
+        "int2",
+        "public.guests.floor",
+        "int2",
+        "searchable",
+        2,
+        "text",
+        "-7",
+    ),
+    (
+        "int8 min",
+        "bank.accounts.balance",
+        "int8",
+        "randomized",
+        2,
+        "text",
+        "-9223372036854775808",
+    ),
+    (
+        "numeric scale kept",
+        "bank.accounts.rate",
+        "numeric",
+        "searchable",
+        2,
+        "text",
+        "0042.50",
+    ),
+    (
+        "numeric binary",
+        "bank.accounts.rate",
+        "numeric",
+        "searchable",
+        2,
+        "binary",
+        "0002000000000002002a1388",
+    ),
+    (
+        "float4",
+        "lab.samples.ph",
+        "float4",
+        "searchable",
+        2,
+        "text",
+        "7.25",
+    ),
+    (
+        "float8",
+        "lab.samples.conc",
+        "float8",
+        "searchable",
+        2,
+        "text",
+        "-1.5e-7",
+    ),
+    (
+        "bool",
+        "public.guests.vip",
+        "bool",
+        "searchable",
+        2,
+        "text",
+        "yes",
+    ),
+    (
+        "date",
+        "public.guests.birth_date",
+        "date",
+        "searchable",
+        2,
+        "text",
+        "1990-02-28",
+    ),
+    (
+        "date bc",
+        "public.guests.birth_date",
+        "date",
+        "randomized",
+        2,
+        "text",
+        "0044-03-15 BC",
+    ),
+    (
+        "time",
+        "public.stays.checkin_time",
+        "time",
+        "searchable",
+        2,
+        "text",
+        "14:30:00.25",
+    ),
+    (
+        "timestamp",
+        "public.stays.arrived",
+        "timestamp",
+        "searchable",
+        2,
+        "text",
+        "2024-01-02T03:04:05.5",
+    ),
+    (
+        "timestamptz",
+        "public.stays.paid_at",
+        "timestamptz",
+        "searchable",
+        2,
+        "text",
+        "2024-01-02 03:04:05+08",
+    ),
+    (
+        "uuid",
+        "public.guests.external_id",
+        "uuid",
+        "searchable",
+        2,
+        "text",
+        "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+    ),
+    (
+        "json verbatim",
+        "public.guests.prefs",
+        "json",
+        "randomized",
+        2,
+        "text",
+        "{\"pillow\": \"soft\", \"floor\": [3, 4]}",
+    ),
+    (
+        "jsonb",
+        "public.guests.tags",
+        "jsonb",
+        "searchable",
+        2,
+        "text",
+        "[\"vip\", 1]",
+    ),
+    (
+        "bytea",
+        "public.guests.photo",
+        "bytea",
+        "searchable",
+        2,
+        "text",
+        "\\xDEADbeef",
+    ),
+    (
+        "id number",
+        "public.guests.id_number",
+        "text",
+        "searchable",
+        2,
+        "text",
+        "11010519491231002X",
+    ),
 ];
 
 #[test]
@@ -250,14 +523,26 @@ fn generate_vectors() {
     }
     let master: [u8; 32] = std::array::from_fn(|i| i as u8);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut kr = Keyring::init(dir.path(), &MasterKey::from_bytes(master), Some("pgveil test vectors")).expect("init");
+    let mut kr = Keyring::init(
+        dir.path(),
+        &MasterKey::from_bytes(master),
+        Some("pgveil test vectors"),
+    )
+    .expect("init");
     kr.rotate().expect("rotate");
     let toml_text = std::fs::read_to_string(dir.path().join("keyring.toml")).expect("read");
     let file: toml::Value = toml::from_str(&toml_text).expect("toml");
     let mut roots = serde_json::Map::new();
     for v in file["versions"].as_array().expect("versions") {
         let n = v["version"].as_integer().expect("n") as u32;
-        roots.insert(n.to_string(), json!(hex(&spec::unwrap_root(&master, n, v["wrapped_key"].as_str().expect("w")))));
+        roots.insert(
+            n.to_string(),
+            json!(hex(&spec::unwrap_root(
+                &master,
+                n,
+                v["wrapped_key"].as_str().expect("w")
+            ))),
+        );
     }
     let mut vectors = Vec::new();
     for (i, &(name, column, ty, mode, version, fmt, input)) in CASES.iter().enumerate() {
@@ -268,7 +553,10 @@ fn generate_vectors() {
             "text" => (Format::Text, input.as_bytes().to_vec()),
             _ => (Format::Binary, unhex(input)),
         };
-        let keys = spec::derive(&unhex(roots[&version.to_string()].as_str().expect("root")), column);
+        let keys = spec::derive(
+            &unhex(roots[&version.to_string()].as_str().expect("root")),
+            column,
+        );
         // Canonical bytes: encrypt with pgveil (active version), open per spec.
         let mut tmp = Vec::new();
         c.encrypt(&bytes, f, &mut tmp).expect("encrypt");
@@ -298,5 +586,9 @@ fn generate_vectors() {
         "vectors": vectors,
     });
     std::fs::create_dir_all(fixture_path().parent().expect("parent")).expect("mkdir");
-    std::fs::write(fixture_path(), serde_json::to_string_pretty(&fx).expect("json") + "\n").expect("write");
+    std::fs::write(
+        fixture_path(),
+        serde_json::to_string_pretty(&fx).expect("json") + "\n",
+    )
+    .expect("write");
 }

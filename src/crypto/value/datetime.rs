@@ -173,24 +173,13 @@ fn parse_hms(c: &mut Cur) -> Result<i64, Reason> {
         s = sv;
         if c.eat(b'.') {
             let start = c.i;
-            let mut scale = 100_000;
-            let mut round = false;
-            while let Some(d @ b'0'..=b'9') = c.peek() {
-                let k = c.i - start;
-                if k < 6 {
-                    us += i64::from(d - b'0') * scale;
-                    scale /= 10;
-                } else if k == 6 {
-                    round = d >= b'5';
-                }
+            while matches!(c.peek(), Some(b'0'..=b'9')) {
                 c.i += 1;
             }
             if c.i == start {
                 return Err(BAD_TIME);
             }
-            if round {
-                us += 1;
-            }
+            us = fraction_to_micros(&c.s[start..c.i]);
         }
     }
     if h > 24 || mi > 59 || s > 60 {
@@ -201,6 +190,22 @@ fn parse_hms(c: &mut Cur) -> Result<i64, Reason> {
         return Err(RANGE);
     }
     Ok(total)
+}
+
+/// Rounds fractional-second digits to microseconds exactly as PostgreSQL's
+/// `ParseFractionalSecond` does: `rint(strtod("0.ddd") * 1e6)`, so a value
+/// like `.1688905` rounds the same way on both sides (ties to even on the
+/// double, not on the decimal digits).
+fn fraction_to_micros(digits: &[u8]) -> i64 {
+    let mut buf = [b'0'; 64];
+    buf[1] = b'.';
+    let n = digits.len().min(buf.len() - 2);
+    buf[2..2 + n].copy_from_slice(&digits[..n]);
+    let frac: f64 = std::str::from_utf8(&buf[..2 + n])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    (frac * 1_000_000.0).round_ties_even() as i64
 }
 
 /// Parses an optional zone offset; returns seconds east of UTC.

@@ -278,7 +278,11 @@ pub(super) fn render<B: OutBuf + ?Sized>(
         out.truncate(start);
         out.extend_from_slice(&[0, 0, 0, 0]);
         out.extend_from_slice(&sign.to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
+        // PostgreSQL 14+ sends dscale 0x0020 for ±Infinity (the header
+        // bits of its special-value representation) and 0 for NaN; copy it
+        // so the bytes match the server's exactly.
+        let dscale: u16 = if sign == SIGN_NAN { 0 } else { 0x20 };
+        out.extend_from_slice(&dscale.to_be_bytes());
         return Ok(());
     }
     let (sign, body_at) = match text.first() {

@@ -179,6 +179,84 @@ pub(super) fn canon_float4<B: OutBuf + ?Sized>(
     Ok(())
 }
 
+/// The two float widths, for PostgreSQL's shortest-digits rule.
+trait PgFloat: Copy + PartialEq + std::fmt::LowerExp + std::str::FromStr {
+    /// Significant digits that always round-trip.
+    const MAX_DIGITS: usize;
+}
+impl PgFloat for f32 {
+    const MAX_DIGITS: usize = 9;
+}
+impl PgFloat for f64 {
+    const MAX_DIGITS: usize = 17;
+}
+
+/// Splits Rust's `{:e}` output (`d.ddde-X`, no sign) into the digits as
+/// an integer, their count and the decimal exponent of the first digit.
+fn split_sci(sci: &[u8]) -> Option<(u64, usize, i32)> {
+    let epos = sci.iter().position(|&b| b == b'e')?;
+    let mut d: u64 = 0;
+    let mut n = 0;
+    for &b in &sci[..epos] {
+        if b.is_ascii_digit() {
+            d = d.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            n += 1;
+        }
+    }
+    let exp = std::str::from_utf8(&sci[epos + 1..]).ok()?.parse().ok()?;
+    Some((d, n, exp))
+}
+
+/// Whether the decimal `sci` sits exactly halfway between `v` and a
+/// neighbour. Rust's shortest formatting accepts such a tie (it reads back
+/// as `v` under ties-to-even), PostgreSQL's Ryu port does not
+/// (`acceptBounds = false`). Tested by nudging the decimal 40 digits
+/// further down and up: strictly inside the interval both still read as
+/// `v`, on a bound one side does not. (A decimal of ≤ 17 digits and a
+/// binary midpoint that differ at all differ by far more than 1e-40
+/// relative.)
+fn on_bound<T: PgFloat>(v: T, sci: &[u8]) -> bool {
+    let Some((d, n, exp)) = split_sci(sci) else {
+        return false;
+    };
+    let e = exp - (n as i32 - 1) - 40;
+    let reads_as_v = |s: &StackBuf<96>| {
+        std::str::from_utf8(s.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<T>().ok())
+            .is_some_and(|x| x == v)
+    };
+    let mut up = StackBuf::<96>::new();
+    let mut down = StackBuf::<96>::new();
+    let ok = write!(up, "{d}{:0>40}e{e}", 1).is_ok()
+        && write!(down, "{}{:9>40}e{e}", d.saturating_sub(1), 9).is_ok();
+    ok && !(reads_as_v(&up) && reads_as_v(&down))
+}
+
+/// Writes PostgreSQL's choice of digits for `v` (finite, positive) in
+/// Rust's `{:e}` shape: the shortest decimal strictly inside the rounding
+/// interval, closest to `v`.
+fn pg_sci<T: PgFloat>(v: T, sb: &mut StackBuf<40>) -> Result<(), ()> {
+    write!(sb, "{v:e}").map_err(|_| ())?;
+    if !on_bound(v, sb.as_bytes()) {
+        return Ok(());
+    }
+    let n = split_sci(sb.as_bytes()).map_or(1, |(_, n, _)| n);
+    for p in n + 1..=T::MAX_DIGITS {
+        let mut c = StackBuf::<40>::new();
+        write!(c, "{v:.*e}", p - 1).map_err(|_| ())?;
+        let reads = std::str::from_utf8(c.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<T>().ok())
+            .is_some_and(|x| x == v);
+        if reads && !on_bound(v, c.as_bytes()) {
+            *sb = c;
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a float the way PostgreSQL 12+ does with the default
 /// `extra_float_digits = 1`: the shortest digits that read back exactly
 /// (Ryu), in fixed notation when the decimal exponent is in
@@ -269,8 +347,11 @@ pub(super) fn render_float8<B: OutBuf + ?Sized>(
         Format::Text => {
             let v = f64::from_be_bytes(raw);
             if !push_special(out, v.is_nan(), v.is_infinite(), v < 0.0) {
+                if v.is_sign_negative() {
+                    out.push(b'-');
+                }
                 let mut sb = StackBuf::<40>::new();
-                write!(sb, "{v:e}").map_err(|_| ())?;
+                pg_sci(v.abs(), &mut sb)?;
                 push_pg_float(out, sb.as_bytes(), 15);
             }
         }
@@ -289,8 +370,11 @@ pub(super) fn render_float4<B: OutBuf + ?Sized>(
         Format::Text => {
             let v = f32::from_be_bytes(raw);
             if !push_special(out, v.is_nan(), v.is_infinite(), v < 0.0) {
+                if v.is_sign_negative() {
+                    out.push(b'-');
+                }
                 let mut sb = StackBuf::<40>::new();
-                write!(sb, "{v:e}").map_err(|_| ())?;
+                pg_sci(v.abs(), &mut sb)?;
                 push_pg_float(out, sb.as_bytes(), 6);
             }
         }
@@ -527,6 +611,9 @@ mod tests {
         assert_eq!(f4("1e6"), "1e+06");
         assert_eq!(f4("0.1"), "0.1");
         assert_eq!(f4("3.14159274"), "3.1415927");
+        // Shortest digits on a rounding bound: PostgreSQL takes one more.
+        assert_eq!(f4("84126896"), "8.4126896e+07");
+        assert_eq!(f4("4.292447e+07"), "4.2924472e+07");
     }
 
     #[test]
