@@ -34,8 +34,12 @@ fn setup() -> Setup {
     let kr = Keyring::init(dir.path(), &MasterKey::from_bytes([7; 32]), None).expect("keyring");
     let col = "public.guests.phone";
     Setup {
-        randomized: kr.column(col, LogicalType::Text, Mode::Randomized).expect("cipher"),
-        searchable: kr.column(col, LogicalType::Text, Mode::Searchable).expect("cipher"),
+        randomized: kr
+            .column(col, LogicalType::Text, Mode::Randomized)
+            .expect("cipher"),
+        searchable: kr
+            .column(col, LogicalType::Text, Mode::Searchable)
+            .expect("cipher"),
         raw: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[9; 32]).expect("key")),
         _dir: dir,
     }
@@ -45,7 +49,11 @@ fn raw_seal(key: &LessSafeKey, pt: &[u8], buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(pt);
     let tag = key
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key([3; 12]), Aad::from(b"aad"), buf)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key([3; 12]),
+            Aad::from(b"aad"),
+            buf,
+        )
         .expect("seal");
     buf.extend_from_slice(tag.as_ref());
 }
@@ -54,7 +62,11 @@ fn raw_open(key: &LessSafeKey, ct: &[u8], buf: &mut Vec<u8>) {
     buf.clear();
     buf.extend_from_slice(ct);
     let n = key
-        .open_in_place(Nonce::assume_unique_for_key([3; 12]), Aad::from(b"aad"), buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key([3; 12]),
+            Aad::from(b"aad"),
+            buf,
+        )
         .expect("open")
         .len();
     buf.truncate(n);
@@ -63,26 +75,58 @@ fn raw_open(key: &LessSafeKey, ct: &[u8], buf: &mut Vec<u8>) {
 /// The operations compared, each a closure over a reused output buffer.
 type Op<'a> = Box<dyn FnMut(&mut Vec<u8>) + 'a>;
 
-fn ops<'a>(s: &'a Setup, pt: &'a [u8], env_r: &'a [u8], env_s: &'a [u8], raw_ct: &'a [u8]) -> Vec<(&'static str, Op<'a>)> {
+fn ops<'a>(
+    s: &'a Setup,
+    pt: &'a [u8],
+    env_r: &'a [u8],
+    env_s: &'a [u8],
+    raw_ct: &'a [u8],
+) -> Vec<(&'static str, Op<'a>)> {
     vec![
-        ("ring_seal", Box::new(move |b| raw_seal(&s.raw, black_box(pt), b))),
-        ("ring_open", Box::new(move |b| raw_open(&s.raw, black_box(raw_ct), b))),
-        ("encrypt_randomized", Box::new(move |b| {
-            b.clear();
-            s.randomized.encrypt(black_box(pt), Format::Text, b).expect("enc")
-        })),
-        ("encrypt_searchable", Box::new(move |b| {
-            b.clear();
-            s.searchable.encrypt(black_box(pt), Format::Text, b).expect("enc")
-        })),
-        ("decrypt_randomized", Box::new(move |b| {
-            b.clear();
-            s.randomized.decrypt(black_box(env_r), Format::Text, b).expect("dec")
-        })),
-        ("decrypt_searchable", Box::new(move |b| {
-            b.clear();
-            s.searchable.decrypt(black_box(env_s), Format::Text, b).expect("dec")
-        })),
+        (
+            "ring_seal",
+            Box::new(move |b| raw_seal(&s.raw, black_box(pt), b)),
+        ),
+        (
+            "ring_open",
+            Box::new(move |b| raw_open(&s.raw, black_box(raw_ct), b)),
+        ),
+        (
+            "encrypt_randomized",
+            Box::new(move |b| {
+                b.clear();
+                s.randomized
+                    .encrypt(black_box(pt), Format::Text, b)
+                    .expect("enc")
+            }),
+        ),
+        (
+            "encrypt_searchable",
+            Box::new(move |b| {
+                b.clear();
+                s.searchable
+                    .encrypt(black_box(pt), Format::Text, b)
+                    .expect("enc")
+            }),
+        ),
+        (
+            "decrypt_randomized",
+            Box::new(move |b| {
+                b.clear();
+                s.randomized
+                    .decrypt(black_box(env_r), Format::Text, b)
+                    .expect("dec")
+            }),
+        ),
+        (
+            "decrypt_searchable",
+            Box::new(move |b| {
+                b.clear();
+                s.searchable
+                    .decrypt(black_box(env_s), Format::Text, b)
+                    .expect("dec")
+            }),
+        ),
     ]
 }
 
@@ -96,12 +140,21 @@ struct Inputs {
 fn inputs(s: &Setup, len: usize) -> Inputs {
     let pt = value(len);
     let mut env_r = Vec::new();
-    s.randomized.encrypt(&pt, Format::Text, &mut env_r).expect("enc");
+    s.randomized
+        .encrypt(&pt, Format::Text, &mut env_r)
+        .expect("enc");
     let mut env_s = Vec::new();
-    s.searchable.encrypt(&pt, Format::Text, &mut env_s).expect("enc");
+    s.searchable
+        .encrypt(&pt, Format::Text, &mut env_s)
+        .expect("enc");
     let mut raw_ct = Vec::new();
     raw_seal(&s.raw, &pt, &mut raw_ct);
-    Inputs { pt, env_r, env_s, raw_ct }
+    Inputs {
+        pt,
+        env_r,
+        env_s,
+        raw_ct,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -123,7 +176,10 @@ fn bench(c: &mut Criterion) {
 fn summary() {
     let s = setup();
     println!("\nField encryption summary (one core, ops/s; ratio = time / ring raw of same size):");
-    println!("{:<12} {:<20} {:>14} {:>8}", "size", "operation", "ops/s", "ratio");
+    println!(
+        "{:<12} {:<20} {:>14} {:>8}",
+        "size", "operation", "ops/s", "ratio"
+    );
     for (name, len) in SIZES {
         let i = inputs(&s, len);
         let mut ns = Vec::new();
@@ -147,8 +203,18 @@ fn summary() {
         let seal = ns[0].1;
         let open = ns[1].1;
         for (op, per) in &ns {
-            let base = if op.contains("encrypt") || *op == "ring_seal" { seal } else { open };
-            println!("{:<12} {:<20} {:>14.0} {:>8.2}", name, op, 1e9 / per, per / base);
+            let base = if op.contains("encrypt") || *op == "ring_seal" {
+                seal
+            } else {
+                open
+            };
+            println!(
+                "{:<12} {:<20} {:>14.0} {:>8.2}",
+                name,
+                op,
+                1e9 / per,
+                per / base
+            );
         }
     }
 }

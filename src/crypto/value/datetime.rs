@@ -548,15 +548,14 @@ pub(super) fn render_timestamp<B: OutBuf + ?Sized>(
 mod tests {
     use super::*;
 
-    fn roundtrip(
-        f: fn(Format, &[u8], &mut Vec<u8>) -> Result<(), Reason>,
-        r: fn(Format, &mut Vec<u8>, usize) -> Result<(), ()>,
-        s: &str,
-    ) -> Result<String, Reason> {
+    type Canon = fn(Format, &[u8], &mut Vec<u8>) -> Result<(), Reason>;
+    type Render = fn(Format, &mut Vec<u8>, usize) -> Result<(), ()>;
+
+    fn roundtrip(f: Canon, r: Render, s: &str) -> Result<String, Reason> {
         let mut v = Vec::new();
         f(Format::Text, s.as_bytes(), &mut v)?;
         r(Format::Text, &mut v, 0).map_err(|_| "render")?;
-        Ok(String::from_utf8(v).map_err(|_| "utf8")?)
+        String::from_utf8(v).map_err(|_| "utf8")
     }
     fn date(s: &str) -> Result<String, Reason> {
         roundtrip(canon_date, render_date, s)
