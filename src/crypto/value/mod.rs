@@ -16,6 +16,7 @@
 //! message ever quotes the value.
 
 mod datetime;
+mod float;
 mod json;
 mod numeric;
 mod scalar;
@@ -49,8 +50,8 @@ pub(crate) fn canonicalize<B: OutBuf + ?Sized>(
         T::Int2 => scalar::canon_int::<B, 2>(format, input, out),
         T::Int4 => scalar::canon_int::<B, 4>(format, input, out),
         T::Int8 => scalar::canon_int::<B, 8>(format, input, out),
-        T::Float4 => scalar::canon_float4(format, input, out),
-        T::Float8 => scalar::canon_float8(format, input, out),
+        T::Float4 => float::canon_float4(format, input, out),
+        T::Float8 => float::canon_float8(format, input, out),
         T::Bool => scalar::canon_bool(format, input, out),
         T::Uuid => scalar::canon_uuid(format, input, out),
         T::Numeric => numeric::canon(format, input, out),
@@ -102,8 +103,8 @@ pub(crate) fn render_in_place<B: OutBuf + ?Sized>(
         (T::Int2, _) => scalar::render_int::<B, 2>(format, out, start),
         (T::Int4, _) => scalar::render_int::<B, 4>(format, out, start),
         (T::Int8, _) => scalar::render_int::<B, 8>(format, out, start),
-        (T::Float4, _) => scalar::render_float4(format, out, start),
-        (T::Float8, _) => scalar::render_float8(format, out, start),
+        (T::Float4, _) => float::render_float4(format, out, start),
+        (T::Float8, _) => float::render_float8(format, out, start),
         (T::Bool, _) => scalar::render_bool(format, out, start),
         (T::Uuid, _) => scalar::render_uuid(format, out, start),
         (T::Numeric, _) => numeric::render(format, out, start),
