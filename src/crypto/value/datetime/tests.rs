@@ -1,5 +1,6 @@
 //! Date and time parsing and printing, checked against what PostgreSQL
 //! accepts and prints.
+
 use super::*;
 
 type Canon = fn(Format, &[u8], &mut Vec<u8>) -> Result<(), Reason>;
