@@ -46,6 +46,9 @@ pub struct Config {
     /// Where pgveil listens and where it forwards to.
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Where the keyring lives and where the master key comes from.
+    #[serde(default)]
+    pub keyring: crate::crypto::KeyringConfig,
 }
 
 /// The `[proxy]` section.
@@ -199,6 +202,14 @@ mod tests {
             assert!(err.contains(&format!("line {line}")), "{text}: {err}");
             assert!(err.contains(needle) || err.contains("invalid"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn keyring_section_is_read_and_checked() {
+        let c = Config::parse("[keyring]\ndir = \"/etc/pgveil/keys\"\n").unwrap();
+        assert_eq!(c.keyring.dir, std::path::PathBuf::from("/etc/pgveil/keys"));
+        let err = Config::parse("[keyring]\nmaster_key = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("master_key"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,14 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Manage the keyring: root-key versions wrapped by the master key.
+    Keyring {
+        /// Configuration file whose `[keyring]` section names the keyring.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: pgveil::crypto::cli::KeyringCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +56,12 @@ fn main() -> ExitCode {
             pgveil::server::serve(cfg).map_err(|e| format!("pgveil: {e}"))
         }),
         Command::Demo { port } => pgveil::demo::run(port).map_err(|e| e.to_string()),
+        Command::Keyring { config, command } => {
+            load_config(config, None, None).and_then(|cfg| {
+                pgveil::crypto::cli::run(&command, &cfg.keyring, &mut std::io::stdout())
+                    .map_err(|e| e.to_string())
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

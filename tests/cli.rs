@@ -124,3 +124,45 @@ fn demo_serves_the_hotel_fixtures_and_cleans_up() {
         "demo proxy still listening"
     );
 }
+
+#[test]
+fn keyring_commands_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let cfg = write_config(&format!("[keyring]\ndir = \"{}\"\n", keys.display()));
+    // 32 bytes of 0x07, base64: a test key, never a real one.
+    let master = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut cmd = pgveil();
+        cmd.arg("keyring").args(args).arg("--config").arg(cfg.path());
+        cmd.env_remove("PGVEIL_MASTER_KEY");
+        if let Some(k) = key {
+            cmd.env("PGVEIL_MASTER_KEY", k);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&["init"], None);
+    assert!(!ok && text.contains("PGVEIL_MASTER_KEY"), "{text}");
+    let (ok, text) = run(&["init"], Some(master));
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["init"], Some(master));
+    assert!(!ok, "init must refuse to overwrite: {text}");
+    let (ok, text) = run(&["rotate"], Some(master));
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["list"], Some(master));
+    assert!(ok && text.contains("decrypt-only") && text.contains("active"), "{text}");
+    let (ok, text) = run(&["destroy", "--version", "1"], Some(master));
+    assert!(!ok && text.contains("--yes"), "{text}");
+    let (ok, text) = run(&["destroy", "--version", "1", "--yes"], Some(master));
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["list"], Some(master));
+    assert!(ok && text.contains("destroyed"), "{text}");
+    // A wrong master key cannot open the keyring.
+    let (ok, text) = run(&["list"], Some("CAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg="));
+    assert!(!ok && text.contains("pgveil:"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
