@@ -10,7 +10,10 @@
 use tokio::net::{TcpListener, TcpStream};
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
         return Ok(());
     };

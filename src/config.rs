@@ -195,12 +195,19 @@ mod tests {
             ("[proxy]\nupstream = \"nohost\"\n", 2, "host:port"),
             ("[proxy]\n\nlisten = \"x:99999\"\n", 3, "invalid port"),
             ("[proxy]\nmax_message_bytes = 10\n", 2, "max_message_bytes"),
-            ("[proxy]\nconnect_timeout = \"soon\"\n", 2, "connect_timeout"),
+            (
+                "[proxy]\nconnect_timeout = \"soon\"\n",
+                2,
+                "connect_timeout",
+            ),
             ("[proxy\n", 1, "invalid table header"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(&format!("line {line}")), "{text}: {err}");
-            assert!(err.contains(needle) || err.contains("invalid"), "{text}: {err}");
+            assert!(
+                err.contains(needle) || err.contains("invalid"),
+                "{text}: {err}"
+            );
         }
     }
 

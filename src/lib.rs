@@ -10,9 +10,9 @@
 
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod net;
 pub mod proto;
 pub mod server;
 pub mod session;
 pub mod tempdb;
-pub mod demo;

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pgveil", version, about = "PostgreSQL proxy that protects personal data")]
+#[command(
+    name = "pgveil",
+    version,
+    about = "PostgreSQL proxy that protects personal data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,16 +56,13 @@ fn main() -> ExitCode {
             config,
             listen,
             upstream,
-        } => load_config(config, listen, upstream).and_then(|cfg| {
-            pgveil::server::serve(cfg).map_err(|e| format!("pgveil: {e}"))
-        }),
+        } => load_config(config, listen, upstream)
+            .and_then(|cfg| pgveil::server::serve(cfg).map_err(|e| format!("pgveil: {e}"))),
         Command::Demo { port } => pgveil::demo::run(port).map_err(|e| e.to_string()),
-        Command::Keyring { config, command } => {
-            load_config(config, None, None).and_then(|cfg| {
-                pgveil::crypto::cli::run(&command, &cfg.keyring, &mut std::io::stdout())
-                    .map_err(|e| e.to_string())
-            })
-        }
+        Command::Keyring { config, command } => load_config(config, None, None).and_then(|cfg| {
+            pgveil::crypto::cli::run(&command, &cfg.keyring, &mut std::io::stdout())
+                .map_err(|e| e.to_string())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

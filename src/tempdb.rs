@@ -334,7 +334,11 @@ pub fn free_port() -> std::io::Result<u16> {
 /// Finds the directory with `initdb` and `postgres`: `PATH` first, then
 /// Debian's versioned directories, newest first.
 pub fn find_bindir() -> Option<PathBuf> {
-    let has_all = |d: &Path| ["initdb", "postgres", "pg_isready", "psql"].iter().all(|p| d.join(p).exists());
+    let has_all = |d: &Path| {
+        ["initdb", "postgres", "pg_isready", "psql"]
+            .iter()
+            .all(|p| d.join(p).exists())
+    };
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
             let initdb = d.join("initdb");

@@ -95,5 +95,8 @@ async fn zero_allocations_per_relayed_message_in_steady_state() {
     // Per round the proxy relays 2 + 3 client frames and about 60 server frames.
     let messages = n as u64 * 65;
     println!("proxy allocations: {allocs} over ~{messages} relayed messages");
-    assert_eq!(allocs, 0, "{allocs} allocations over ~{messages} relayed messages");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations over ~{messages} relayed messages"
+    );
 }

@@ -17,9 +17,18 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn broken_config_files_name_the_key_and_line() {
     for (text, expect) in [
-        ("[proxy]\nlisten = \"127.0.0.1:7000\"\nupstraem = \"x:1\"\n", vec!["line 3", "upstraem"]),
-        ("[proxy]\nmax_message_bytes = \"big\"\n", vec!["line 2", "max_message_bytes"]),
-        ("[proxy]\nupstream = \"db\"\n", vec!["line 2", "expected host:port"]),
+        (
+            "[proxy]\nlisten = \"127.0.0.1:7000\"\nupstraem = \"x:1\"\n",
+            vec!["line 3", "upstraem"],
+        ),
+        (
+            "[proxy]\nmax_message_bytes = \"big\"\n",
+            vec!["line 2", "max_message_bytes"],
+        ),
+        (
+            "[proxy]\nupstream = \"db\"\n",
+            vec!["line 2", "expected host:port"],
+        ),
         ("[proxxy]\n", vec!["line 1", "proxxy"]),
         ("this is not toml", vec!["line 1"]),
     ] {
@@ -47,7 +56,10 @@ fn missing_config_file_and_bad_flags_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot read config file /nonexistent/pgveil.toml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/pgveil.toml"),
+        "{err}"
+    );
 
     let out = pgveil()
         .args(["serve", "--upstream", "no-port-here"])
@@ -61,7 +73,9 @@ fn missing_config_file_and_bad_flags_are_clear_errors() {
 #[test]
 fn serve_listens_and_stops_on_sigterm() {
     let port = pgveil::tempdb::free_port().unwrap();
-    let f = write_config(&format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:1\"\n"));
+    let f = write_config(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:1\"\n"
+    ));
     let mut child = pgveil()
         .args(["serve", "--config"])
         .arg(f.path())
@@ -106,11 +120,32 @@ fn demo_serves_the_hotel_fixtures_and_cleans_up() {
     assert!(text.contains(&format!("port={port}")), "{text}");
     let bindir = pgveil::tempdb::find_bindir().unwrap();
     let out = Command::new(bindir.join("psql"))
-        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
-        .args(["-c", "select count(*) from guests", "-c", "select count(*) from stays where guest_id <= 3000"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args([
+            "-c",
+            "select count(*) from guests",
+            "-c",
+            "select count(*) from stays where guest_id <= 3000",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "3000\n8000\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -134,7 +169,10 @@ fn keyring_commands_through_the_binary() {
     let master = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
     let run = |args: &[&str], key: Option<&str>| {
         let mut cmd = pgveil();
-        cmd.arg("keyring").args(args).arg("--config").arg(cfg.path());
+        cmd.arg("keyring")
+            .args(args)
+            .arg("--config")
+            .arg(cfg.path());
         cmd.env_remove("PGVEIL_MASTER_KEY");
         if let Some(k) = key {
             cmd.env("PGVEIL_MASTER_KEY", k);
@@ -142,7 +180,8 @@ fn keyring_commands_through_the_binary() {
         let out = cmd.output().unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (ok, text) = run(&["init"], None);
@@ -154,7 +193,10 @@ fn keyring_commands_through_the_binary() {
     let (ok, text) = run(&["rotate"], Some(master));
     assert!(ok, "{text}");
     let (ok, text) = run(&["list"], Some(master));
-    assert!(ok && text.contains("decrypt-only") && text.contains("active"), "{text}");
+    assert!(
+        ok && text.contains("decrypt-only") && text.contains("active"),
+        "{text}"
+    );
     let (ok, text) = run(&["destroy", "--version", "1"], Some(master));
     assert!(!ok && text.contains("--yes"), "{text}");
     let (ok, text) = run(&["destroy", "--version", "1", "--yes"], Some(master));
@@ -162,7 +204,10 @@ fn keyring_commands_through_the_binary() {
     let (ok, text) = run(&["list"], Some(master));
     assert!(ok && text.contains("destroyed"), "{text}");
     // A wrong master key cannot open the keyring.
-    let (ok, text) = run(&["list"], Some("CAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg="));
+    let (ok, text) = run(
+        &["list"],
+        Some("CAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg="),
+    );
     assert!(!ok && text.contains("pgveil:"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }

@@ -106,8 +106,9 @@ async fn authentication_methods_are_relayed_end_to_end() {
         let db = err.as_db_error().expect("a server error");
         assert_eq!(db.code(), &SqlState::INVALID_PASSWORD, "{user}");
         assert!(
-            db.message()
-                .contains(&format!("password authentication failed for user \"{user}\"")),
+            db.message().contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
             "{}",
             db.message()
         );
@@ -144,7 +145,11 @@ async fn cancel_reaches_the_right_backend() {
         .expect("send cancel through pgveil");
     let err = sleeper.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // The other session was not cancelled and still works.
     let row = bystander.query_one("select 2", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 2);
@@ -174,7 +179,10 @@ async fn simple_query_multi_statement_with_error_in_the_middle() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
-    let msgs = client.simple_query("select 'a' as x; select 'b'").await.unwrap();
+    let msgs = client
+        .simple_query("select 'a' as x; select 'b'")
+        .await
+        .unwrap();
     let values: Vec<_> = msgs
         .iter()
         .filter_map(|m| match m {
@@ -188,10 +196,19 @@ async fn simple_query_multi_statement_with_error_in_the_middle() {
         proxy_addr(),
         "postgres",
         None,
-        &["-v", "ON_ERROR_STOP=0", "-c", "select 'first'; select 1/0; select 'never'"],
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-c",
+            "select 'first'; select 1/0; select 'never'",
+        ],
         "",
     );
-    assert!(stderr(&out).contains("division by zero"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("division by zero"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
@@ -203,7 +220,9 @@ async fn extended_protocol_pipelined_named_and_unnamed() {
         .unwrap();
     // A named prepared statement executed many times, pipelined.
     let insert = client
-        .prepare("insert into ext_t values ($1, $2, $3) on conflict (id) do update set v = excluded.v")
+        .prepare(
+            "insert into ext_t values ($1, $2, $3) on conflict (id) do update set v = excluded.v",
+        )
         .await
         .unwrap();
     let futs: Vec<_> = (0..50)
@@ -220,7 +239,10 @@ async fn extended_protocol_pipelined_named_and_unnamed() {
     }
     // Unnamed statements with binary parameters and results.
     let row = client
-        .query_one("select v, b, $1::int8 * 2 from ext_t where id = $2", &[&21i64, &7i32])
+        .query_one(
+            "select v, b, $1::int8 * 2 from ext_t where id = $2",
+            &[&21i64, &7i32],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "v7");
@@ -268,14 +290,13 @@ async fn portals_with_row_limits_suspend_and_resume() {
 async fn copy_in_and_out_text_csv_binary() {
     let client = connect().await;
     client
-        .batch_execute("drop table if exists copy_t; create table copy_t (id int, name text, note text)")
+        .batch_execute(
+            "drop table if exists copy_t; create table copy_t (id int, name text, note text)",
+        )
         .await
         .unwrap();
     // Text format in.
-    let sink = client
-        .copy_in("copy copy_t from stdin")
-        .await
-        .unwrap();
+    let sink = client.copy_in("copy copy_t from stdin").await.unwrap();
     futures_util::pin_mut!(sink);
     let mut data = String::new();
     for i in 0..1000 {
@@ -289,9 +310,11 @@ async fn copy_in_and_out_text_csv_binary() {
         .await
         .unwrap();
     futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"1000,\"quoted, name\",x\n1001,\"\xe5\xbc\xa0\xe4\xb8\x89\",\n"))
-        .await
-        .unwrap();
+    sink.send(bytes::Bytes::from_static(
+        b"1000,\"quoted, name\",x\n1001,\"\xe5\xbc\xa0\xe4\xb8\x89\",\n",
+    ))
+    .await
+    .unwrap();
     assert_eq!(sink.finish().await.unwrap(), 2);
     // Binary in.
     let types = [
@@ -410,16 +433,26 @@ async fn listen_notify_and_notices_reach_the_client() {
             _ => break,
         }
     }
-    assert!(got_notification && got_notice, "{got_notification} {got_notice}");
+    assert!(
+        got_notification && got_notice,
+        "{got_notification} {got_notice}"
+    );
     // psql shows notices on stderr.
     let out = psql(
         proxy_addr(),
         "postgres",
         None,
-        &["-c", "do $$ begin raise notice 'hello from plpgsql'; end $$"],
+        &[
+            "-c",
+            "do $$ begin raise notice 'hello from plpgsql'; end $$",
+        ],
         "",
     );
-    assert!(stderr(&out).contains("NOTICE:  hello from plpgsql"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("NOTICE:  hello from plpgsql"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
@@ -462,7 +495,9 @@ async fn fifty_megabyte_bytea_round_trip() {
         .batch_execute("drop table if exists big_t; create table big_t (b bytea)")
         .await
         .unwrap();
-    let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i * 31 % 256) as u8).collect();
+    let big: Vec<u8> = (0..50 * 1024 * 1024u32)
+        .map(|i| (i * 31 % 256) as u8)
+        .collect();
     client
         .execute("insert into big_t values ($1)", &[&big])
         .await
@@ -523,7 +558,11 @@ async fn upstream_backend_terminated_mid_session() {
     assert!(err.is_closed() || err.code().is_some(), "{err}");
     // Other sessions keep working.
     assert_eq!(
-        bystander.query_one("select 5", &[]).await.unwrap().get::<_, i32>(0),
+        bystander
+            .query_one("select 5", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
         5
     );
 }
@@ -608,6 +647,10 @@ async fn pgbench_runs_through_pgveil_in_every_query_mode() {
             "{mode}: {}",
             stdout(&out)
         );
-        assert!(stdout(&out).contains("number of failed transactions: 0"), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("number of failed transactions: 0"),
+            "{}",
+            stdout(&out)
+        );
     }
 }

@@ -50,8 +50,18 @@ async fn malformed_length_closes_only_that_connection() {
     s.write_all(&[b'Q', 0, 0, 0, 2]).await.unwrap();
     let msgs = read_all(&mut s).await;
     assert_eq!(sqlstates(&msgs), ["08P01"]);
-    assert!(messages(&msgs)[0].starts_with("pgveil: invalid message length"), "{msgs:?}");
-    assert_eq!(bystander.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert!(
+        messages(&msgs)[0].starts_with("pgveil: invalid message length"),
+        "{msgs:?}"
+    );
+    assert_eq!(
+        bystander
+            .query_one("select 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
     still_serves(addr).await;
 }
 
@@ -91,7 +101,10 @@ async fn oversized_messages_respect_max_message_bytes() {
         .query_one("select repeat('y', 100000)", &[])
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("08P01") || err.is_closed() || err.as_db_error().is_some(), "{err}");
+    assert!(
+        err.to_string().contains("08P01") || err.is_closed() || err.as_db_error().is_some(),
+        "{err}"
+    );
     still_serves(addr).await;
 }
 
@@ -108,7 +121,10 @@ async fn unsupported_protocol_version_is_refused() {
     s.write_all(&pkt).await.unwrap();
     let msgs = read_all(&mut s).await;
     assert_eq!(sqlstates(&msgs), ["0A000"]);
-    assert!(messages(&msgs)[0].contains("unsupported frontend protocol 2.0"), "{msgs:?}");
+    assert!(
+        messages(&msgs)[0].contains("unsupported frontend protocol 2.0"),
+        "{msgs:?}"
+    );
     still_serves(addr).await;
 }
 
@@ -119,7 +135,10 @@ async fn oversized_startup_packet_is_refused() {
     s.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
     let msgs = read_all(&mut s).await;
     assert_eq!(sqlstates(&msgs), ["08P01"]);
-    assert!(messages(&msgs)[0].contains("invalid startup packet length"), "{msgs:?}");
+    assert!(
+        messages(&msgs)[0].contains("invalid startup packet length"),
+        "{msgs:?}"
+    );
     still_serves(addr).await;
 }
 
@@ -148,7 +167,12 @@ async fn unreachable_upstream_gives_08001() {
         .unwrap_err();
     let db = err.as_db_error().expect("an ErrorResponse from pgveil");
     assert_eq!(db.code().code(), "08001");
-    assert!(db.message().starts_with("pgveil: cannot connect to the PostgreSQL server"), "{}", db.message());
+    assert!(
+        db.message()
+            .starts_with("pgveil: cannot connect to the PostgreSQL server"),
+        "{}",
+        db.message()
+    );
 }
 
 #[tokio::test]
@@ -164,10 +188,19 @@ async fn server_going_away_gives_the_client_an_error_and_others_continue() {
     let msgs = read_all(&mut s).await;
     let codes = sqlstates(&msgs);
     assert!(
-        codes.iter().any(|c| ["08006", "57P01", "57P02"].contains(&c.as_str())),
+        codes
+            .iter()
+            .any(|c| ["08006", "57P01", "57P02"].contains(&c.as_str())),
         "{msgs:?}"
     );
-    assert_eq!(bystander.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    assert_eq!(
+        bystander
+            .query_one("select 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
 }
 
 #[tokio::test]

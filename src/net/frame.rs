@@ -233,10 +233,7 @@ mod tests {
         assert_eq!(p.code(), 80_877_103);
         assert_eq!(buf.len(), 1);
         let mut bad = BytesMut::from(&[0, 0, 0, 4, 0, 0, 0, 0][..]);
-        assert_eq!(
-            next_startup(&mut bad),
-            Err(FrameError::BadStartupLength(4))
-        );
+        assert_eq!(next_startup(&mut bad), Err(FrameError::BadStartupLength(4)));
         let mut huge = BytesMut::from(&[0x7f, 0, 0, 0][..]);
         assert!(next_startup(&mut huge).is_err());
     }
@@ -248,15 +245,10 @@ mod tests {
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512), max in 5usize..300) {
             let mut buf = BytesMut::from(&data[..]);
             let mut consumed = 0;
-            loop {
-                match next_frame(&mut buf, max) {
-                    Ok(Some(f)) => {
-                        prop_assert!(f.as_bytes().len() >= HEADER_LEN);
-                        prop_assert!(f.as_bytes().len() <= max);
-                        consumed += f.as_bytes().len();
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(f)) = next_frame(&mut buf, max) {
+                prop_assert!(f.as_bytes().len() >= HEADER_LEN);
+                prop_assert!(f.as_bytes().len() <= max);
+                consumed += f.as_bytes().len();
             }
             prop_assert_eq!(consumed + buf.len(), data.len());
             let _ = read_hint(&buf, max);

@@ -39,10 +39,10 @@ impl Session<'_> {
                 self.authenticated = true;
                 info!(user = %self.user, "authenticated");
             }
-            Some(auth::code::SASL) => {
-                if auth::write_without_channel_binding(frame.body(), to_client) {
-                    return;
-                }
+            Some(auth::code::SASL)
+                if auth::write_without_channel_binding(frame.body(), to_client) =>
+            {
+                return;
             }
             _ => {}
         }
@@ -53,10 +53,12 @@ impl Session<'_> {
     /// comes back through pgveil and the client never learns the backend pid.
     fn on_key_data(&mut self, frame: &Frame, to_client: &mut BytesMut) -> Result<(), SessionError> {
         let Some(upstream) = CancelKey::from_key_data(frame.body()) else {
-            return Err(SessionError::ServerFrame(crate::net::FrameError::TooShort {
-                tag: 'K',
-                len: frame.body().len() as u32 + 4,
-            }));
+            return Err(SessionError::ServerFrame(
+                crate::net::FrameError::TooShort {
+                    tag: 'K',
+                    len: frame.body().len() as u32 + 4,
+                },
+            ));
         };
         let (mine, registration) = self
             .shared

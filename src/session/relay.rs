@@ -84,9 +84,12 @@ impl Relay {
                 if !terminated {
                     // Tell the server the session is over instead of letting
                     // it log an unexpected EOF.
-                    self.to_server.extend_from_slice(&[tag::TERMINATE, 0, 0, 0, 4]);
+                    self.to_server
+                        .extend_from_slice(&[tag::TERMINATE, 0, 0, 0, 4]);
                 }
-                let _ = tokio::time::timeout(FINAL_FLUSH, server.write_all_buf(&mut self.to_server)).await;
+                let _ =
+                    tokio::time::timeout(FINAL_FLUSH, server.write_all_buf(&mut self.to_server))
+                        .await;
                 let _ = server.shutdown().await;
             }
             End::Server => {
@@ -99,7 +102,9 @@ impl Relay {
                         "pgveil: the connection to the PostgreSQL server was lost; reconnect to continue",
                     );
                 }
-                let _ = tokio::time::timeout(FINAL_FLUSH, client.write_all_buf(&mut self.to_client)).await;
+                let _ =
+                    tokio::time::timeout(FINAL_FLUSH, client.write_all_buf(&mut self.to_client))
+                        .await;
                 let _ = client.shutdown().await;
             }
         }

@@ -27,7 +27,10 @@ pub(super) enum Request {
 ///
 /// Bytes after the packet stay in `buf` for the relay: a pipelining client
 /// may send its first messages right behind the StartupMessage.
-pub(super) async fn negotiate<S>(client: &mut S, buf: &mut BytesMut) -> Result<Request, SessionError>
+pub(super) async fn negotiate<S>(
+    client: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Request, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

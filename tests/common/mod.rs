@@ -107,13 +107,23 @@ pub async fn connect_direct() -> tokio_postgres::Client {
 }
 
 /// Runs psql against `addr` with the given extra arguments and stdin.
-pub fn psql(addr: SocketAddr, user: &str, password: Option<&str>, args: &[&str], stdin: &str) -> Output {
+pub fn psql(
+    addr: SocketAddr,
+    user: &str,
+    password: Option<&str>,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
     run_tool(
         "psql",
         addr,
         user,
         password,
-        &[&["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", "postgres"], args].concat(),
+        &[
+            &["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", "postgres"],
+            args,
+        ]
+        .concat(),
         stdin,
     )
 }
@@ -129,13 +139,20 @@ pub fn run_tool(
 ) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(db().bindir().join(tool));
-    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", user])
-        .args(args)
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-h",
+        &addr.ip().to_string(),
+        "-p",
+        &addr.port().to_string(),
+        "-U",
+        user,
+    ])
+    .args(args)
+    .env_remove("PGPASSWORD")
+    .env("PGCONNECT_TIMEOUT", "10")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
