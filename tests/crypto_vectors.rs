@@ -515,7 +515,7 @@ const CASES: &[(&str, &str, &str, &str, u32, &str, &str)] = &[
 ];
 
 #[test]
-#[ignore]
+#[ignore = "generator, not a check: rewrites committed fixtures when run by hand"]
 fn generate_vectors() {
     if std::env::var("PGVEIL_WRITE_VECTORS").as_deref() != Ok("1") {
         eprintln!("set PGVEIL_WRITE_VECTORS=1 to rewrite fixtures/crypto_vectors.json");

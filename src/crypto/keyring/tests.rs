@@ -177,7 +177,7 @@ fn demo_keyring_opens_with_demo_key() {
 /// regenerate_demo_keyring -- --ignored`. Only needed if the keyring file
 /// format changes; the fixtures do not depend on it.
 #[test]
-#[ignore]
+#[ignore = "generator, not a check: rewrites committed fixtures when run by hand"]
 fn regenerate_demo_keyring() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring");
     let _ = std::fs::remove_file(dir.join("keyring.toml"));
