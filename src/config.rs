@@ -29,6 +29,14 @@ pub enum ConfigError {
         /// The parser's report, with line, column and key.
         source: toml::de::Error,
     },
+    /// The `[[columns]]` policies have problems; all of them are listed.
+    #[error("pgveil: config file {path}: policy problems:\n{}", list(.problems))]
+    Policy {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<crate::policy::Problem>,
+    },
     /// A command-line override is not valid.
     #[error("pgveil: {flag}: {reason}")]
     Flag {
@@ -49,6 +57,35 @@ pub struct Config {
     /// Where the keyring lives and where the master key comes from.
     #[serde(default)]
     pub keyring: crate::crypto::KeyringConfig,
+    /// How pgveil reads the upstream catalog.
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// Protected columns (`[[columns]]`).
+    #[serde(default)]
+    pub columns: Vec<crate::policy::ColumnPolicy>,
+}
+
+/// The `[catalog]` section: the account pgveil uses for its own catalog
+/// queries (and `pgveil check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// PostgreSQL user for catalog queries.
+    pub user: String,
+    /// Database holding the protected tables.
+    pub database: String,
+    /// Environment variable holding that user's password, if any.
+    pub password_env: Option<String>,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            user: "postgres".into(),
+            database: "postgres".into(),
+            password_env: None,
+        }
+    }
 }
 
 /// The `[proxy]` section.
@@ -100,10 +137,35 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse {
+        let config = Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        let problems = crate::policy::check_static(&config.columns, &text);
+        if !problems.is_empty() {
+            return Err(ConfigError::Policy {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads a file for `pgveil check`: the parsed config (if it parses), its
+    /// text, and every static policy problem, instead of stopping at one.
+    pub fn load_for_check(
+        path: &Path,
+    ) -> Result<(Self, String, Vec<crate::policy::Problem>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let problems = crate::policy::check_static(&config.columns, &text);
+        Ok((config, text, problems))
     }
 
     /// Parses configuration text; the error carries line and key.
@@ -122,6 +184,14 @@ impl Config {
         *slot = value.to_owned();
         Ok(())
     }
+}
+
+fn list(problems: &[crate::policy::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Checks `host:port` (or `[v6]:port`) without resolving the host.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 pub mod net;
+pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod session;

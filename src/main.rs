@@ -38,6 +38,13 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Validate a configuration file and, when the upstream is reachable,
+    /// its column policies against the live schema. Lists every problem.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Manage the keyring: root-key versions wrapped by the master key.
     Keyring {
         /// Configuration file whose `[keyring]` section names the keyring.
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
         } => load_config(config, listen, upstream)
             .and_then(|cfg| pgveil::server::serve(cfg).map_err(|e| format!("pgveil: {e}"))),
         Command::Demo { port } => pgveil::demo::run(port).map_err(|e| e.to_string()),
+        Command::Check { config } => check(&config),
         Command::Keyring { config, command } => load_config(config, None, None).and_then(|cfg| {
             pgveil::crypto::cli::run(&command, &cfg.keyring, &mut std::io::stdout())
                 .map_err(|e| e.to_string())
@@ -92,6 +100,39 @@ fn load_config(
     apply(&mut cfg.proxy.listen, "--listen", listen).map_err(|e| e.to_string())?;
     apply(&mut cfg.proxy.upstream, "--upstream", upstream).map_err(|e| e.to_string())?;
     Ok(cfg)
+}
+
+/// `pgveil check`: static problems, then live-schema problems; exit
+/// non-zero if there is any.
+fn check(path: &std::path::Path) -> Result<(), String> {
+    let (cfg, text, mut problems) = Config::load_for_check(path).map_err(|e| e.to_string())?;
+    let runtime = pgveil::server::runtime(1).map_err(|e| format!("pgveil: {e}"))?;
+    match runtime.block_on(pgveil::policy::live::check_live(&cfg, &text)) {
+        Ok(live) => problems.extend(live),
+        Err(e) => problems.push(pgveil::policy::Problem {
+            line: None,
+            subject: "(live schema)".into(),
+            message: e.to_string(),
+        }),
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: OK ({} protected column(s) checked against {})",
+            path.display(),
+            cfg.columns.len(),
+            cfg.proxy.upstream
+        );
+        return Ok(());
+    }
+    problems.sort_by_key(|p| p.line);
+    for p in &problems {
+        println!("{p}");
+    }
+    Err(format!(
+        "pgveil: {} problem(s) in {}",
+        problems.len(),
+        path.display()
+    ))
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default `info`).

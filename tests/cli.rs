@@ -1,5 +1,7 @@
 //! The `pgveil` binary as a user runs it: config errors, `serve`, `demo`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -210,4 +212,114 @@ fn keyring_commands_through_the_binary() {
     );
     assert!(!ok && text.contains("pgveil:"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn check_reports_every_policy_problem_against_the_live_schema() {
+    let db = common::db();
+    db.psql(
+        "DROP TABLE IF EXISTS check_guests; \
+         CREATE TABLE check_guests (id int, phone text, id_number bytea, \"Email\" bytea);",
+    )
+    .unwrap();
+    let header = format!("[proxy]\nupstream = \"{}\"\n", db.addr());
+    let good = write_config(&format!(
+        "{header}
+[[columns]]
+table = \"public.check_guests\"
+column = \"id_number\"
+type = \"text\"
+encrypt = \"searchable\"
+level = 4
+mask = \"cn_id\"
+
+[[columns]]
+table = \"check_guests\"
+column = \"\\\"Email\\\"\"
+type = \"text\"
+level = 3
+mask = \"email\"
+
+[[columns]]
+table = \"check_guests\"
+column = \"phone\"
+type = \"text\"
+encrypt = \"none\"
+level = 3
+mask = \"phone\"
+"
+    ));
+    let out = pgveil()
+        .arg("check")
+        .arg("--config")
+        .arg(good.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("OK (3 protected column(s)"), "{text}");
+
+    let bad = write_config(&format!(
+        "{header}
+[[columns]]
+table = \"check_guests\"
+column = \"phone\"
+type = \"text\"
+encrypt = \"searchable\"
+level = 3
+
+[[columns]]
+table = \"check_guests\"
+column = \"nope\"
+type = \"text\"
+level = 3
+
+[[columns]]
+table = \"no_such_table\"
+column = \"x\"
+type = \"int4\"
+level = 2
+mask = \"phone\"
+
+[[columns]]
+table = \"check_guests\"
+column = \"PHONE\"
+type = \"text\"
+level = 7
+"
+    ));
+    let out = pgveil()
+        .arg("check")
+        .arg("--config")
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for needle in [
+        "line 5: [[columns]] check_guests.phone: column public.check_guests.phone is text in the database but encrypted columns must be bytea",
+        "line 12: [[columns]] check_guests.nope: column public.check_guests.nope does not exist",
+        "line 18: [[columns]] no_such_table.x: table public.no_such_table does not exist",
+        "line 18: [[columns]] no_such_table.x: mask \"phone\" does not produce a valid int4 value",
+        "line 25: [[columns]] check_guests.PHONE: public.check_guests.phone is listed twice (first at line 5)",
+        "line 25: [[columns]] check_guests.PHONE: level must be 1 (low) to 4",
+        "pgveil: 7 problem(s)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // serve refuses a config with policy problems, listing them.
+    let out = pgveil()
+        .arg("serve")
+        .arg("--config")
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("policy problems") && text.contains("level must be 1"),
+        "{text}"
+    );
 }
