@@ -40,7 +40,8 @@ pub fn check_static(columns: &[ColumnPolicy], text: &str) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen: HashMap<QualifiedName, usize> = HashMap::new();
     for p in columns {
-        let line = Some(line_of(text, p.table.span().start));
+        let at = line_of(text, p.table.span().start);
+        let line = Some(at);
         let subject = format!("{}.{}", p.table.get_ref(), p.column);
         let mut problem = |message: String| {
             problems.push(Problem {
@@ -51,7 +52,7 @@ pub fn check_static(columns: &[ColumnPolicy], text: &str) -> Vec<Problem> {
         };
         match QualifiedName::of(p) {
             Ok(name) => {
-                if let Some(first) = seen.insert(name.clone(), line.unwrap_or(0)) {
+                if let Some(first) = seen.insert(name.clone(), at) {
                     problem(format!(
                         "{name} is listed twice (first at line {first}); keep one entry"
                     ));
