@@ -16,4 +16,5 @@ pub mod policy;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod tempdb;

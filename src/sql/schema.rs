@@ -1,0 +1,67 @@
+//! The view of the database schema that SQL analysis needs.
+//!
+//! The catalog (loaded from the upstream server) implements [`Schema`];
+//! tests implement it with a fixed map. Identifiers are normalized the way
+//! PostgreSQL does before lookup: unquoted names folded to lower case,
+//! quoted names kept as written.
+
+use crate::crypto::LogicalType;
+use crate::policy::Protection;
+
+/// A protected column: what the policy says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedColumn {
+    /// `schema.table.column`, the name keys are derived from.
+    pub full_name: String,
+    /// The type clients see.
+    pub logical_type: LogicalType,
+    /// How it is stored.
+    pub protection: Protection,
+    /// Sensitivity grade, 1..=4.
+    pub level: u8,
+}
+
+/// One column of a table, protected or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// Column name as stored in the catalog.
+    pub name: String,
+    /// The policy, when the column is protected.
+    pub protected: Option<ProtectedColumn>,
+}
+
+/// A table (or view) and its columns in attribute-number order, without
+/// dropped columns, so an INSERT without a column list maps positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Columns in attnum order.
+    pub columns: Vec<ColumnInfo>,
+}
+
+impl TableInfo {
+    /// Whether any column of the table is protected.
+    pub fn is_protected(&self) -> bool {
+        self.columns.iter().any(|c| c.protected.is_some())
+    }
+
+    /// Looks up a column by its normalized name.
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// What analysis asks of the schema.
+pub trait Schema {
+    /// Resolves a table reference. `schema` is `None` for an unqualified
+    /// name, which resolves through the search path (`public`).
+    fn table(&self, schema: Option<&str>, name: &str) -> Option<&TableInfo>;
+
+    /// Lower-cased names of every table or view that has a protected
+    /// column, for the cheap pre-filter that lets statements which cannot
+    /// touch protected data skip parsing.
+    fn protected_names(&self) -> Vec<String>;
+}
