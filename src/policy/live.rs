@@ -3,52 +3,17 @@
 
 use super::check::Problem;
 use super::column::{ColumnPolicy, QualifiedName};
+use crate::catalog::CatalogError;
 use crate::config::Config;
 
-/// Why the live schema could not be read at all.
-#[derive(Debug, thiserror::Error)]
-pub enum LiveCheckError {
-    /// Connecting or querying failed.
-    #[error("pgveil: cannot read the schema from {addr} as {user}: {source}")]
-    Db {
-        /// The upstream address.
-        addr: String,
-        /// The catalog user.
-        user: String,
-        /// The driver's error.
-        source: tokio_postgres::Error,
-    },
-    /// `[catalog] password_env` names a variable that is not set.
-    #[error("pgveil: [catalog] password_env names {0}, which is not set")]
-    MissingPassword(String),
-}
-
 /// Compares every policy with the upstream catalog.
-pub async fn check_live(config: &Config, text: &str) -> Result<Vec<Problem>, LiveCheckError> {
-    let cat = &config.catalog;
-    let (host, port) = config
-        .proxy
-        .upstream
-        .rsplit_once(':')
-        .unwrap_or((config.proxy.upstream.as_str(), "5432"));
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(host.trim_start_matches('[').trim_end_matches(']'))
-        .port(port.parse().unwrap_or(5432))
-        .user(&cat.user)
-        .dbname(&cat.database)
-        .application_name("pgveil check")
-        .connect_timeout(config.proxy.connect_timeout);
-    if let Some(var) = &cat.password_env {
-        let pw = std::env::var(var).map_err(|_| LiveCheckError::MissingPassword(var.clone()))?;
-        pg.password(pw);
-    }
-    let err = |source| LiveCheckError::Db {
+pub async fn check_live(config: &Config, text: &str) -> Result<Vec<Problem>, CatalogError> {
+    let client = crate::catalog::connect(config).await?;
+    let err = |source| CatalogError::Db {
         addr: config.proxy.upstream.clone(),
-        user: cat.user.clone(),
+        user: config.catalog.user.clone(),
         source,
     };
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(err)?;
-    let driver = tokio::spawn(conn);
     let stmt = client
         .prepare(
             "SELECT c.relkind::text, \
@@ -86,8 +51,6 @@ pub async fn check_live(config: &Config, text: &str) -> Result<Vec<Problem>, Liv
             problems.push(problem(p, text, message));
         }
     }
-    drop(client);
-    let _ = driver.await;
     Ok(problems)
 }
 

@@ -1,0 +1,261 @@
+//! The protected part of the upstream schema, loaded from the server's
+//! catalog over a dedicated connection.
+//!
+//! Policies name tables and columns; the catalog turns them into what the
+//! relay needs: every column of each protected table in attribute order
+//! (so an INSERT without a column list maps positions), and table OID +
+//! attribute number → policy (so a RowDescription field maps to its source
+//! column). A table named in a policy but absent from the database is
+//! remembered as *missing*: statements that mention it are refused until a
+//! reload finds it, because relaying them could write plaintext into a
+//! column that is meant to be encrypted.
+
+use crate::config::Config;
+use crate::crypto::LogicalType;
+use crate::policy::{ColumnPolicy, QualifiedName};
+use crate::sql::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
+use std::collections::HashMap;
+
+/// Why the catalog could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Connecting to or querying the upstream failed.
+    #[error("pgveil: cannot load the catalog from {addr} as {user}: {source}")]
+    Db {
+        /// Upstream address.
+        addr: String,
+        /// Catalog user.
+        user: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// `[catalog] password_env` names an unset variable.
+    #[error("pgveil: [catalog] password_env names {0}, which is not set")]
+    MissingPassword(String),
+    /// A policy that passed `pgveil check` cannot be resolved (bad name or type).
+    #[error("pgveil: invalid column policy: {0}")]
+    Policy(String),
+}
+
+/// The protected tables, their columns, and OID/attnum lookups.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    tables: HashMap<(String, String), TableInfo>,
+    by_attr: HashMap<(u32, i16), ProtectedColumn>,
+    missing: Vec<String>,
+}
+
+impl Catalog {
+    /// Builds a catalog from policies and the columns the server reported
+    /// for each table: `(schema, table) → [(table oid, attnum, name)]`.
+    pub fn build(
+        policies: &[ColumnPolicy],
+        columns: &HashMap<(String, String), Vec<(u32, i16, String)>>,
+    ) -> Result<Catalog, CatalogError> {
+        let mut cat = Catalog::default();
+        let mut wanted: HashMap<(String, String), Vec<(QualifiedName, ProtectedColumn)>> =
+            HashMap::new();
+        for p in policies {
+            let name = QualifiedName::of(p).map_err(CatalogError::Policy)?;
+            let logical_type = p
+                .logical_type
+                .parse::<LogicalType>()
+                .map_err(|e| CatalogError::Policy(e.to_string()))?;
+            let level = u8::try_from(p.level)
+                .ok()
+                .filter(|l| (1..=4).contains(l))
+                .ok_or_else(|| CatalogError::Policy(format!("{name}: level {}", p.level)))?;
+            let protected = ProtectedColumn {
+                full_name: name.to_string(),
+                logical_type,
+                protection: p.encrypt,
+                level,
+            };
+            wanted
+                .entry((name.schema.clone(), name.table.clone()))
+                .or_default()
+                .push((name, protected));
+        }
+        for (key, cols) in wanted {
+            let Some(attrs) = columns.get(&key).filter(|a| !a.is_empty()) else {
+                cat.missing.push(format!("{}.{}", key.0, key.1));
+                continue;
+            };
+            let mut info = TableInfo {
+                schema: key.0.clone(),
+                name: key.1.clone(),
+                columns: Vec::with_capacity(attrs.len()),
+            };
+            for (oid, attnum, attname) in attrs {
+                let protected = cols
+                    .iter()
+                    .find(|(n, _)| &n.column == attname)
+                    .map(|(_, p)| p.clone());
+                if let Some(p) = &protected {
+                    cat.by_attr.insert((*oid, *attnum), p.clone());
+                }
+                info.columns.push(ColumnInfo {
+                    name: attname.clone(),
+                    protected,
+                });
+            }
+            // A policy column the table does not have: keep it visible as
+            // missing rather than silently unprotected.
+            for (n, _) in &cols {
+                if info.column(&n.column).is_none() {
+                    cat.missing.push(n.to_string());
+                }
+            }
+            cat.tables.insert(key, info);
+        }
+        cat.missing.sort();
+        Ok(cat)
+    }
+
+    /// Policy tables or columns the database did not have at load time.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
+    }
+
+    /// The policy of the column a RowDescription field comes from.
+    pub fn by_attr(&self, table_oid: u32, attnum: i16) -> Option<&ProtectedColumn> {
+        self.by_attr.get(&(table_oid, attnum))
+    }
+
+    /// Every protected column, for building ciphers once.
+    pub fn protected_columns(&self) -> impl Iterator<Item = &ProtectedColumn> {
+        self.tables
+            .values()
+            .flat_map(|t| t.columns.iter().filter_map(|c| c.protected.as_ref()))
+    }
+
+    /// Loads the columns of every policy table from the upstream server.
+    pub async fn load(config: &Config) -> Result<Catalog, CatalogError> {
+        let client = connect(config).await?;
+        let err = |source| CatalogError::Db {
+            addr: config.proxy.upstream.clone(),
+            user: config.catalog.user.clone(),
+            source,
+        };
+        let stmt = client
+            .prepare(
+                "SELECT c.oid, a.attnum, a.attname::text \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   JOIN pg_attribute a ON a.attrelid = c.oid \
+                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+                  ORDER BY a.attnum",
+            )
+            .await
+            .map_err(err)?;
+        let mut columns = HashMap::new();
+        for p in &config.columns {
+            let name = QualifiedName::of(p).map_err(CatalogError::Policy)?;
+            let key = (name.schema, name.table);
+            if columns.contains_key(&key) {
+                continue;
+            }
+            let rows = client
+                .query(&stmt, &[&key.0, &key.1])
+                .await
+                .map_err(err)?;
+            let attrs = rows
+                .iter()
+                .map(|r| (r.get::<_, u32>(0), r.get::<_, i16>(1), r.get::<_, String>(2)))
+                .collect();
+            columns.insert(key, attrs);
+        }
+        Catalog::build(&config.columns, &columns)
+    }
+}
+
+impl Schema for Catalog {
+    fn table(&self, schema: Option<&str>, name: &str) -> Option<&TableInfo> {
+        self.tables
+            .get(&(schema.unwrap_or("public").to_owned(), name.to_owned()))
+    }
+
+    fn protected_names(&self) -> Vec<String> {
+        self.tables
+            .values()
+            .filter(|t| t.is_protected())
+            .map(|t| t.name.to_lowercase())
+            .collect()
+    }
+}
+
+/// Opens the catalog connection described by `[catalog]`.
+pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogError> {
+    let cat = &config.catalog;
+    let (host, port) = config
+        .proxy
+        .upstream
+        .rsplit_once(':')
+        .unwrap_or((config.proxy.upstream.as_str(), "5432"));
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(host.trim_start_matches('[').trim_end_matches(']'))
+        .port(port.parse().unwrap_or(5432))
+        .user(&cat.user)
+        .dbname(&cat.database)
+        .application_name("pgveil catalog")
+        .connect_timeout(config.proxy.connect_timeout);
+    if let Some(var) = &cat.password_env {
+        let pw = std::env::var(var).map_err(|_| CatalogError::MissingPassword(var.clone()))?;
+        pg.password(pw);
+    }
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|source| CatalogError::Db {
+            addr: config.proxy.upstream.clone(),
+            user: cat.user.clone(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "catalog connection ended");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies(text: &str) -> Vec<ColumnPolicy> {
+        #[derive(serde::Deserialize)]
+        struct F {
+            columns: Vec<ColumnPolicy>,
+        }
+        match toml::from_str::<F>(text) {
+            Ok(f) => f.columns,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn maps_columns_in_order_and_notes_missing() {
+        let p = policies(
+            "[[columns]]\ntable = \"guests\"\ncolumn = \"phone\"\ntype = \"text\"\nencrypt = \"searchable\"\nlevel = 3\n\
+             [[columns]]\ntable = \"guests\"\ncolumn = \"ghost\"\ntype = \"text\"\nlevel = 3\n\
+             [[columns]]\ntable = \"later\"\ncolumn = \"x\"\ntype = \"int4\"\nlevel = 2\n",
+        );
+        let mut cols = HashMap::new();
+        cols.insert(
+            ("public".to_owned(), "guests".to_owned()),
+            vec![(500, 1, "id".to_owned()), (500, 3, "phone".to_owned())],
+        );
+        let cat = Catalog::build(&p, &cols).unwrap();
+        let t = cat.table(None, "guests").unwrap();
+        assert_eq!(t.columns.len(), 2);
+        assert!(t.columns[0].protected.is_none());
+        assert_eq!(
+            t.columns[1].protected.as_ref().map(|c| c.full_name.as_str()),
+            Some("public.guests.phone")
+        );
+        assert_eq!(cat.by_attr(500, 3).map(|c| c.level), Some(3));
+        assert!(cat.by_attr(500, 1).is_none());
+        assert_eq!(cat.missing(), ["public.guests.ghost", "public.later"]);
+        assert_eq!(cat.protected_names(), ["guests"]);
+    }
+}
