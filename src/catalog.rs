@@ -154,13 +154,16 @@ impl Catalog {
             if columns.contains_key(&key) {
                 continue;
             }
-            let rows = client
-                .query(&stmt, &[&key.0, &key.1])
-                .await
-                .map_err(err)?;
+            let rows = client.query(&stmt, &[&key.0, &key.1]).await.map_err(err)?;
             let attrs = rows
                 .iter()
-                .map(|r| (r.get::<_, u32>(0), r.get::<_, i16>(1), r.get::<_, String>(2)))
+                .map(|r| {
+                    (
+                        r.get::<_, u32>(0),
+                        r.get::<_, i16>(1),
+                        r.get::<_, String>(2),
+                    )
+                })
                 .collect();
             columns.insert(key, attrs);
         }
@@ -202,14 +205,14 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogE
         let pw = std::env::var(var).map_err(|_| CatalogError::MissingPassword(var.clone()))?;
         pg.password(pw);
     }
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|source| CatalogError::Db {
-            addr: config.proxy.upstream.clone(),
-            user: cat.user.clone(),
-            source,
-        })?;
+    let (client, conn) =
+        pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| CatalogError::Db {
+                addr: config.proxy.upstream.clone(),
+                user: cat.user.clone(),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "catalog connection ended");
@@ -250,7 +253,10 @@ mod tests {
         assert_eq!(t.columns.len(), 2);
         assert!(t.columns[0].protected.is_none());
         assert_eq!(
-            t.columns[1].protected.as_ref().map(|c| c.full_name.as_str()),
+            t.columns[1]
+                .protected
+                .as_ref()
+                .map(|c| c.full_name.as_str()),
             Some("public.guests.phone")
         );
         assert_eq!(cat.by_attr(500, 3).map(|c| c.level), Some(3));

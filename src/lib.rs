@@ -15,6 +15,7 @@ pub mod demo;
 pub mod net;
 pub mod policy;
 pub mod proto;
+pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod sql;

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cursor;
 pub mod error;
+pub mod extended;
 pub mod keydata;
 pub mod startup;
 
