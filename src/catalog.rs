@@ -37,6 +37,9 @@ pub enum CatalogError {
     Policy(String),
 }
 
+/// Columns the server reported per `(schema, table)`: table OID, attnum, name.
+pub type TableColumns = HashMap<(String, String), Vec<(u32, i16, String)>>;
+
 /// The protected tables, their columns, and OID/attnum lookups.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
@@ -50,7 +53,7 @@ impl Catalog {
     /// for each table: `(schema, table) → [(table oid, attnum, name)]`.
     pub fn build(
         policies: &[ColumnPolicy],
-        columns: &HashMap<(String, String), Vec<(u32, i16, String)>>,
+        columns: &TableColumns,
     ) -> Result<Catalog, CatalogError> {
         let mut cat = Catalog::default();
         let mut wanted: HashMap<(String, String), Vec<(QualifiedName, ProtectedColumn)>> =
@@ -147,7 +150,7 @@ impl Catalog {
             )
             .await
             .map_err(err)?;
-        let mut columns = HashMap::new();
+        let mut columns = TableColumns::new();
         for p in &config.columns {
             let name = QualifiedName::of(p).map_err(CatalogError::Policy)?;
             let key = (name.schema, name.table);
