@@ -61,17 +61,17 @@ impl<'s> Ctx<'s> {
         Ok(())
     }
 
-    /// Records that `$index`, written at `range`, is used for `pc`.
+    /// Records that `$index`, whose `$` is at byte `at`, is used for `pc`.
     pub fn param(
         &mut self,
         index: usize,
-        range: Option<&Range<usize>>,
+        at: Option<usize>,
         pc: &ProtectedColumn,
         usage: ParamUsage,
     ) -> Result<(), Refusal> {
-        let range = range.ok_or_else(|| Refusal::unlocated(&pc.full_name))?;
+        let at = at.ok_or_else(|| Refusal::unlocated(&pc.full_name))?;
         self.touch(pc);
-        self.handled.insert(range.start);
+        self.handled.insert(at);
         match self.params.get(&index) {
             None => {
                 self.params.insert(index, (pc.clone(), usage));

@@ -324,8 +324,8 @@ impl Ctx<'_> {
             Operand::Literal { value, range } => {
                 (range.clone(), EditKind::MatchList { column: pc.clone(), value: value.clone() })
             }
-            Operand::Param { index, range, .. } => {
-                self.param(*index, range.as_ref(), pc, ParamUsage::MatchArray)?;
+            Operand::Param { index, range, at, .. } => {
+                self.param(*index, *at, pc, ParamUsage::MatchArray)?;
                 (range.clone(), EditKind::Text(format!("${index}::bytea[]")))
             }
             _ => return Err(Refusal::on_column(name, &format!("{what} with a computed expression"), HINT_MATCH)),
@@ -340,11 +340,11 @@ impl Ctx<'_> {
         if swapped {
             let col_text = self.src.text(col_range).ok_or_else(|| Refusal::unlocated(name))?.to_owned();
             self.edit(Some(other_range), EditKind::Text(col_text), name)?;
-            self.edit(Some(op), EditKind::Text(open.to_owned()), name)?;
+            self.edit(Some(op.start..col_range.start), EditKind::Text(open.to_owned()), name)?;
             self.edit(Some(col_range.clone()), target.1, name)?;
             self.edit(Some(col_range.end..col_range.end), EditKind::Text(")".to_owned()), name)
         } else {
-            self.edit(Some(op), EditKind::Text(open.to_owned()), name)?;
+            self.edit(Some(op.start..other_range.start), EditKind::Text(open.to_owned()), name)?;
             self.edit(Some(other_range.clone()), target.1, name)?;
             self.edit(Some(other_range.end..other_range.end), EditKind::Text(")".to_owned()), name)
         }
@@ -398,8 +398,8 @@ impl Ctx<'_> {
         for x in list {
             let (range, kind) = match classify(x, self.src) {
                 Operand::Literal { value, range } => (range, EditKind::MatchList { column: pc.clone(), value }),
-                Operand::Param { index, range, .. } => {
-                    self.param(index, range.as_ref(), &pc, ParamUsage::MatchArray)?;
+                Operand::Param { index, range, at, .. } => {
+                    self.param(index, at, &pc, ParamUsage::MatchArray)?;
                     (range, EditKind::Text(format!("${index}::bytea[]")))
                 }
                 Operand::Null => {

@@ -38,8 +38,8 @@ impl Ctx<'_> {
             Operand::Literal { value, range } => {
                 self.edit(range, EditKind::Encrypt { column: pc.clone(), value }, name)
             }
-            Operand::Param { index, range, cast } => {
-                self.param(index, range.as_ref(), pc, ParamUsage::Value)?;
+            Operand::Param { index, range, cast, at } => {
+                self.param(index, at, pc, ParamUsage::Value)?;
                 if cast {
                     self.edit(range, EditKind::Text(format!("${index}")), name)?;
                 }

@@ -20,7 +20,7 @@ pub(crate) enum Operand<'e> {
     /// A literal, with its value as PostgreSQL sees it.
     Literal { value: String, range: Option<Range<usize>> },
     /// A `$n` parameter; `cast` when written as `$n::type` or `CAST($n AS type)`.
-    Param { index: usize, range: Option<Range<usize>>, cast: bool },
+    Param { index: usize, range: Option<Range<usize>>, cast: bool, at: Option<usize> },
     /// A `$n`-style placeholder pgveil cannot number, or `$0`.
     BadParam,
     /// `NULL`, possibly cast.
@@ -72,7 +72,7 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
             match &v.value {
                 Value::Null => Operand::Null,
                 Value::Placeholder(p) => match param_index(p) {
-                    Some(index) => Operand::Param { index, range, cast: false },
+                    Some(index) => Operand::Param { index, at: range.as_ref().map(|r| r.start), range, cast: false },
                     None => Operand::BadParam,
                 },
                 other => match literal_value(other) {
@@ -108,7 +108,7 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
             };
             match inner {
                 Operand::Literal { value, range } => Operand::Literal { value, range: extend(range) },
-                Operand::Param { index, range, .. } => Operand::Param { index, range: extend(range), cast: true },
+                Operand::Param { index, range, at, .. } => Operand::Param { index, range: extend(range), cast: true, at },
                 Operand::Null => Operand::Null,
                 Operand::BadParam => Operand::BadParam,
                 _ => Operand::Other,
@@ -128,7 +128,7 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
             match classify(inner, src) {
                 Operand::Column { idents, range } => Operand::Column { idents, range: paren(range) },
                 Operand::Literal { value, range } => Operand::Literal { value, range: paren(range) },
-                Operand::Param { index, range, cast } => Operand::Param { index, range: paren(range), cast },
+                Operand::Param { index, range, cast, at } => Operand::Param { index, range: paren(range), cast, at },
                 other => other,
             }
         }
