@@ -49,13 +49,18 @@ impl<'s> Ctx<'s> {
 
     /// Records that the statement touches `pc`.
     pub fn touch(&mut self, pc: &ProtectedColumn) {
-        if !self.touched.iter().any(|t| *t == pc.full_name) {
+        if !self.touched.contains(&pc.full_name) {
             self.touched.push(pc.full_name.clone());
         }
     }
 
     /// Adds an edit; a missing range means the text position is unknown.
-    pub fn edit(&mut self, range: Option<Range<usize>>, kind: EditKind, column: &str) -> Result<(), Refusal> {
+    pub fn edit(
+        &mut self,
+        range: Option<Range<usize>>,
+        kind: EditKind,
+        column: &str,
+    ) -> Result<(), Refusal> {
         let range = range.ok_or_else(|| Refusal::unlocated(column))?;
         self.edits.push(Edit { range, kind });
         Ok(())
@@ -138,12 +143,16 @@ impl<'s> Ctx<'s> {
                     _ => None,
                 };
                 match info {
-                    Some(i) if i.is_protected() => ControlFlow::Break(format!("{}.{}", i.schema, i.name)),
+                    Some(i) if i.is_protected() => {
+                        ControlFlow::Break(format!("{}.{}", i.schema, i.name))
+                    }
                     _ => ControlFlow::Continue(()),
                 }
             }
         }
-        match node.visit(&mut Find { schema: self.schema }) {
+        match node.visit(&mut Find {
+            schema: self.schema,
+        }) {
             ControlFlow::Break(t) => Some(t),
             ControlFlow::Continue(()) => None,
         }
@@ -175,9 +184,17 @@ impl<'s> Ctx<'s> {
         let params = self
             .params
             .into_iter()
-            .map(|(index, (column, usage))| ParamTarget { index, column, usage })
+            .map(|(index, (column, usage))| ParamTarget {
+                index,
+                column,
+                usage,
+            })
             .collect();
-        Ok(Plan::Rewrite(Rewrite { edits: self.edits, params, touched: self.touched }))
+        Ok(Plan::Rewrite(Rewrite {
+            edits: self.edits,
+            params,
+            touched: self.touched,
+        }))
     }
 
     /// A parameter bound to a protected column must not also be used as a
@@ -208,7 +225,11 @@ impl<'s> Ctx<'s> {
         let found = statements.iter().try_for_each(|st| st.visit(&mut plain));
         match found {
             ControlFlow::Break(n) => {
-                let col = self.params.get(&n).map(|(c, _)| c.full_name.as_str()).unwrap_or("?");
+                let col = self
+                    .params
+                    .get(&n)
+                    .map(|(c, _)| c.full_name.as_str())
+                    .unwrap_or("?");
                 Err(Refusal::unsupported(format!(
                     "parameter ${n} is bound to encrypted column {col} and also used elsewhere as a plain value; \
                      bind a separate parameter for each use"

@@ -7,7 +7,9 @@
 //! and are refused for tables with encrypted columns. `COPY ... TO` reads
 //! and passes through here (the read path is handled elsewhere).
 
-use sqlparser::ast::{CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, Statement};
+use sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, Statement,
+};
 
 use super::analyze::Ctx;
 use super::error::Refusal;
@@ -38,10 +40,22 @@ fn byte(c: char, what: &str, table: &str) -> Result<u8, Refusal> {
 impl Ctx<'_> {
     /// Analyses a COPY statement.
     pub fn copy(&mut self, st: &Statement) -> Result<(), Refusal> {
-        let Statement::Copy { source, to, target, options, legacy_options, payload } = st else {
+        let Statement::Copy {
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            payload,
+        } = st
+        else {
             return Ok(());
         };
-        let CopySource::Table { table_name, columns } = source else {
+        let CopySource::Table {
+            table_name,
+            columns,
+        } = source
+        else {
             // COPY (query) TO ...: a read.
             return Ok(());
         };
@@ -57,7 +71,11 @@ impl Ctx<'_> {
             _ => None,
         };
         let Some(info) = info else { return Ok(()) };
-        if !info.columns.iter().any(|c| c.protected.as_ref().is_some_and(|p| p.protection.encrypts())) {
+        if !info.columns.iter().any(|c| {
+            c.protected
+                .as_ref()
+                .is_some_and(|p| p.protection.encrypts())
+        }) {
             return Ok(());
         }
         let table = format!("{}.{}", info.schema, info.name);
@@ -85,7 +103,9 @@ impl Ctx<'_> {
                 CopyOption::Header(h) => o.header = *h,
                 CopyOption::Quote(c) => o.quote = Some(*c),
                 CopyOption::Escape(c) => o.escape = Some(*c),
-                CopyOption::ForceNotNull(cols) | CopyOption::ForceNull(cols) => o.forced.extend(cols.iter().cloned()),
+                CopyOption::ForceNotNull(cols) | CopyOption::ForceNull(cols) => {
+                    o.forced.extend(cols.iter().cloned())
+                }
                 CopyOption::ForceQuote(_) | CopyOption::Freeze(_) => {}
                 CopyOption::Encoding(e) => o.encoding = Some(e.clone()),
             }
@@ -103,7 +123,9 @@ impl Ctx<'_> {
                             CopyLegacyCsvOption::Header => o.header = true,
                             CopyLegacyCsvOption::Quote(q) => o.quote = Some(*q),
                             CopyLegacyCsvOption::Escape(e) => o.escape = Some(*e),
-                            CopyLegacyCsvOption::ForceNotNull(cols) => o.forced.extend(cols.iter().cloned()),
+                            CopyLegacyCsvOption::ForceNotNull(cols) => {
+                                o.forced.extend(cols.iter().cloned())
+                            }
                             CopyLegacyCsvOption::ForceQuote(_) => {}
                         }
                     }
@@ -116,7 +138,10 @@ impl Ctx<'_> {
                 "COPY into {table} uses an option pgveil does not know; use FORMAT, DELIMITER, NULL, HEADER, QUOTE, ESCAPE"
             )));
         }
-        if o.encoding.as_deref().is_some_and(|e| !matches!(e.to_ascii_lowercase().as_str(), "utf8" | "utf-8")) {
+        if o.encoding
+            .as_deref()
+            .is_some_and(|e| !matches!(e.to_ascii_lowercase().as_str(), "utf8" | "utf-8"))
+        {
             return Err(Refusal::unsupported(format!(
                 "COPY into {table} with an ENCODING other than UTF8 is not supported; send the data as UTF8"
             )));
@@ -135,12 +160,21 @@ impl Ctx<'_> {
         let fields: Vec<Option<ProtectedColumn>> = if columns.is_empty() {
             info.columns.iter().map(|c| c.protected.clone()).collect()
         } else {
-            columns.iter().map(|i| info.column(&norm(i)).and_then(|c| c.protected.clone())).collect()
+            columns
+                .iter()
+                .map(|i| info.column(&norm(i)).and_then(|c| c.protected.clone()))
+                .collect()
         };
-        let fields: Vec<Option<ProtectedColumn>> =
-            fields.into_iter().map(|f| f.filter(|p| p.protection.encrypts())).collect();
+        let fields: Vec<Option<ProtectedColumn>> = fields
+            .into_iter()
+            .map(|f| f.filter(|p| p.protection.encrypts()))
+            .collect();
         for f in &o.forced {
-            if let Some(pc) = info.column(&norm(f)).and_then(|c| c.protected.as_ref()).filter(|p| p.protection.encrypts()) {
+            if let Some(pc) = info
+                .column(&norm(f))
+                .and_then(|c| c.protected.as_ref())
+                .filter(|p| p.protection.encrypts())
+            {
                 return Err(Refusal::on_column(
                     &pc.full_name,
                     "COPY FORCE_NULL / FORCE_NOT_NULL",
@@ -152,7 +186,11 @@ impl Ctx<'_> {
             self.touch(pc);
         }
         let csv = format == CopyFormat::Csv;
-        let delimiter = byte(o.delimiter.unwrap_or(if csv { ',' } else { '\t' }), "delimiter", &table)?;
+        let delimiter = byte(
+            o.delimiter.unwrap_or(if csv { ',' } else { '\t' }),
+            "delimiter",
+            &table,
+        )?;
         let quote = byte(o.quote.unwrap_or('"'), "quote", &table)?;
         let escape = match o.escape {
             Some(c) => byte(c, "escape", &table)?,
@@ -162,7 +200,9 @@ impl Ctx<'_> {
             fields,
             format,
             delimiter,
-            null: o.null.unwrap_or_else(|| if csv { String::new() } else { "\\N".to_owned() }),
+            null: o
+                .null
+                .unwrap_or_else(|| if csv { String::new() } else { "\\N".to_owned() }),
             quote,
             escape,
             header: o.header,

@@ -18,7 +18,10 @@ pub const UNSUPPORTED: &str = "0A000";
 impl Refusal {
     /// A 0A000 refusal with `message` prefixed by `pgveil: `.
     pub fn unsupported(message: impl AsRef<str>) -> Self {
-        Refusal { sqlstate: UNSUPPORTED, message: format!("pgveil: {}", message.as_ref()) }
+        Refusal {
+            sqlstate: UNSUPPORTED,
+            message: format!("pgveil: {}", message.as_ref()),
+        }
     }
 
     /// `what` (e.g. "LIKE") is not possible over encrypted `column`.

@@ -15,8 +15,8 @@
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    BinaryOperator, DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget,
-    Query, UnaryOperator, Visit, Visitor,
+    BinaryOperator, DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArguments, InTarget, Query, UnaryOperator, Visit, Visitor,
 };
 use sqlparser::tokenizer::Token;
 
@@ -80,7 +80,11 @@ pub(crate) fn for_each_child<N: Visit>(
             ControlFlow::Continue(())
         }
     }
-    let mut v = Children { depth: 0, target: usize::from(root_is_expr), f: &mut f };
+    let mut v = Children {
+        depth: 0,
+        target: usize::from(root_is_expr),
+        f: &mut f,
+    };
     match node.visit(&mut v) {
         ControlFlow::Break(r) => Err(r),
         ControlFlow::Continue(()) => Ok(()),
@@ -99,7 +103,11 @@ fn what_of(op: &BinaryOperator) -> (&'static str, &'static str) {
 
 impl Ctx<'_> {
     /// Resolves a column reference and records a protected one as touched.
-    pub fn column(&mut self, idents: &[sqlparser::ast::Ident], sc: &Scope<'_>) -> Result<Option<ProtectedColumn>, Refusal> {
+    pub fn column(
+        &mut self,
+        idents: &[sqlparser::ast::Ident],
+        sc: &Scope<'_>,
+    ) -> Result<Option<ProtectedColumn>, Refusal> {
         let pc = sc.resolve(idents)?;
         if let Some(pc) = &pc {
             self.touch(pc);
@@ -108,15 +116,27 @@ impl Ctx<'_> {
     }
 
     /// The encrypted column `e` directly names, if any.
-    fn encrypted_ref(&mut self, e: &Expr, sc: &Scope<'_>) -> Result<Option<ProtectedColumn>, Refusal> {
+    fn encrypted_ref(
+        &mut self,
+        e: &Expr,
+        sc: &Scope<'_>,
+    ) -> Result<Option<ProtectedColumn>, Refusal> {
         match column_ref(e) {
-            Some(idents) => Ok(self.column(idents, sc)?.filter(|pc| pc.protection.encrypts())),
+            Some(idents) => Ok(self
+                .column(idents, sc)?
+                .filter(|pc| pc.protection.encrypts())),
             None => Ok(None),
         }
     }
 
     /// Refuses `what` when `e` is an encrypted column.
-    fn refuse_direct(&mut self, e: &Expr, sc: &Scope<'_>, what: &str, hint: &str) -> Result<(), Refusal> {
+    fn refuse_direct(
+        &mut self,
+        e: &Expr,
+        sc: &Scope<'_>,
+        what: &str,
+        hint: &str,
+    ) -> Result<(), Refusal> {
         match self.encrypted_ref(e, sc)? {
             Some(pc) => Err(Refusal::on_column(&pc.full_name, what, hint)),
             None => Ok(()),
@@ -130,7 +150,11 @@ impl Ctx<'_> {
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
                 if let Some(pc) = self.encrypted_ref(e, sc)? {
                     if !bare_ok {
-                        return Err(Refusal::on_column(&pc.full_name, "an expression", HINT_COMPUTE));
+                        return Err(Refusal::on_column(
+                            &pc.full_name,
+                            "an expression",
+                            HINT_COMPUTE,
+                        ));
                     }
                 }
                 Ok(())
@@ -160,7 +184,9 @@ impl Ctx<'_> {
                 self.refuse_direct(pattern, sc, "LIKE/ILIKE/SIMILAR TO", hint)?;
                 self.generic(e, sc)
             }
-            Expr::Between { expr, low, high, .. } => {
+            Expr::Between {
+                expr, low, high, ..
+            } => {
                 for x in [expr, low, high] {
                     self.refuse_direct(x, sc, "BETWEEN", HINT_ORDER)?;
                 }
@@ -170,12 +196,26 @@ impl Ctx<'_> {
                 Some(idents) => self.column(idents, sc).map(drop),
                 None => self.expr(x, sc, false),
             },
-            Expr::In { expr, target: InTarget::List(list), negated, .. } => self.in_list(expr, list, *negated, sc),
-            Expr::In { expr, target: InTarget::Subquery(q), .. } => self.in_subquery(expr, q, sc),
+            Expr::In {
+                expr,
+                target: InTarget::List(list),
+                negated,
+                ..
+            } => self.in_list(expr, list, *negated, sc),
+            Expr::In {
+                expr,
+                target: InTarget::Subquery(q),
+                ..
+            } => self.in_subquery(expr, q, sc),
             Expr::Exists { subquery, .. } => self.query(subquery, Some(sc)).map(drop),
             Expr::Subquery(q) => {
                 let out = self.query(q, Some(sc))?;
-                let encrypted = out.opaque || out.cols.iter().flatten().any(|c| c.kind.encrypted().is_some() || c.kind == ColKind::Unknown);
+                let encrypted = out.opaque
+                    || out
+                        .cols
+                        .iter()
+                        .flatten()
+                        .any(|c| c.kind.encrypted().is_some() || c.kind == ColKind::Unknown);
                 if encrypted {
                     return Err(Refusal::unsupported(
                         "a scalar subquery returning an encrypted column is not supported; \
@@ -185,12 +225,18 @@ impl Ctx<'_> {
                 Ok(())
             }
             Expr::Function(f) => self.function(f, sc),
-            Expr::Cast { expr, data_type, .. } => {
+            Expr::Cast {
+                expr, data_type, ..
+            } => {
                 self.refuse_direct(expr, sc, &format!("a cast to {data_type}"), HINT_COMPUTE)?;
                 self.expr(expr, sc, false)
             }
             Expr::UnaryOp { op, expr } => {
-                let what = if *op == UnaryOperator::Not { "NOT" } else { "an operator" };
+                let what = if *op == UnaryOperator::Not {
+                    "NOT"
+                } else {
+                    "an operator"
+                };
                 self.refuse_direct(expr, sc, what, HINT_COMPUTE)?;
                 self.expr(expr, sc, false)
             }
@@ -205,7 +251,12 @@ impl Ctx<'_> {
     }
 
     /// Checks every child expression and subquery of `node`.
-    pub fn children<N: Visit>(&mut self, node: &N, root_is_expr: bool, sc: &Scope<'_>) -> Result<(), Refusal> {
+    pub fn children<N: Visit>(
+        &mut self,
+        node: &N,
+        root_is_expr: bool,
+        sc: &Scope<'_>,
+    ) -> Result<(), Refusal> {
         for_each_child(node, root_is_expr, |child| match child {
             Child::Expr(x) => self.expr(x, sc, false),
             Child::Query(q) => self.query(q, Some(sc)).map(drop),
@@ -219,16 +270,23 @@ impl Ctx<'_> {
                 .args
                 .iter()
                 .map(|a| match a {
-                    FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } | FunctionArg::Unnamed(arg) => arg,
+                    FunctionArg::Named { arg, .. }
+                    | FunctionArg::ExprNamed { arg, .. }
+                    | FunctionArg::Unnamed(arg) => arg,
                 })
                 .collect(),
             _ => Vec::new(),
         };
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(DuplicateTreatment::Distinct));
-        if let (true, [FunctionArgExpr::Expr(arg)]) = (name == "count" || name == "pg_catalog.count", args.as_slice()) {
+        if let (true, [FunctionArgExpr::Expr(arg)]) = (
+            name == "count" || name == "pg_catalog.count",
+            args.as_slice(),
+        ) {
             if let Some(idents) = column_ref(arg) {
                 let pc = self.column(idents, sc)?;
-                if let Some(pc) = pc.filter(|pc| distinct && pc.protection == Protection::Randomized) {
+                if let Some(pc) =
+                    pc.filter(|pc| distinct && pc.protection == Protection::Randomized)
+                {
                     return Err(randomized(&pc, "COUNT(DISTINCT ...)"));
                 }
                 if let Some(filter) = &f.filter {
@@ -245,16 +303,26 @@ impl Ctx<'_> {
                 self.refuse_direct(x, sc, &format!("function {name}()"), HINT_COMPUTE)?;
             }
         }
-        self.generic(f, sc)
+        self.children(f, false, sc)
     }
 
     /// `left = right` or `left <> right`.
-    fn equality(&mut self, whole: &Expr, left: &Expr, right: &Expr, eq: bool, sc: &Scope<'_>) -> Result<(), Refusal> {
+    fn equality(
+        &mut self,
+        whole: &Expr,
+        left: &Expr,
+        right: &Expr,
+        eq: bool,
+        sc: &Scope<'_>,
+    ) -> Result<(), Refusal> {
         let lo = classify(left, self.src);
         let ro = classify(right, self.src);
         let lk = self.operand_kind(&lo, sc)?;
         let rk = self.operand_kind(&ro, sc)?;
-        match (lk.as_ref().and_then(|k| k.encrypted()), rk.as_ref().and_then(|k| k.encrypted())) {
+        match (
+            lk.as_ref().and_then(|k| k.encrypted()),
+            rk.as_ref().and_then(|k| k.encrypted()),
+        ) {
             (Some(a), Some(b)) => {
                 if a.full_name != b.full_name {
                     return Err(Refusal::on_column(
@@ -284,11 +352,16 @@ impl Ctx<'_> {
     }
 
     /// The column kind of an operand that is a column reference.
-    fn operand_kind(&mut self, o: &Operand<'_>, sc: &Scope<'_>) -> Result<Option<ColKind>, Refusal> {
+    fn operand_kind(
+        &mut self,
+        o: &Operand<'_>,
+        sc: &Scope<'_>,
+    ) -> Result<Option<ColKind>, Refusal> {
         match o {
-            Operand::Column { idents, .. } => {
-                Ok(Some(self.column(idents, sc)?.map_or(ColKind::Plain, ColKind::Protected)))
-            }
+            Operand::Column { idents, .. } => Ok(Some(
+                self.column(idents, sc)?
+                    .map_or(ColKind::Plain, ColKind::Protected),
+            )),
             _ => Ok(None),
         }
     }
@@ -321,46 +394,99 @@ impl Ctx<'_> {
             return Err(randomized(pc, what));
         }
         let target = match other {
-            Operand::Literal { value, range } => {
-                (range.clone(), EditKind::MatchList { column: pc.clone(), value: value.clone() })
-            }
-            Operand::Param { index, range, at, .. } => {
+            Operand::Literal { value, range } => (
+                range.clone(),
+                EditKind::MatchList {
+                    column: pc.clone(),
+                    value: value.clone(),
+                },
+            ),
+            Operand::Param {
+                index, range, at, ..
+            } => {
                 self.param(*index, *at, pc, ParamUsage::MatchArray)?;
                 (range.clone(), EditKind::Text(format!("${index}::bytea[]")))
             }
-            _ => return Err(Refusal::on_column(name, &format!("{what} with a computed expression"), HINT_MATCH)),
+            _ => {
+                return Err(Refusal::on_column(
+                    name,
+                    &format!("{what} with a computed expression"),
+                    HINT_MATCH,
+                ))
+            }
         };
-        let Operand::Column { range: Some(col_range), .. } = col else {
+        let Operand::Column {
+            range: Some(col_range),
+            ..
+        } = col
+        else {
             return Err(Refusal::unlocated(name));
         };
         let other_range = target.0.clone().ok_or_else(|| Refusal::unlocated(name))?;
-        let (first, second) = if swapped { (&other_range, col_range) } else { (col_range, &other_range) };
-        let op = self.operator_between(first, second).ok_or_else(|| Refusal::unlocated(name))?;
+        let (first, second) = if swapped {
+            (&other_range, col_range)
+        } else {
+            (col_range, &other_range)
+        };
+        let op = self
+            .operator_between(first, second)
+            .ok_or_else(|| Refusal::unlocated(name))?;
         let open = if eq { "= ANY(" } else { "<> ALL(" };
         if swapped {
-            let col_text = self.src.text(col_range).ok_or_else(|| Refusal::unlocated(name))?.to_owned();
+            let col_text = self
+                .src
+                .text(col_range)
+                .ok_or_else(|| Refusal::unlocated(name))?
+                .to_owned();
             self.edit(Some(other_range), EditKind::Text(col_text), name)?;
-            self.edit(Some(op.start..col_range.start), EditKind::Text(open.to_owned()), name)?;
+            self.edit(
+                Some(op.start..col_range.start),
+                EditKind::Text(open.to_owned()),
+                name,
+            )?;
             self.edit(Some(col_range.clone()), target.1, name)?;
-            self.edit(Some(col_range.end..col_range.end), EditKind::Text(")".to_owned()), name)
+            self.edit(
+                Some(col_range.end..col_range.end),
+                EditKind::Text(")".to_owned()),
+                name,
+            )
         } else {
-            self.edit(Some(op.start..other_range.start), EditKind::Text(open.to_owned()), name)?;
+            self.edit(
+                Some(op.start..other_range.start),
+                EditKind::Text(open.to_owned()),
+                name,
+            )?;
             self.edit(Some(other_range.clone()), target.1, name)?;
-            self.edit(Some(other_range.end..other_range.end), EditKind::Text(")".to_owned()), name)
+            self.edit(
+                Some(other_range.end..other_range.end),
+                EditKind::Text(")".to_owned()),
+                name,
+            )
         }
     }
 
     /// The byte range of the single `=`/`<>`/`!=` token between two operands.
-    fn operator_between(&self, first: &Range<usize>, second: &Range<usize>) -> Option<Range<usize>> {
+    fn operator_between(
+        &self,
+        first: &Range<usize>,
+        second: &Range<usize>,
+    ) -> Option<Range<usize>> {
         let i = self.src.next_after(first.end)?;
         let t = self.src.tok(i)?;
         let next = self.src.tok(i + 1)?;
-        (matches!(t.token, Token::Eq | Token::Neq | Token::DoubleEq) && next.range.start == second.start)
+        (matches!(t.token, Token::Eq | Token::Neq | Token::DoubleEq)
+            && next.range.start == second.start)
             .then(|| t.range.clone())
     }
 
     /// `x [NOT] IN (a, b, ...)`.
-    fn in_list(&mut self, expr: &Expr, list: &[Expr], negated: bool, sc: &Scope<'_>) -> Result<(), Refusal> {
+    fn in_list(
+        &mut self,
+        expr: &Expr,
+        list: &[Expr],
+        negated: bool,
+        sc: &Scope<'_>,
+    ) -> Result<(), Refusal> {
         let col = classify(expr, self.src);
         let pc = match self.operand_kind(&col, sc)? {
             Some(k) => k.encrypted().cloned(),
@@ -378,7 +504,11 @@ impl Ctx<'_> {
             return Err(randomized(&pc, "IN (...)"));
         }
         let unlocated = || Refusal::unlocated(&name);
-        let Operand::Column { range: Some(col_range), .. } = &col else {
+        let Operand::Column {
+            range: Some(col_range),
+            ..
+        } = &col
+        else {
             return Err(unlocated());
         };
         // Head: `[NOT] IN (` → `= ANY(` / `<> ALL(`.
@@ -389,16 +519,30 @@ impl Ctx<'_> {
         }
         let in_kw = self.src.tok(i).ok_or_else(unlocated)?;
         let paren = self.src.tok(i + 1).ok_or_else(unlocated)?;
-        if !matches!(&in_kw.token, Token::Word(w) if w.value.eq_ignore_ascii_case("in")) || paren.token != Token::LParen {
+        if !matches!(&in_kw.token, Token::Word(w) if w.value.eq_ignore_ascii_case("in"))
+            || paren.token != Token::LParen
+        {
             return Err(unlocated());
         }
         let open = if negated { "<> ALL(" } else { "= ANY(" };
-        self.edit(Some(head_start..paren.range.end), EditKind::Text(open.to_owned()), &name)?;
+        self.edit(
+            Some(head_start..paren.range.end),
+            EditKind::Text(open.to_owned()),
+            &name,
+        )?;
         let mut prev_end: Option<usize> = None;
         for x in list {
             let (range, kind) = match classify(x, self.src) {
-                Operand::Literal { value, range } => (range, EditKind::MatchList { column: pc.clone(), value }),
-                Operand::Param { index, range, at, .. } => {
+                Operand::Literal { value, range } => (
+                    range,
+                    EditKind::MatchList {
+                        column: pc.clone(),
+                        value,
+                    },
+                ),
+                Operand::Param {
+                    index, range, at, ..
+                } => {
                     self.param(index, at, &pc, ParamUsage::MatchArray)?;
                     (range, EditKind::Text(format!("${index}::bytea[]")))
                 }
@@ -409,16 +553,34 @@ impl Ctx<'_> {
                     };
                     (range, EditKind::Text("ARRAY[NULL]::bytea[]".to_owned()))
                 }
-                _ => return Err(Refusal::on_column(&name, "IN with a computed expression", HINT_MATCH)),
+                _ => {
+                    return Err(Refusal::on_column(
+                        &name,
+                        "IN with a computed expression",
+                        HINT_MATCH,
+                    ))
+                }
             };
             let range = range.ok_or_else(unlocated)?;
             if let Some(end) = prev_end {
-                let comma = self.src.next_after(end).and_then(|c| self.src.tok(c).map(|t| (c, t)));
+                let comma = self
+                    .src
+                    .next_after(end)
+                    .and_then(|c| self.src.tok(c).map(|t| (c, t)));
                 match comma {
-                    Some((c, t)) if t.token == Token::Comma && self.src.tok(c + 1).is_some_and(|n| n.range.start == range.start) => {}
+                    Some((c, t))
+                        if t.token == Token::Comma
+                            && self
+                                .src
+                                .tok(c + 1)
+                                .is_some_and(|n| n.range.start == range.start) => {}
                     _ => return Err(unlocated()),
                 }
-                self.edit(Some(end..range.start), EditKind::Text(" || ".to_owned()), &name)?;
+                self.edit(
+                    Some(end..range.start),
+                    EditKind::Text(" || ".to_owned()),
+                    &name,
+                )?;
             }
             prev_end = Some(range.end);
             self.edit(Some(range), kind, &name)?;
@@ -451,7 +613,11 @@ impl Ctx<'_> {
                 "the subquery must select the same searchable column",
             )),
             (None, sub) => {
-                if out.opaque || sub.as_ref().is_some_and(|k| k.encrypted().is_some() || *k == ColKind::Unknown) {
+                if out.opaque
+                    || sub
+                        .as_ref()
+                        .is_some_and(|k| k.encrypted().is_some() || *k == ColKind::Unknown)
+                {
                     return Err(Refusal::unsupported(
                         "IN (SELECT ...) compares a plaintext value with an encrypted column; \
                          compare the encrypted column with a literal or $n parameter instead",

@@ -7,7 +7,9 @@
 //! column (`SET c = c`, `SET c = EXCLUDED.c`, `INSERT ... SELECT c` from
 //! the same column), which moves an envelope that stays valid for it.
 
-use sqlparser::ast::{AssignmentTarget, Expr, Insert, OnConflictAction, OnInsert, SetExpr, TableObject};
+use sqlparser::ast::{
+    AssignmentTarget, Expr, Insert, OnConflictAction, OnInsert, SetExpr, TableObject,
+};
 
 use super::analyze::Ctx;
 use super::error::Refusal;
@@ -31,14 +33,29 @@ impl Ctx<'_> {
         }
     }
 
-    fn write_encrypted(&mut self, pc: &ProtectedColumn, e: &Expr, sc: &Scope<'_>) -> Result<(), Refusal> {
+    fn write_encrypted(
+        &mut self,
+        pc: &ProtectedColumn,
+        e: &Expr,
+        sc: &Scope<'_>,
+    ) -> Result<(), Refusal> {
         self.touch(pc);
         let name = pc.full_name.as_str();
         match classify(e, self.src) {
-            Operand::Literal { value, range } => {
-                self.edit(range, EditKind::Encrypt { column: pc.clone(), value }, name)
-            }
-            Operand::Param { index, range, cast, at } => {
+            Operand::Literal { value, range } => self.edit(
+                range,
+                EditKind::Encrypt {
+                    column: pc.clone(),
+                    value,
+                },
+                name,
+            ),
+            Operand::Param {
+                index,
+                range,
+                cast,
+                at,
+            } => {
                 self.param(index, at, pc, ParamUsage::Value)?;
                 if cast {
                     self.edit(range, EditKind::Text(format!("${index}")), name)?;
@@ -48,9 +65,17 @@ impl Ctx<'_> {
             Operand::Null | Operand::Default => Ok(()),
             Operand::Column { idents, .. } => match self.column(idents, sc)? {
                 Some(src) if src.full_name == pc.full_name => Ok(()),
-                _ => Err(Refusal::on_column(name, "writing another column's value", HINT_WRITE)),
+                _ => Err(Refusal::on_column(
+                    name,
+                    "writing another column's value",
+                    HINT_WRITE,
+                )),
             },
-            _ => Err(Refusal::on_column(name, "writing a computed expression", HINT_WRITE)),
+            _ => Err(Refusal::on_column(
+                name,
+                "writing a computed expression",
+                HINT_WRITE,
+            )),
         }
     }
 
@@ -68,7 +93,11 @@ impl Ctx<'_> {
         };
         let rel = Scope::child(outer).lookup_table(self.schema, table_name);
         let rel = match &ins.table_alias {
-            Some(a) => Relation { name: super::scope::norm(&a.alias), schema: None, ..rel },
+            Some(a) => Relation {
+                name: super::scope::norm(&a.alias),
+                schema: None,
+                ..rel
+            },
             None => rel,
         };
         let targets: Vec<ColKind> = match (&rel.cols, ins.columns.is_empty()) {
@@ -77,15 +106,24 @@ impl Ctx<'_> {
                 .columns
                 .iter()
                 .map(|n| {
-                    let name = name_parts(n).and_then(|p| p.last().cloned()).unwrap_or_default();
-                    cols.iter().find(|c| c.name == name).map_or(ColKind::Plain, |c| c.kind.clone())
+                    let name = name_parts(n)
+                        .and_then(|p| p.last().cloned())
+                        .unwrap_or_default();
+                    cols.iter()
+                        .find(|c| c.name == name)
+                        .map_or(ColKind::Plain, |c| c.kind.clone())
                 })
                 .collect(),
             (None, _) => Vec::new(),
         };
         let values_scope = Scope::child(outer);
         if let Some(source) = &ins.source {
-            match (&*source.body, &source.with, &source.order_by, &source.limit_clause) {
+            match (
+                &*source.body,
+                &source.with,
+                &source.order_by,
+                &source.limit_clause,
+            ) {
                 (SetExpr::Values(values), None, None, None) => {
                     for row in &values.rows {
                         for (i, e) in row.content.iter().enumerate() {
@@ -100,7 +138,9 @@ impl Ctx<'_> {
                         let Some(pc) = t.encrypted() else { continue };
                         self.touch(pc);
                         let same = match out.cols.as_ref().and_then(|c| c.get(i)) {
-                            Some(col) => matches!(&col.kind, ColKind::Protected(s) if s.full_name == pc.full_name),
+                            Some(col) => {
+                                matches!(&col.kind, ColKind::Protected(s) if s.full_name == pc.full_name)
+                            }
                             None => false,
                         };
                         if !same {
@@ -116,7 +156,11 @@ impl Ctx<'_> {
         }
         for a in &ins.assignments {
             // MySQL-style `INSERT ... SET`; PostgreSQL rejects it, but check anyway.
-            let sc = Scope { rels: vec![rel.clone()], ctes: Vec::new(), parent: outer };
+            let sc = Scope {
+                rels: vec![rel.clone()],
+                ctes: Vec::new(),
+                parent: outer,
+            };
             self.assignment(&a.target, &a.value, &rel, &sc)?;
         }
         let mut sc = Scope::child(outer);
@@ -136,7 +180,10 @@ impl Ctx<'_> {
                     }
                     sc.rels.truncate(1);
                 }
-                if let Some(sqlparser::ast::ConflictTarget::Columns { predicate: Some(p), .. }) = &oc.conflict_target {
+                if let Some(sqlparser::ast::ConflictTarget::Columns {
+                    predicate: Some(p), ..
+                }) = &oc.conflict_target
+                {
                     self.expr(p, &sc, false)?;
                 }
             }
@@ -155,9 +202,14 @@ impl Ctx<'_> {
         sc: &Scope<'_>,
     ) -> Result<(), Refusal> {
         let kind_of = |n: &sqlparser::ast::ObjectName| -> ColKind {
-            let name = name_parts(n).and_then(|p| p.last().cloned()).unwrap_or_default();
+            let name = name_parts(n)
+                .and_then(|p| p.last().cloned())
+                .unwrap_or_default();
             match &rel.cols {
-                Some(cols) => cols.iter().find(|c| c.name == name).map_or(ColKind::Plain, |c| c.kind.clone()),
+                Some(cols) => cols
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map_or(ColKind::Plain, |c| c.kind.clone()),
                 None if rel.opaque => ColKind::Unknown,
                 None => ColKind::Plain,
             }
@@ -173,7 +225,11 @@ impl Ctx<'_> {
                 self.write(&kind, value, sc)
             }
             AssignmentTarget::Tuple(names) => {
-                if let Some(pc) = names.iter().map(kind_of).find_map(|k| k.encrypted().cloned()) {
+                if let Some(pc) = names
+                    .iter()
+                    .map(kind_of)
+                    .find_map(|k| k.encrypted().cloned())
+                {
                     return Err(Refusal::on_column(
                         &pc.full_name,
                         "multi-column SET (a, b) = (...)",

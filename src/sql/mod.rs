@@ -32,7 +32,9 @@ mod update;
 mod tests;
 
 pub use error::Refusal;
-pub use plan::{apply, render_text, CopyFormat, CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
+pub use plan::{
+    apply, render_text, CopyFormat, CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite,
+};
 pub use prefilter::Prefilter;
 pub use schema::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
 
@@ -50,7 +52,11 @@ pub fn analyze(sql: &str, schema: &dyn Schema) -> Result<Plan, Refusal> {
 /// mentions one but does not parse is refused (fail closed); text that
 /// parses and touches no protected column passes. In a multi-statement
 /// string every statement is analysed and one refusal refuses the whole.
-pub fn analyze_with(sql: &str, schema: &dyn Schema, prefilter: &Prefilter) -> Result<Plan, Refusal> {
+pub fn analyze_with(
+    sql: &str,
+    schema: &dyn Schema,
+    prefilter: &Prefilter,
+) -> Result<Plan, Refusal> {
     if !prefilter.might_touch(sql) {
         return Ok(Plan::Passthrough);
     }

@@ -16,11 +16,22 @@ use super::span::Source;
 #[derive(Debug)]
 pub(crate) enum Operand<'e> {
     /// A column reference (`c`, `t.c`, `s.t.c`).
-    Column { idents: &'e [Ident], range: Option<Range<usize>> },
+    Column {
+        idents: &'e [Ident],
+        range: Option<Range<usize>>,
+    },
     /// A literal, with its value as PostgreSQL sees it.
-    Literal { value: String, range: Option<Range<usize>> },
+    Literal {
+        value: String,
+        range: Option<Range<usize>>,
+    },
     /// A `$n` parameter; `cast` when written as `$n::type` or `CAST($n AS type)`.
-    Param { index: usize, range: Option<Range<usize>>, cast: bool, at: Option<usize> },
+    Param {
+        index: usize,
+        range: Option<Range<usize>>,
+        cast: bool,
+        at: Option<usize>,
+    },
     /// A `$n`-style placeholder pgveil cannot number, or `$0`.
     BadParam,
     /// `NULL`, possibly cast.
@@ -58,7 +69,10 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
             if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") {
                 return Operand::Default;
             }
-            Operand::Column { idents: std::slice::from_ref(i), range: src.range(i.span) }
+            Operand::Column {
+                idents: std::slice::from_ref(i),
+                range: src.range(i.span),
+            }
         }
         Expr::CompoundIdentifier(v) => {
             let range = match (v.first(), v.last()) {
@@ -72,7 +86,12 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
             match &v.value {
                 Value::Null => Operand::Null,
                 Value::Placeholder(p) => match param_index(p) {
-                    Some(index) => Operand::Param { index, at: range.as_ref().map(|r| r.start), range, cast: false },
+                    Some(index) => Operand::Param {
+                        index,
+                        at: range.as_ref().map(|r| r.start),
+                        range,
+                        cast: false,
+                    },
                     None => Operand::BadParam,
                 },
                 other => match literal_value(other) {
@@ -81,7 +100,10 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
                 },
             }
         }
-        Expr::UnaryOp { op: op @ (UnaryOperator::Minus | UnaryOperator::Plus), expr } => match &**expr {
+        Expr::UnaryOp {
+            op: op @ (UnaryOperator::Minus | UnaryOperator::Plus),
+            expr,
+        } => match &**expr {
             Expr::Value(v) if matches!(v.value, Value::Number(..)) => {
                 let Some(value) = literal_value(&v.value) else {
                     return Operand::Other;
@@ -96,19 +118,36 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
             }
             _ => Operand::Other,
         },
-        Expr::Cast { kind, expr, data_type, format: None } => {
+        Expr::Cast {
+            kind,
+            expr,
+            data_type,
+            format: None,
+        } => {
             let inner = classify(expr, src);
             let extend = |r: Option<Range<usize>>| -> Option<Range<usize>> {
                 let r = r?;
                 match kind {
-                    CastKind::DoubleColon => Some(r.start..src.double_colon_cast_end(r.end, data_type)?),
+                    CastKind::DoubleColon => {
+                        Some(r.start..src.double_colon_cast_end(r.end, data_type)?)
+                    }
                     CastKind::Cast => src.cast_call_extent(&r, data_type),
                     _ => None,
                 }
             };
             match inner {
-                Operand::Literal { value, range } => Operand::Literal { value, range: extend(range) },
-                Operand::Param { index, range, at, .. } => Operand::Param { index, range: extend(range), cast: true, at },
+                Operand::Literal { value, range } => Operand::Literal {
+                    value,
+                    range: extend(range),
+                },
+                Operand::Param {
+                    index, range, at, ..
+                } => Operand::Param {
+                    index,
+                    range: extend(range),
+                    cast: true,
+                    at,
+                },
                 Operand::Null => Operand::Null,
                 Operand::BadParam => Operand::BadParam,
                 _ => Operand::Other,
@@ -126,9 +165,25 @@ pub(crate) fn classify<'e>(e: &'e Expr, src: &Source<'_>) -> Operand<'e> {
         Expr::Nested(inner) => {
             let paren = |r: Option<Range<usize>>| r.and_then(|r| src.paren_extent(&r));
             match classify(inner, src) {
-                Operand::Column { idents, range } => Operand::Column { idents, range: paren(range) },
-                Operand::Literal { value, range } => Operand::Literal { value, range: paren(range) },
-                Operand::Param { index, range, cast, at } => Operand::Param { index, range: paren(range), cast, at },
+                Operand::Column { idents, range } => Operand::Column {
+                    idents,
+                    range: paren(range),
+                },
+                Operand::Literal { value, range } => Operand::Literal {
+                    value,
+                    range: paren(range),
+                },
+                Operand::Param {
+                    index,
+                    range,
+                    cast,
+                    at,
+                } => Operand::Param {
+                    index,
+                    range: paren(range),
+                    cast,
+                    at,
+                },
                 other => other,
             }
         }

@@ -169,9 +169,18 @@ mod tests {
     #[test]
     fn apply_splices_and_inserts() {
         let edits = vec![
-            Edit { range: 0..1, kind: EditKind::Text("X".into()) },
-            Edit { range: 3..3, kind: EditKind::Text("+".into()) },
-            Edit { range: 4..5, kind: EditKind::Text("Y".into()) },
+            Edit {
+                range: 0..1,
+                kind: EditKind::Text("X".into()),
+            },
+            Edit {
+                range: 3..3,
+                kind: EditKind::Text("+".into()),
+            },
+            Edit {
+                range: 4..5,
+                kind: EditKind::Text("Y".into()),
+            },
         ];
         let out: Result<String, ()> = apply("abcde", &edits, |k| Ok(render_text(k).unwrap()));
         assert_eq!(out.unwrap(), "Xbc+dY");
@@ -180,8 +189,14 @@ mod tests {
     #[test]
     fn apply_skips_bad_ranges() {
         let edits = vec![
-            Edit { range: 2..9, kind: EditKind::Text("X".into()) },
-            Edit { range: 1..2, kind: EditKind::Text("Y".into()) },
+            Edit {
+                range: 2..9,
+                kind: EditKind::Text("X".into()),
+            },
+            Edit {
+                range: 1..2,
+                kind: EditKind::Text("Y".into()),
+            },
         ];
         let out: Result<String, ()> = apply("abc", &edits, |k| Ok(render_text(k).unwrap()));
         assert_eq!(out.unwrap(), "aYc");

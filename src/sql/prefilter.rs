@@ -24,10 +24,16 @@ impl Prefilter {
     /// Builds the scanner over `names` (as from
     /// [`Schema::protected_names`](super::Schema::protected_names)).
     pub fn new(names: &[String]) -> Self {
-        let mut patterns: Vec<&str> =
-            names.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
+        let mut patterns: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+            .collect();
         if patterns.is_empty() {
-            return Prefilter { automaton: None, names: Vec::new() };
+            return Prefilter {
+                automaton: None,
+                names: Vec::new(),
+            };
         }
         patterns.push("u&");
         let automaton = AhoCorasickBuilder::new()

@@ -7,8 +7,8 @@
 //! it cannot trace (then using them fails closed).
 
 use sqlparser::ast::{
-    Distinct, Expr, GroupByExpr, JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select, SelectItem,
-    SelectItemQualifiedWildcardKind, SetExpr, TableFactor, TableWithJoins, Value,
+    Distinct, Expr, GroupByExpr, JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, TableFactor, TableWithJoins, Value,
 };
 
 use super::analyze::Ctx;
@@ -51,7 +51,12 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    fn set_expr(&mut self, body: &SetExpr, sc: &Scope<'_>, order_by: Option<&OrderBy>) -> Result<Output, Refusal> {
+    fn set_expr(
+        &mut self,
+        body: &SetExpr,
+        sc: &Scope<'_>,
+        order_by: Option<&OrderBy>,
+    ) -> Result<Output, Refusal> {
         let out = match body {
             SetExpr::Select(s) => return self.select(s, sc, order_by),
             SetExpr::Query(q) => self.query(q, Some(sc))?,
@@ -68,10 +73,20 @@ impl Ctx<'_> {
                         self.expr(x, sc, false)?;
                     }
                 }
-                let cols = (1..=width).map(|i| Col { name: format!("column{i}"), kind: ColKind::Plain }).collect();
-                Output { cols: Some(cols), opaque: false }
+                let cols = (1..=width)
+                    .map(|i| Col {
+                        name: format!("column{i}"),
+                        kind: ColKind::Plain,
+                    })
+                    .collect();
+                Output {
+                    cols: Some(cols),
+                    opaque: false,
+                }
             }
-            SetExpr::Insert(st) | SetExpr::Update(st) | SetExpr::Delete(st) => self.dml_output(st, sc)?,
+            SetExpr::Insert(st) | SetExpr::Update(st) | SetExpr::Delete(st) => {
+                self.dml_output(st, sc)?
+            }
             SetExpr::Table(t) => {
                 let name = t.table_name.as_ref().map(norm).unwrap_or_default();
                 let parts: Vec<String> = match &t.schema_name {
@@ -79,7 +94,10 @@ impl Ctx<'_> {
                     None => vec![name],
                 };
                 let rel = match parts.as_slice() {
-                    [t] => sc.cte(t).cloned().or_else(|| self.schema.table(None, t).map(Relation::table)),
+                    [t] => sc
+                        .cte(t)
+                        .cloned()
+                        .or_else(|| self.schema.table(None, t).map(Relation::table)),
                     [s, t] => self.schema.table(Some(s), t).map(Relation::table),
                     _ => None,
                 };
@@ -89,7 +107,10 @@ impl Ctx<'_> {
                         self.touch(pc);
                     }
                 }
-                Output { cols: rel.cols, opaque: rel.opaque }
+                Output {
+                    cols: rel.cols,
+                    opaque: rel.opaque,
+                }
             }
             SetExpr::Merge(st) => {
                 self.statement(st)?;
@@ -103,7 +124,11 @@ impl Ctx<'_> {
     }
 
     /// Output of a data-modifying statement used as a query (CTE).
-    fn dml_output(&mut self, st: &sqlparser::ast::Statement, sc: &Scope<'_>) -> Result<Output, Refusal> {
+    fn dml_output(
+        &mut self,
+        st: &sqlparser::ast::Statement,
+        sc: &Scope<'_>,
+    ) -> Result<Output, Refusal> {
         use sqlparser::ast::Statement;
         match st {
             Statement::Insert(i) => self.insert(i, Some(sc)),
@@ -125,7 +150,10 @@ impl Ctx<'_> {
             let col = match &o.expr {
                 Expr::Identifier(i) => out.cols.iter().flatten().find(|c| c.name == norm(i)),
                 Expr::Value(v) => match &v.value {
-                    Value::Number(n, _) => n.parse::<usize>().ok().and_then(|k| out.cols.as_ref()?.get(k.checked_sub(1)?)),
+                    Value::Number(n, _) => n
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|k| out.cols.as_ref()?.get(k.checked_sub(1)?)),
                     _ => None,
                 },
                 _ => None,
@@ -137,10 +165,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn select(&mut self, s: &Select, outer: &Scope<'_>, order_by: Option<&OrderBy>) -> Result<Output, Refusal> {
+    fn select(
+        &mut self,
+        s: &Select,
+        outer: &Scope<'_>,
+        order_by: Option<&OrderBy>,
+    ) -> Result<Output, Refusal> {
         let mut sc = Scope::child(Some(outer));
         for twj in &s.from {
-            self.from_item(twj, &mut sc)?;
+            self.add_from(twj, &mut sc)?;
         }
         // Clauses pgveil has no special rule for are checked generically.
         self.children(&s.lateral_views, false, &sc)?;
@@ -198,7 +231,10 @@ impl Ctx<'_> {
         } else {
             Some(items.into_iter().map(|i| i.col).collect())
         };
-        Ok(Output { opaque: opaque || (cols.is_none() && sc_has_encrypted(&sc)), cols })
+        Ok(Output {
+            opaque: opaque || (cols.is_none() && sc_has_encrypted(&sc)),
+            cols,
+        })
     }
 
     /// Checks select-list (or RETURNING) items and lists their output.
@@ -206,21 +242,29 @@ impl Ctx<'_> {
         let mut items = Vec::new();
         for item in list {
             match item {
-                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } | SelectItem::ExprWithAliases { expr: e, .. } => {
+                SelectItem::UnnamedExpr(e)
+                | SelectItem::ExprWithAlias { expr: e, .. }
+                | SelectItem::ExprWithAliases { expr: e, .. } => {
                     self.expr(e, sc, true)?;
                     let kind = match column_ref(e) {
-                        Some(idents) => sc.resolve(idents)?.map_or(ColKind::Plain, ColKind::Protected),
+                        Some(idents) => sc
+                            .resolve(idents)?
+                            .map_or(ColKind::Plain, ColKind::Protected),
                         None => ColKind::Plain,
                     };
                     let name = match item {
                         SelectItem::ExprWithAlias { alias, .. } => norm(alias),
-                        SelectItem::ExprWithAliases { aliases, .. } => aliases.first().map(norm).unwrap_or_default(),
+                        SelectItem::ExprWithAliases { aliases, .. } => {
+                            aliases.first().map(norm).unwrap_or_default()
+                        }
                         _ => match column_ref(e) {
                             Some(idents) => idents.last().map(norm).unwrap_or_default(),
                             None => String::from("?column?"),
                         },
                     };
-                    items.push(Item { col: Col { name, kind } });
+                    items.push(Item {
+                        col: Col { name, kind },
+                    });
                 }
                 SelectItem::Wildcard(_) => {
                     let rels: Vec<Relation> = sc.rels.clone();
@@ -228,16 +272,29 @@ impl Ctx<'_> {
                         self.expand(rel, &mut items);
                     }
                 }
-                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(name),
+                    _,
+                ) => {
                     let rel = name_parts(name).and_then(|p| sc.relation(&p).cloned());
                     match rel {
                         Some(rel) => self.expand(&rel, &mut items),
-                        None => items.push(Item { col: Col { name: "*".into(), kind: ColKind::Plain } }),
+                        None => items.push(Item {
+                            col: Col {
+                                name: "*".into(),
+                                kind: ColKind::Plain,
+                            },
+                        }),
                     }
                 }
                 SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::Expr(e), _) => {
                     self.expr(e, sc, false)?;
-                    items.push(Item { col: Col { name: "*".into(), kind: ColKind::Unknown } });
+                    items.push(Item {
+                        col: Col {
+                            name: "*".into(),
+                            kind: ColKind::Unknown,
+                        },
+                    });
                 }
             }
         }
@@ -256,8 +313,17 @@ impl Ctx<'_> {
                 }
             }
             None => {
-                let kind = if rel.opaque { ColKind::Unknown } else { ColKind::Plain };
-                items.push(Item { col: Col { name: "*".into(), kind } });
+                let kind = if rel.opaque {
+                    ColKind::Unknown
+                } else {
+                    ColKind::Plain
+                };
+                items.push(Item {
+                    col: Col {
+                        name: "*".into(),
+                        kind,
+                    },
+                });
             }
         }
     }
@@ -275,7 +341,10 @@ impl Ctx<'_> {
             },
             Expr::Identifier(i) => {
                 let name = norm(i);
-                items.iter().find(|it| it.col.name == name).map(|it| it.col.kind.clone())
+                items
+                    .iter()
+                    .find(|it| it.col.name == name)
+                    .map(|it| it.col.kind.clone())
             }
             _ => None,
         }
@@ -284,17 +353,31 @@ impl Ctx<'_> {
     /// The kinds a GROUP BY / ORDER BY key may stand for: the output item
     /// it names and the input column it names (PostgreSQL prefers one or
     /// the other depending on the clause; both are checked).
-    fn key_kinds(&mut self, e: &Expr, sc: &Scope<'_>, items: &[Item]) -> Result<Option<Vec<ColKind>>, Refusal> {
+    fn key_kinds(
+        &mut self,
+        e: &Expr,
+        sc: &Scope<'_>,
+        items: &[Item],
+    ) -> Result<Option<Vec<ColKind>>, Refusal> {
         let mut kinds: Vec<ColKind> = Self::item_kind(e, items).into_iter().collect();
         match column_ref(e) {
-            Some(idents) => kinds.push(self.column(idents, sc)?.map_or(ColKind::Plain, ColKind::Protected)),
+            Some(idents) => kinds.push(
+                self.column(idents, sc)?
+                    .map_or(ColKind::Plain, ColKind::Protected),
+            ),
             None if kinds.is_empty() => return Ok(None),
             None => {}
         }
         Ok(Some(kinds))
     }
 
-    fn group_key(&mut self, e: &Expr, sc: &Scope<'_>, items: &[Item], what: &str) -> Result<(), Refusal> {
+    fn group_key(
+        &mut self,
+        e: &Expr,
+        sc: &Scope<'_>,
+        items: &[Item],
+        what: &str,
+    ) -> Result<(), Refusal> {
         match self.key_kinds(e, sc, items)? {
             Some(kinds) => kinds.iter().try_for_each(|k| grouping(k, what)),
             None => self.expr(e, sc, false),
@@ -323,7 +406,7 @@ impl Ctx<'_> {
     }
 
     /// Adds the relations of one FROM item (with its joins) to `sc`.
-    pub fn from_item(&mut self, twj: &TableWithJoins, sc: &mut Scope<'_>) -> Result<(), Refusal> {
+    pub fn add_from(&mut self, twj: &TableWithJoins, sc: &mut Scope<'_>) -> Result<(), Refusal> {
         self.relation(&twj.relation, sc)?;
         for join in &twj.joins {
             let before = sc.rels.len();
@@ -344,7 +427,10 @@ impl Ctx<'_> {
                 | JoinOperator::LeftAnti(c)
                 | JoinOperator::RightAnti(c)
                 | JoinOperator::StraightJoin(c) => Some(c),
-                JoinOperator::AsOf { match_condition, constraint } => {
+                JoinOperator::AsOf {
+                    match_condition,
+                    constraint,
+                } => {
                     self.expr(match_condition, sc, false)?;
                     Some(constraint)
                 }
@@ -362,7 +448,10 @@ impl Ctx<'_> {
                     }
                 }
                 Some(JoinConstraint::Natural) => {
-                    let names: Vec<String> = sc.rels[before..].iter().flat_map(|r| r.cols.iter().flatten().map(|c| c.name.clone())).collect();
+                    let names: Vec<String> = sc.rels[before..]
+                        .iter()
+                        .flat_map(|r| r.cols.iter().flatten().map(|c| c.name.clone()))
+                        .collect();
                     let unknown = sc.rels.iter().any(|r| r.cols.is_none());
                     if unknown && sc.rels.iter().any(Relation::has_encrypted) {
                         return Err(Refusal::unsupported(
@@ -384,7 +473,13 @@ impl Ctx<'_> {
     /// column when either is encrypted.
     fn join_column(&mut self, c: &str, sc: &Scope<'_>, split: usize) -> Result<(), Refusal> {
         let find = |rels: &[Relation]| -> Option<ColKind> {
-            rels.iter().find_map(|r| r.cols.as_ref()?.iter().find(|col| col.name == c).map(|col| col.kind.clone()))
+            rels.iter().find_map(|r| {
+                r.cols
+                    .as_ref()?
+                    .iter()
+                    .find(|col| col.name == c)
+                    .map(|col| col.kind.clone())
+            })
         };
         let (left, right) = sc.rels.split_at(split.min(sc.rels.len()));
         let (l, r) = (find(left), find(right));
@@ -411,15 +506,33 @@ impl Ctx<'_> {
     /// Adds one FROM relation to `sc`.
     fn relation(&mut self, tf: &TableFactor, sc: &mut Scope<'_>) -> Result<(), Refusal> {
         let rel = match tf {
-            TableFactor::Table { name, alias, args: None, .. } => sc.lookup_table(self.schema, name).aliased(alias.as_ref()),
-            TableFactor::Derived { lateral, subquery, alias, .. } => {
-                let out = if *lateral { self.query(subquery, Some(sc))? } else { self.query(subquery, sc.parent)? };
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => sc.lookup_table(self.schema, name).aliased(alias.as_ref()),
+            TableFactor::Derived {
+                lateral,
+                subquery,
+                alias,
+                ..
+            } => {
+                let out = if *lateral {
+                    self.query(subquery, Some(sc))?
+                } else {
+                    self.query(subquery, sc.parent)?
+                };
                 Relation::derived(String::new(), out).aliased(alias.as_ref())
             }
-            TableFactor::NestedJoin { table_with_joins, .. } => return self.from_item(table_with_joins, sc),
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => return self.add_from(table_with_joins, sc),
             TableFactor::Table { name, alias, .. } => {
                 self.children(tf, false, sc)?;
-                let name = name_parts(name).and_then(|p| p.last().cloned()).unwrap_or_default();
+                let name = name_parts(name)
+                    .and_then(|p| p.last().cloned())
+                    .unwrap_or_default();
                 Relation::unknown(name, false).aliased(alias.as_ref())
             }
             TableFactor::Function { alias, .. }
@@ -443,16 +556,27 @@ impl Ctx<'_> {
     }
 
     /// Checks RETURNING items in the target's scope and lists their output.
-    pub fn returning(&mut self, items: Option<&Vec<SelectItem>>, sc: &Scope<'_>) -> Result<Output, Refusal> {
+    pub fn returning(
+        &mut self,
+        items: Option<&Vec<SelectItem>>,
+        sc: &Scope<'_>,
+    ) -> Result<Output, Refusal> {
         let Some(items) = items else {
-            return Ok(Output { cols: Some(Vec::new()), opaque: false });
+            return Ok(Output {
+                cols: Some(Vec::new()),
+                opaque: false,
+            });
         };
         let items = self.projection(items, sc)?;
-        Ok(Output { cols: Some(items.into_iter().map(|i| i.col).collect()), opaque: false })
+        Ok(Output {
+            cols: Some(items.into_iter().map(|i| i.col).collect()),
+            opaque: false,
+        })
     }
 }
 
-const ORDER_HINT: &str = "ciphertext has no order; sort in the application or by a plaintext column";
+const ORDER_HINT: &str =
+    "ciphertext has no order; sort in the application or by a plaintext column";
 
 fn grouping(kind: &ColKind, what: &str) -> Result<(), Refusal> {
     match kind {
@@ -490,11 +614,18 @@ fn merge(l: Output, r: Output) -> Output {
                     Col { name: x.name, kind }
                 })
                 .collect();
-            Output { cols: Some(cols), opaque }
+            Output {
+                cols: Some(cols),
+                opaque,
+            }
         }
         (a, b) => {
-            let enc = |c: &Option<Vec<Col>>| c.iter().flatten().any(|c| c.kind.encrypted().is_some());
-            Output { opaque: opaque || enc(&a) || enc(&b), cols: None }
+            let enc =
+                |c: &Option<Vec<Col>>| c.iter().flatten().any(|c| c.kind.encrypted().is_some());
+            Output {
+                opaque: opaque || enc(&a) || enc(&b),
+                cols: None,
+            }
         }
     }
 }

@@ -70,21 +70,39 @@ impl Relation {
             .iter()
             .map(|c| Col {
                 name: c.name.clone(),
-                kind: c.protected.clone().map_or(ColKind::Plain, ColKind::Protected),
+                kind: c
+                    .protected
+                    .clone()
+                    .map_or(ColKind::Plain, ColKind::Protected),
             })
             .collect();
-        Relation { name: info.name.clone(), schema: Some(info.schema.clone()), cols: Some(cols), opaque: false }
+        Relation {
+            name: info.name.clone(),
+            schema: Some(info.schema.clone()),
+            cols: Some(cols),
+            opaque: false,
+        }
     }
 
     /// A relation whose columns nobody knows (a table unknown to the
     /// catalog, a set-returning function).
     pub fn unknown(name: String, opaque: bool) -> Self {
-        Relation { name, schema: None, cols: None, opaque }
+        Relation {
+            name,
+            schema: None,
+            cols: None,
+            opaque,
+        }
     }
 
     /// A subquery or CTE with the given output.
     pub fn derived(name: String, out: Output) -> Self {
-        Relation { name, schema: None, cols: out.cols, opaque: out.opaque }
+        Relation {
+            name,
+            schema: None,
+            cols: out.cols,
+            opaque: out.opaque,
+        }
     }
 
     /// Applies `AS alias (c1, c2, ...)`.
@@ -104,7 +122,11 @@ impl Relation {
     /// Whether a column might be encrypted.
     pub fn has_encrypted(&self) -> bool {
         self.opaque
-            || self.cols.iter().flatten().any(|c| c.kind.encrypted().is_some() || c.kind == ColKind::Unknown)
+            || self
+                .cols
+                .iter()
+                .flatten()
+                .any(|c| c.kind.encrypted().is_some() || c.kind == ColKind::Unknown)
     }
 
     fn col(&self, name: &str) -> Option<&Col> {
@@ -150,12 +172,20 @@ fn ambiguous(name: &str) -> Refusal {
 impl<'p> Scope<'p> {
     /// A scope nested in `parent`.
     pub fn child(parent: Option<&'p Scope<'p>>) -> Self {
-        Scope { rels: Vec::new(), ctes: Vec::new(), parent }
+        Scope {
+            rels: Vec::new(),
+            ctes: Vec::new(),
+            parent,
+        }
     }
 
     /// Looks up a CTE by name in this scope and its ancestors.
     pub fn cte(&self, name: &str) -> Option<&Relation> {
-        self.ctes.iter().rev().find(|r| r.name == name).or_else(|| self.parent?.cte(name))
+        self.ctes
+            .iter()
+            .rev()
+            .find(|r| r.name == name)
+            .or_else(|| self.parent?.cte(name))
     }
 
     /// Resolves a FROM-clause table name to a relation.
@@ -204,7 +234,8 @@ impl<'p> Scope<'p> {
     }
 
     fn any_encrypted(&self) -> bool {
-        self.rels.iter().any(Relation::has_encrypted) || self.parent.is_some_and(Scope::any_encrypted)
+        self.rels.iter().any(Relation::has_encrypted)
+            || self.parent.is_some_and(Scope::any_encrypted)
     }
 
     fn unqualified(&self, c: &str, display: &str) -> Result<ColKind, Refusal> {
@@ -241,15 +272,27 @@ impl<'p> Scope<'p> {
                 Ok((*one).clone())
             }
             many => {
-                if many.iter().any(|k| k.encrypted().is_some() || **k == ColKind::Unknown) {
+                if many
+                    .iter()
+                    .any(|k| k.encrypted().is_some() || **k == ColKind::Unknown)
+                {
                     return Err(ambiguous(display));
                 }
-                Ok(many.iter().find(|k| matches!(k, ColKind::Protected(_))).map_or(ColKind::Plain, |k| (*k).clone()))
+                Ok(many
+                    .iter()
+                    .find(|k| matches!(k, ColKind::Protected(_)))
+                    .map_or(ColKind::Plain, |k| (*k).clone()))
             }
         }
     }
 
-    fn qualified(&self, schema: Option<&String>, q: &str, c: &str, display: &str) -> Result<ColKind, Refusal> {
+    fn qualified(
+        &self,
+        schema: Option<&String>,
+        q: &str,
+        c: &str,
+        display: &str,
+    ) -> Result<ColKind, Refusal> {
         let rel = self
             .rels
             .iter()

@@ -42,16 +42,24 @@ pub(crate) struct Source<'a> {
 /// tokens for position lookups. `None` when the text does not parse.
 pub(crate) fn parse(sql: &str) -> Option<(Vec<Statement>, Source<'_>)> {
     let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().ok()?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .ok()?;
     let mut source = Source::lines_of(sql);
     for t in &tokens {
         if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
             continue;
         }
         let range = source.range(t.span)?;
-        source.toks.push(Tok { token: t.token.clone(), range });
+        source.toks.push(Tok {
+            token: t.token.clone(),
+            range,
+        });
     }
-    let statements = Parser::new(&dialect).with_tokens_with_locations(tokens).parse_statements().ok()?;
+    let statements = Parser::new(&dialect)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .ok()?;
     Some((statements, source))
 }
 
@@ -61,13 +69,25 @@ impl<'a> Source<'a> {
         let mut start = 0;
         for piece in sql.split_inclusive('\n') {
             let end = start + piece.len();
-            lines.push(Line { start, end, ascii: piece.is_ascii() });
+            lines.push(Line {
+                start,
+                end,
+                ascii: piece.is_ascii(),
+            });
             start = end;
         }
         if lines.is_empty() || sql.ends_with('\n') {
-            lines.push(Line { start, end: start, ascii: true });
+            lines.push(Line {
+                start,
+                end: start,
+                ascii: true,
+            });
         }
-        Source { sql, lines, toks: Vec::new() }
+        Source {
+            sql,
+            lines,
+            toks: Vec::new(),
+        }
     }
 
     /// Byte offset of a location; `None` for the empty location or one
@@ -140,7 +160,8 @@ impl<'a> Source<'a> {
         if self.toks[i].token != Token::DoubleColon {
             return None;
         }
-        self.match_type_forward(i + 1, ty).map(|j| self.toks[j].range.end)
+        self.match_type_forward(i + 1, ty)
+            .map(|j| self.toks[j].range.end)
     }
 
     /// Extent of `CAST(<inner> AS type)` around an inner expression.

@@ -11,11 +11,17 @@ impl Ctx<'_> {
     /// Analyses an UPDATE; returns the RETURNING output.
     pub fn update(&mut self, up: &Update, outer: Option<&Scope<'_>>) -> Result<Output, Refusal> {
         let mut sc = Scope::child(outer);
-        self.from_item(&up.table, &mut sc)?;
-        let target: Relation = sc.rels.first().cloned().unwrap_or_else(|| Relation::unknown(String::new(), true));
-        if let Some(UpdateTableFromKind::AfterSet(from) | UpdateTableFromKind::BeforeSet(from)) = &up.from {
+        self.add_from(&up.table, &mut sc)?;
+        let target: Relation = sc
+            .rels
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Relation::unknown(String::new(), true));
+        if let Some(UpdateTableFromKind::AfterSet(from) | UpdateTableFromKind::BeforeSet(from)) =
+            &up.from
+        {
             for twj in from {
-                self.from_item(twj, &mut sc)?;
+                self.add_from(twj, &mut sc)?;
             }
         }
         for a in &up.assignments {
@@ -34,10 +40,10 @@ impl Ctx<'_> {
         let mut sc = Scope::child(outer);
         let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &del.from;
         for twj in from {
-            self.from_item(twj, &mut sc)?;
+            self.add_from(twj, &mut sc)?;
         }
         for twj in del.using.iter().flatten() {
-            self.from_item(twj, &mut sc)?;
+            self.add_from(twj, &mut sc)?;
         }
         if let Some(w) = &del.selection {
             self.expr(w, &sc, false)?;
