@@ -32,9 +32,10 @@ impl Refusal {
     }
 
     /// A statement that names a protected table but does not parse.
+    /// `table` is `protected table schema.name` or `a protected table`.
     pub fn unparsable(table: &str) -> Self {
         Self::unsupported(format!(
-            "statement mentions protected table {table} but could not be parsed; \
+            "statement mentions {table} but could not be parsed; \
              rewrite it in plain SQL (literals or $n parameters) or send it without pgveil's protected tables"
         ))
     }

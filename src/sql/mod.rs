@@ -63,8 +63,8 @@ pub fn analyze_with(
     let Some((statements, source)) = span::parse(sql) else {
         let name = prefilter.first_match(sql).unwrap_or("");
         let table = match schema.table(None, name) {
-            Some(t) => format!("{}.{}", t.schema, t.name),
-            None => name.to_owned(),
+            Some(t) => format!("protected table {}.{}", t.schema, t.name),
+            None => "a protected table".to_owned(),
         };
         return Err(Refusal::unparsable(&table));
     };

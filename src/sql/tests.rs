@@ -1134,3 +1134,10 @@ fn declare_cursor_and_table_statement() {
     // sqlparser does not parse `TABLE t` for PostgreSQL: refused, not passed.
     refused("TABLE guests", "public.guests", "");
 }
+
+#[test]
+fn unparsable_unicode_identifier_is_refused_without_echoing_text() {
+    let r = plan("SELECT * FROM U&\"\\0067uests\" WHERE (((").unwrap_err();
+    assert_eq!(r.sqlstate, "0A000");
+    assert!(r.message.contains("a protected table"), "{}", r.message);
+}
