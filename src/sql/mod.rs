@@ -6,7 +6,71 @@
 //! live key version), which bound parameters must be encrypted, or why it
 //! must be refused. Nothing here touches the network or a key: the session
 //! applies the plan with the keyring.
+//!
+//! The flow: [`Prefilter`] (a substring scan for protected names) lets
+//! most statements skip parsing; the rest are parsed with sqlparser's
+//! PostgreSQL dialect and walked (`analyze` → `query` / `insert` /
+//! `update` / `copy`, expressions in `expr`, names in `scope`), and edits
+//! are expressed as byte ranges of the original text (`span`), so the
+//! statement is never re-printed from the AST.
 
+mod analyze;
+mod copy;
+mod error;
+mod expr;
+mod insert;
+mod operand;
+pub mod plan;
+mod prefilter;
+mod query;
 pub mod schema;
+mod scope;
+mod span;
+mod update;
 
+#[cfg(test)]
+mod tests;
+
+pub use error::Refusal;
+pub use plan::{
+    apply, render_text, CopyFormat, CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite,
+};
+pub use prefilter::Prefilter;
 pub use schema::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
+
+/// Analyses `sql` (one or more statements) against `schema`.
+///
+/// Builds a [`Prefilter`] each call; callers on the hot path keep one and
+/// use [`analyze_with`].
+pub fn analyze(sql: &str, schema: &dyn Schema) -> Result<Plan, Refusal> {
+    analyze_with(sql, schema, &Prefilter::new(&schema.protected_names()))
+}
+
+/// Analyses `sql` with a prebuilt pre-filter.
+///
+/// Text that mentions no protected name passes without parsing. Text that
+/// mentions one but does not parse is refused (fail closed); text that
+/// parses and touches no protected column passes. In a multi-statement
+/// string every statement is analysed and one refusal refuses the whole.
+pub fn analyze_with(
+    sql: &str,
+    schema: &dyn Schema,
+    prefilter: &Prefilter,
+) -> Result<Plan, Refusal> {
+    if !prefilter.might_touch(sql) {
+        return Ok(Plan::Passthrough);
+    }
+    let Some((statements, source)) = span::parse(sql) else {
+        let name = prefilter.first_match(sql).unwrap_or("");
+        let table = match schema.table(None, name) {
+            Some(t) => format!("protected table {}.{}", t.schema, t.name),
+            None => "a protected table".to_owned(),
+        };
+        return Err(Refusal::unparsable(&table));
+    };
+    let mut ctx = analyze::Ctx::new(&source, schema);
+    for st in &statements {
+        ctx.statement(st)?;
+    }
+    ctx.finish(&statements)
+}

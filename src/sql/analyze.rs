@@ -1,0 +1,241 @@
+//! The analysis state for one statement text and the statement dispatch.
+//!
+//! [`Ctx`] collects edits, protected parameters and touched columns while
+//! the statement-specific modules (`query`, `expr`, `insert`, `update`,
+//! `copy`) walk the AST; [`Ctx::finish`] checks the result as a whole (a
+//! parameter used both for a protected column and elsewhere, overlapping
+//! edits) and turns it into a [`Plan`].
+//!
+//! DDL, transaction control, SET/SHOW and the like pass through even when
+//! they name a protected table: they carry no protected values, and schema
+//! changes are the DBA's business (the catalog refreshes after DDL).
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::{ControlFlow, Range};
+
+use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
+
+use super::error::Refusal;
+use super::operand::param_index;
+use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
+use super::schema::{ProtectedColumn, Schema};
+use super::scope::name_parts;
+use super::span::Source;
+
+/// Analysis state for one statement text.
+pub(crate) struct Ctx<'s> {
+    pub src: &'s Source<'s>,
+    pub schema: &'s dyn Schema,
+    edits: Vec<Edit>,
+    params: BTreeMap<usize, (ProtectedColumn, ParamUsage)>,
+    /// Byte offsets of placeholders already assigned to a protected column.
+    handled: HashSet<usize>,
+    touched: Vec<String>,
+    pub copy: Option<CopyIn>,
+}
+
+impl<'s> Ctx<'s> {
+    pub fn new(src: &'s Source<'s>, schema: &'s dyn Schema) -> Self {
+        Ctx {
+            src,
+            schema,
+            edits: Vec::new(),
+            params: BTreeMap::new(),
+            handled: HashSet::new(),
+            touched: Vec::new(),
+            copy: None,
+        }
+    }
+
+    /// Records that the statement touches `pc`.
+    pub fn touch(&mut self, pc: &ProtectedColumn) {
+        if !self.touched.contains(&pc.full_name) {
+            self.touched.push(pc.full_name.clone());
+        }
+    }
+
+    /// Adds an edit; a missing range means the text position is unknown.
+    pub fn edit(
+        &mut self,
+        range: Option<Range<usize>>,
+        kind: EditKind,
+        column: &str,
+    ) -> Result<(), Refusal> {
+        let range = range.ok_or_else(|| Refusal::unlocated(column))?;
+        self.edits.push(Edit { range, kind });
+        Ok(())
+    }
+
+    /// Records that `$index`, whose `$` is at byte `at`, is used for `pc`.
+    pub fn param(
+        &mut self,
+        index: usize,
+        at: Option<usize>,
+        pc: &ProtectedColumn,
+        usage: ParamUsage,
+    ) -> Result<(), Refusal> {
+        let at = at.ok_or_else(|| Refusal::unlocated(&pc.full_name))?;
+        self.touch(pc);
+        self.handled.insert(at);
+        match self.params.get(&index) {
+            None => {
+                self.params.insert(index, (pc.clone(), usage));
+                Ok(())
+            }
+            Some((prev, prev_usage)) if prev.full_name == pc.full_name && *prev_usage == usage => Ok(()),
+            Some((prev, _)) => Err(Refusal::unsupported(format!(
+                "parameter ${index} is used for encrypted column {} and also for {} in another role; \
+                 bind a separate parameter for each use",
+                prev.full_name, pc.full_name
+            ))),
+        }
+    }
+
+    /// Analyses one statement.
+    pub fn statement(&mut self, st: &Statement) -> Result<(), Refusal> {
+        match st {
+            Statement::Query(q) => self.query(q, None).map(drop),
+            Statement::Insert(i) => self.insert(i, None).map(drop),
+            Statement::Update(u) => self.update(u, None).map(drop),
+            Statement::Delete(d) => self.delete(d, None).map(drop),
+            Statement::Copy { .. } => self.copy(st),
+            Statement::Explain { statement, .. } => self.statement(statement),
+            Statement::Prepare { statement, .. } => {
+                let before = self.params.len();
+                self.statement(statement)?;
+                if self.params.len() > before {
+                    return Err(Refusal::unsupported(
+                        "SQL-level PREPARE with parameters for encrypted columns is not supported \
+                         (EXECUTE would send plaintext); use the extended protocol's prepared statements",
+                    ));
+                }
+                Ok(())
+            }
+            Statement::Declare { stmts, .. } => {
+                for d in stmts {
+                    if let Some(q) = &d.for_query {
+                        self.query(q, None)?;
+                    }
+                }
+                Ok(())
+            }
+            Statement::Merge(_) => match self.mentions_protected(st) {
+                Some(table) => Err(Refusal::unsupported(format!(
+                    "MERGE involving protected table {table} is not supported; use INSERT ... ON CONFLICT or UPDATE"
+                ))),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The first protected table a node names, as `schema.table`.
+    pub fn mentions_protected<V: Visit>(&self, node: &V) -> Option<String> {
+        struct Find<'a> {
+            schema: &'a dyn Schema,
+        }
+        impl Visitor for Find<'_> {
+            type Break = String;
+            fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<String> {
+                let info = match name_parts(name).as_deref() {
+                    Some([t]) => self.schema.table(None, t),
+                    Some([s, t]) | Some([_, s, t]) => self.schema.table(Some(s), t),
+                    _ => None,
+                };
+                match info {
+                    Some(i) if i.is_protected() => {
+                        ControlFlow::Break(format!("{}.{}", i.schema, i.name))
+                    }
+                    _ => ControlFlow::Continue(()),
+                }
+            }
+        }
+        match node.visit(&mut Find {
+            schema: self.schema,
+        }) {
+            ControlFlow::Break(t) => Some(t),
+            ControlFlow::Continue(()) => None,
+        }
+    }
+
+    /// Checks the whole text and builds the plan.
+    pub fn finish(mut self, statements: &[Statement]) -> Result<Plan, Refusal> {
+        if let Some(copy) = self.copy.take() {
+            if statements.len() > 1 {
+                return Err(Refusal::unsupported(
+                    "COPY into a table with encrypted columns must be sent as a statement of its own",
+                ));
+            }
+            return Ok(Plan::CopyIn(copy));
+        }
+        self.check_plain_params(statements)?;
+        if self.edits.is_empty() && self.params.is_empty() && self.touched.is_empty() {
+            return Ok(Plan::Passthrough);
+        }
+        self.edits.sort_by_key(|e| (e.range.start, e.range.end));
+        for pair in self.edits.windows(2) {
+            if pair[0].range.end > pair[1].range.start {
+                return Err(Refusal::unsupported(
+                    "statement could not be rewritten safely for its encrypted columns; \
+                     split it into simpler statements with plain literals or $n parameters",
+                ));
+            }
+        }
+        let params = self
+            .params
+            .into_iter()
+            .map(|(index, (column, usage))| ParamTarget {
+                index,
+                column,
+                usage,
+            })
+            .collect();
+        Ok(Plan::Rewrite(Rewrite {
+            edits: self.edits,
+            params,
+            touched: self.touched,
+        }))
+    }
+
+    /// A parameter bound to a protected column must not also be used as a
+    /// plain value elsewhere: it would reach the server as ciphertext there
+    /// or as plaintext here.
+    fn check_plain_params(&self, statements: &[Statement]) -> Result<(), Refusal> {
+        struct Plain<'a> {
+            ctx: &'a Ctx<'a>,
+        }
+        impl Visitor for Plain<'_> {
+            type Break = usize;
+            fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<usize> {
+                if let Expr::Value(v) = e {
+                    if let Value::Placeholder(p) = &v.value {
+                        let at = self.ctx.src.range(v.span).map(|r| r.start);
+                        if let Some(n) = param_index(p) {
+                            let handled = at.is_some_and(|b| self.ctx.handled.contains(&b));
+                            if !handled && self.ctx.params.contains_key(&n) {
+                                return ControlFlow::Break(n);
+                            }
+                        }
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut plain = Plain { ctx: self };
+        let found = statements.iter().try_for_each(|st| st.visit(&mut plain));
+        match found {
+            ControlFlow::Break(n) => {
+                let col = self
+                    .params
+                    .get(&n)
+                    .map(|(c, _)| c.full_name.as_str())
+                    .unwrap_or("?");
+                Err(Refusal::unsupported(format!(
+                    "parameter ${n} is bound to encrypted column {col} and also used elsewhere as a plain value; \
+                     bind a separate parameter for each use"
+                )))
+            }
+            ControlFlow::Continue(()) => Ok(()),
+        }
+    }
+}
