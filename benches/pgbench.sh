@@ -18,8 +18,11 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
-WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared"}
+WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write"}
 TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
+# The guests workload (benches/guests.sql) compares PgBouncer and pgveil on
+# a plain table with pgveil encrypting three columns of the same table.
+GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc"}
 PGVEIL_WORKERS=${PGVEIL_WORKERS:-0}
 
 bindir=""
@@ -70,9 +73,15 @@ EOF
 "${run_as[@]}" "$bindir/pg_ctl" -D "$work/data" -o "-p $PG_PORT" -l "$work/pg.log" -w start >/dev/null
 "$bindir/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
 
+psql_direct() { "$bindir/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
+psql_direct -d postgres -c "CREATE DATABASE plain" -c "CREATE DATABASE enc"
+psql_direct -d plain -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name text, phone text, id_number text, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d enc -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name bytea, phone bytea, id_number bytea, note text); CREATE INDEX ON bench_guests (phone);"
+
 cat > "$work/pgbouncer.ini" <<EOF
 [databases]
 postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+plain = host=127.0.0.1 port=$PG_PORT dbname=plain
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
@@ -100,15 +109,52 @@ EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil.toml" 2>"$work/pgveil.log" &
 pids+=($!); VEIL_PID=$!
 
-for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT; do
+# pgveil with a policy: three encrypted columns of enc.bench_guests, demo keyring.
+ENC_PORT=$(free_port)
+install -m 600 keyring/demo-master.key "$work/master.key"
+cat > "$work/pgveil-enc.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$ENC_PORT"
+upstream = "127.0.0.1:$PG_PORT"
+workers = $PGVEIL_WORKERS
+[keyring]
+dir = "$PWD/keyring"
+master_key_file = "$work/master.key"
+[catalog]
+database = "enc"
+[[columns]]
+table = "bench_guests"
+column = "name"
+type = "text"
+encrypt = "randomized"
+level = 3
+[[columns]]
+table = "bench_guests"
+column = "phone"
+type = "text"
+encrypt = "searchable"
+level = 3
+[[columns]]
+table = "bench_guests"
+column = "id_number"
+type = "text"
+encrypt = "searchable"
+level = 4
+EOF
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-enc.log" &
+pids+=($!); ENC_PID=$!
+
+for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT; do
   for _ in $(seq 100); do
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
     sleep 0.1
   done
 done
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; esac; }
-pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; *) echo "";; esac; }
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc) echo "$ENC_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc) echo "$ENC_PID";; *) echo "";; esac; }
+db_of() { case $2 in guests-write) if [ "$1" = pgveil-enc ]; then echo enc; else echo plain; fi;; *) echo postgres;; esac; }
+targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; *) echo "$TARGETS";; esac; }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 args_of() {
   case $1 in
@@ -116,6 +162,7 @@ args_of() {
     select-extended) echo "-S -M extended";;
     select-prepared) echo "-S -M prepared";;
     tpcb-prepared) echo "-M prepared";;
+    guests-write) echo "-M prepared -f benches/guests.sql";;
   esac
 }
 
@@ -125,12 +172,12 @@ TCK=$(getconf CLK_TCK)
 echo "running: clients=$CLIENTS threads=$THREADS duration=${DURATION}s rounds=$ROUNDS scale=$SCALE"
 for round in $(seq "$ROUNDS"); do
   for wl in $WORKLOADS; do
-    for target in $TARGETS; do
+    for target in $(targets_of "$wl"); do
       port=$(port_of "$target"); pid=$(pid_of "$target")
       before=$(cpu_ticks "$pid")
       # shellcheck disable=SC2046
       out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" \
-              -T "$DURATION" $(args_of "$wl") postgres 2>&1) || { echo "$out" >&2; exit 1; }
+              -T "$DURATION" $(args_of "$wl") "$(db_of "$target" "$wl")" 2>&1) || { echo "$out" >&2; exit 1; }
       after=$(cpu_ticks "$pid")
       tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
       lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
@@ -144,7 +191,7 @@ done
 
 echo
 echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
-awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS" '
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc" '
   { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
   END {
     nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
@@ -154,9 +201,9 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS" '
       if (n[k]) printf "%-16s %-10s %12.0f %10.3f %14s\n", wls[i], tg[j], tps[k]/n[k], lat[k]/n[k], (ncpu[k] ? sprintf("%.1f", cpu[k]/ncpu[k]) : "-")
     }
     print ""
-    printf "%-16s %14s %16s %16s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder"
+    printf "%-16s %14s %16s %16s %18s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil"
     for (i = 1; i <= nw; i++) {
-      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]
-      printf "%-16s %14s %16s %16s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-")
+      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
+      printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
     }
   }' "$results"

@@ -92,8 +92,8 @@ impl Default for CatalogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    /// Address clients connect to, `host:port`.
-    #[serde(deserialize_with = "de_host_port")]
+    /// Address clients connect to, `host:port` (port 0: any free port).
+    #[serde(deserialize_with = "de_listen")]
     pub listen: String,
     /// The PostgreSQL server, `host:port`.
     #[serde(deserialize_with = "de_host_port")]
@@ -196,6 +196,10 @@ fn list(problems: &[crate::policy::Problem]) -> String {
 
 /// Checks `host:port` (or `[v6]:port`) without resolving the host.
 fn check_host_port(s: &str) -> Result<(), String> {
+    check_addr(s, false)
+}
+
+fn check_addr(s: &str, allow_port_zero: bool) -> Result<(), String> {
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("expected host:port, got {s:?}"));
     };
@@ -203,7 +207,7 @@ fn check_host_port(s: &str) -> Result<(), String> {
         return Err(format!("missing host in {s:?}"));
     }
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
+        Ok(p) if p > 0 || allow_port_zero => Ok(()),
         _ => Err(format!("invalid port in {s:?}")),
     }
 }
@@ -211,6 +215,12 @@ fn check_host_port(s: &str) -> Result<(), String> {
 fn de_host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     check_host_port(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_addr(&s, true).map_err(serde::de::Error::custom)?;
     Ok(s)
 }
 

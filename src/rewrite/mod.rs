@@ -1,4 +1,209 @@
 //! Applying SQL plans with the keyring: what the session calls to turn a
 //! client's statement into the one the server may see.
+//!
+//! [`Protector`] is shared by all sessions: the catalog, the pre-filters,
+//! one cached cipher per protected column, and the plan cache. It is
+//! replaced as a whole when the catalog is reloaded, so a statement is
+//! always planned and encrypted against one consistent snapshot.
 
+pub mod bind;
 pub mod copy;
+
+use crate::catalog::Catalog;
+use crate::crypto::{ColumnCipher, Format, Keyring, Mode};
+use crate::policy::Protection;
+use crate::sql::{self, EditKind, Plan, Prefilter, ProtectedColumn, Refusal, Schema};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Plans kept at most; the cache is cleared when it grows past this, which
+/// bounds its memory for workloads whose SQL text never repeats.
+const MAX_CACHED_PLANS: usize = 10_000;
+/// Longest statement text whose plan is cached.
+const MAX_CACHED_SQL: usize = 16 * 1024;
+
+/// One consistent view: catalog, filters and ciphers built from it.
+#[derive(Debug)]
+pub struct Snapshot {
+    catalog: Catalog,
+    prefilter: Prefilter,
+    missing: Option<Prefilter>,
+    ciphers: HashMap<String, Arc<ColumnCipher>>,
+    plans: DashMap<Arc<str>, Result<Arc<Plan>, Refusal>>,
+    /// Shared answer for statements the pre-filter rules out (no allocation).
+    passthrough: Arc<Plan>,
+}
+
+/// Shared protection state; cheap to read from every session.
+#[derive(Debug)]
+pub struct Protector {
+    current: RwLock<Arc<Snapshot>>,
+    keyring: Keyring,
+}
+
+impl Protector {
+    /// Builds ciphers for every protected column of `catalog`.
+    pub fn new(catalog: Catalog, keyring: Keyring) -> Result<Self, crate::crypto::CryptoError> {
+        let snapshot = Snapshot::build(catalog, &keyring)?;
+        Ok(Protector {
+            current: RwLock::new(Arc::new(snapshot)),
+            keyring,
+        })
+    }
+
+    /// The current snapshot; sessions hold it for one statement.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.current.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the catalog (after DDL or a reload).
+    pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), crate::crypto::CryptoError> {
+        let snapshot = Arc::new(Snapshot::build(catalog, &self.keyring)?);
+        match self.current.write() {
+            Ok(mut s) => *s = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    fn build(catalog: Catalog, keyring: &Keyring) -> Result<Self, crate::crypto::CryptoError> {
+        let mut ciphers = HashMap::new();
+        for col in catalog.protected_columns() {
+            let mode = match col.protection {
+                Protection::None => continue,
+                Protection::Randomized => Mode::Randomized,
+                Protection::Searchable => Mode::Searchable,
+            };
+            let cipher = keyring.column(&col.full_name, col.logical_type, mode)?;
+            ciphers.insert(col.full_name.clone(), Arc::new(cipher));
+        }
+        let prefilter = Prefilter::new(&catalog.protected_names());
+        let missing_names: Vec<String> = catalog
+            .missing()
+            .iter()
+            .filter_map(|m| m.split('.').nth(1).map(str::to_lowercase))
+            .collect();
+        let missing = (!missing_names.is_empty()).then(|| Prefilter::new(&missing_names));
+        Ok(Snapshot {
+            catalog,
+            prefilter,
+            missing,
+            ciphers,
+            plans: DashMap::new(),
+            passthrough: Arc::new(Plan::Passthrough),
+        })
+    }
+
+    /// The catalog this snapshot was built from.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Plans a statement, from the cache when its text was seen before.
+    pub fn plan(&self, sql: &str) -> Result<Arc<Plan>, Refusal> {
+        if let Some(m) = &self.missing {
+            if m.might_touch(sql) {
+                return Err(Refusal {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "pgveil: the statement may touch a protected table or column that was not \
+                         found in the database when pgveil loaded its catalog ({}); create it and \
+                         reload pgveil's catalog, or fix the policy",
+                        self.catalog.missing().join(", ")
+                    ),
+                });
+            }
+        }
+        if !self.prefilter.might_touch(sql) {
+            return Ok(self.passthrough.clone());
+        }
+        if let Some(hit) = self.plans.get(sql) {
+            return hit.value().clone();
+        }
+        let planned = sql::analyze_with(sql, &self.catalog, &self.prefilter).map(Arc::new);
+        if sql.len() <= MAX_CACHED_SQL {
+            if self.plans.len() >= MAX_CACHED_PLANS {
+                self.plans.clear();
+            }
+            self.plans.insert(Arc::from(sql), planned.clone());
+        }
+        planned
+    }
+
+    /// The cipher of a protected, encrypted column.
+    pub fn cipher(&self, column: &ProtectedColumn) -> Result<&Arc<ColumnCipher>, Refusal> {
+        self.ciphers.get(&column.full_name).ok_or_else(|| Refusal {
+            sqlstate: "XX000",
+            message: format!("pgveil: no key is loaded for column {}", column.full_name),
+        })
+    }
+
+    /// Renders a rewrite's edits into the SQL the server will see.
+    pub fn render(&self, sql: &str, edits: &[sql::Edit]) -> Result<String, Refusal> {
+        sql::apply(sql, edits, |kind| self.render_edit(kind))
+    }
+
+    fn render_edit(&self, kind: &EditKind) -> Result<String, Refusal> {
+        match kind {
+            EditKind::Text(t) => Ok(t.clone()),
+            EditKind::Encrypt { column, value } => {
+                let cipher = self.cipher(column)?;
+                let mut env = Vec::new();
+                cipher
+                    .encrypt(value.as_bytes(), Format::Text, &mut env)
+                    .map_err(crypto_refusal)?;
+                Ok(bytea_literal(&env))
+            }
+            EditKind::MatchList { column, value } => {
+                let cipher = self.cipher(column)?;
+                let envs = cipher
+                    .search_envelopes(value.as_bytes(), Format::Text)
+                    .map_err(crypto_refusal)?;
+                let items: Vec<String> = envs.iter().map(|(_, e)| bytea_literal(e)).collect();
+                Ok(format!("ARRAY[{}]::bytea[]", items.join(",")))
+            }
+        }
+    }
+}
+
+/// A crypto error as a refusal (it names the column, never the value).
+pub fn crypto_refusal(e: crate::crypto::CryptoError) -> Refusal {
+    Refusal {
+        sqlstate: e.sqlstate(),
+        message: e.to_string(),
+    }
+}
+
+/// `'\x0102..'::bytea`.
+fn bytea_literal(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2 + 12);
+    s.push_str("'\\x");
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s.push_str("'::bytea");
+    s
+}
+
+/// A statement the server runs only to fail with pgveil's refusal, so the
+/// error reaches the client in order and the server's transaction state
+/// matches what the client was told (an error aborts a transaction block).
+pub fn refusal_sql(refusal: &Refusal) -> String {
+    let code: String = refusal
+        .sqlstate
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let message = refusal.message.replace('\'', "''").replace('$', "");
+    format!(
+        "DO $pgveil$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{message}'; END$pgveil$"
+    )
+}

@@ -6,14 +6,18 @@
 
 pub mod cancel;
 
+use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::crypto::Keyring;
 use crate::net::tweaks;
+use crate::rewrite::Protector;
 use crate::session;
 use cancel::CancelRegistry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 /// State shared by every session of one proxy.
@@ -23,6 +27,11 @@ pub struct Shared {
     pub config: Config,
     /// Routes CancelRequests to the right upstream backend.
     pub cancels: CancelRegistry,
+    /// Column protection; `None` when no `[[columns]]` are configured, and
+    /// then every message is relayed untouched.
+    pub protector: Option<Arc<Protector>>,
+    /// Wakes the catalog reloader (after DDL passes through).
+    pub reload_catalog: Option<Arc<Notify>>,
 }
 
 /// A listening proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -35,13 +44,36 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the listen address and starts accepting on the current runtime.
+    ///
+    /// With `[[columns]]` configured, the keyring and the catalog are loaded
+    /// first; if either fails, pgveil does not start (fail closed).
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
+        let protector = if config.columns.is_empty() {
+            None
+        } else {
+            let keyring = Keyring::load(&config.keyring).map_err(std::io::Error::other)?;
+            let catalog = Catalog::load(&config)
+                .await
+                .map_err(std::io::Error::other)?;
+            for missing in catalog.missing() {
+                warn!(%missing, "policy names a table or column the database does not have; statements mentioning it are refused");
+            }
+            Some(Arc::new(
+                Protector::new(catalog, keyring).map_err(std::io::Error::other)?,
+            ))
+        };
+        let reload_catalog = protector.as_ref().map(|_| Arc::new(Notify::new()));
         let listener = TcpListener::bind(&config.proxy.listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config,
             cancels: CancelRegistry::default(),
+            protector,
+            reload_catalog,
         });
+        if let (Some(p), Some(n)) = (&shared.protector, &shared.reload_catalog) {
+            tokio::spawn(reload_loop(shared.clone(), p.clone(), n.clone()));
+        }
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stopped));
         info!(%addr, upstream = %shared.config.proxy.upstream, "pgveil listening");
@@ -61,6 +93,22 @@ impl Proxy {
     /// Stops accepting new clients; running sessions continue.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// Reloads the catalog whenever a session signals DDL.
+async fn reload_loop(shared: Arc<Shared>, protector: Arc<Protector>, notify: Arc<Notify>) {
+    loop {
+        notify.notified().await;
+        // Let the DDL commit first; several signals in a row coalesce.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        match Catalog::load(&shared.config).await {
+            Ok(catalog) => match protector.replace_catalog(catalog) {
+                Ok(()) => info!("catalog reloaded"),
+                Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),
+            },
+            Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),
+        }
     }
 }
 

@@ -19,6 +19,9 @@ impl Session<'_> {
         frame: &Frame,
         to_client: &mut BytesMut,
     ) -> Result<(), SessionError> {
+        if self.protect.is_some() && self.on_server_protected(frame, to_client) {
+            return Ok(());
+        }
         match frame.tag() {
             tag::AUTHENTICATION => self.on_authentication(frame, to_client),
             tag::BACKEND_KEY_DATA => return self.on_key_data(frame, to_client),

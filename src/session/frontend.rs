@@ -23,6 +23,9 @@ impl Session<'_> {
     /// Handles one client frame, queueing bytes for the server.
     #[inline]
     pub(super) fn on_client_frame(&mut self, frame: &Frame, to_server: &mut BytesMut) -> Flow {
+        if self.protect.is_some() {
+            return self.on_client_protected(frame, to_server);
+        }
         to_server.extend_from_slice(frame.as_bytes());
         if frame.tag() == tag::TERMINATE {
             Flow::Close

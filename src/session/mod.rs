@@ -13,6 +13,7 @@
 
 mod backend;
 mod frontend;
+mod protect;
 mod relay;
 mod startup;
 
@@ -101,6 +102,8 @@ struct Session<'a> {
     cancel: Option<Registration<'a>>,
     /// The server already told the client why it is closing.
     server_said_fatal: bool,
+    /// Column-protection state, when policies are configured.
+    protect: Option<protect::ProtectState>,
 }
 
 /// Runs one client connection to completion. Never panics on input and
@@ -161,6 +164,10 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> Result<(), SessionErr
         authenticated: false,
         cancel: None,
         server_said_fatal: false,
+        protect: shared
+            .protector
+            .is_some()
+            .then(protect::ProtectState::default),
     };
     relay::Relay::new(client_in, packet.bytes, cfg.max_message_bytes)
         .run(&mut session, client, &mut server)

@@ -1,0 +1,494 @@
+//! The session side of column protection: planning each statement,
+//! rewriting Query/Parse/Bind, encrypting COPY streams, and keeping track
+//! of which reply belongs to which request.
+//!
+//! Protocol rules relied on:
+//! * Replies come in request order. ParseComplete (`1`) answers Parse,
+//!   BindComplete (`2`) answers Bind, ParameterDescription (`t`) answers
+//!   Describe of a statement, ReadyForQuery (`Z`) answers Sync, Query and
+//!   FunctionCall.
+//! * After an ErrorResponse in an extended-protocol batch, the server skips
+//!   every message up to Sync, so those messages get no reply.
+//! * A refused statement is replaced by one that makes the *server* raise
+//!   pgveil's error (`rewrite::refusal_sql`): the error reaches the client
+//!   in order, and a transaction block is aborted exactly as PostgreSQL
+//!   would abort it. In an extended batch the refused message and the rest
+//!   of the batch are dropped and the failing statement is injected before
+//!   the Sync; its ParseComplete and BindComplete are swallowed.
+
+use super::frontend::Flow;
+use super::Session;
+use crate::net::Frame;
+use crate::proto::extended::{self, Bind, Parse};
+use crate::rewrite::bind::{client_param_types, encrypt_bind, server_param_types};
+use crate::rewrite::copy::{CopyEncryptor, CopyKind, CopySpec};
+use crate::rewrite::Protector;
+use crate::rewrite::{refusal_sql, Snapshot};
+use crate::server::Shared;
+use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, Refusal};
+use bytes::{BufMut, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tracing::debug;
+
+/// What pgveil remembers about a prepared statement or portal.
+#[derive(Debug, Default)]
+pub(super) struct Prepared {
+    /// Parameters that target protected columns.
+    targets: Vec<ParamTarget>,
+    /// Set when executing it starts a COPY FROM STDIN into encrypted columns.
+    copy: Option<CopyIn>,
+    /// The snapshot it was planned with, so Bind encrypts with the same keys.
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// A request whose reply the backend handler must recognise.
+#[derive(Debug)]
+enum Pending {
+    /// Parse or Bind; injected ones have their reply swallowed.
+    ParseOrBind { injected: bool },
+    /// Describe of a statement; its ParameterDescription may need rewriting.
+    DescribeStatement(Option<Arc<Prepared>>),
+    /// Sync, Query or FunctionCall: answered by ReadyForQuery.
+    Ready,
+}
+
+/// Per-session protection state.
+#[derive(Debug, Default)]
+pub(super) struct ProtectState {
+    statements: HashMap<Vec<u8>, Arc<Prepared>>,
+    portals: HashMap<Vec<u8>, Arc<Prepared>>,
+    pending: VecDeque<Pending>,
+    /// Set after a refusal inside an extended batch: drop until Sync.
+    refused: Option<Refusal>,
+    /// An active COPY FROM STDIN being encrypted.
+    copy: Option<CopyEncryptor>,
+    /// The COPY failed on pgveil's side; drop the client's rest of it.
+    copy_failed: bool,
+}
+
+impl Session<'_> {
+    /// Client frames when column protection is configured.
+    pub(super) fn on_client_protected(&mut self, frame: &Frame, to_server: &mut BytesMut) -> Flow {
+        let Session {
+            shared,
+            user,
+            protect,
+            ..
+        } = self;
+        match (shared.protector.as_deref(), protect.as_mut()) {
+            (Some(protector), Some(st)) => st.on_client(protector, shared, user, frame, to_server),
+            _ => forward(frame, to_server),
+        }
+    }
+
+    /// Server frames when column protection is configured. Returns `true`
+    /// when the frame was handled (rewritten or swallowed).
+    pub(super) fn on_server_protected(&mut self, frame: &Frame, to_client: &mut BytesMut) -> bool {
+        match self.protect.as_mut() {
+            Some(st) => st.on_server(frame, to_client),
+            None => false,
+        }
+    }
+}
+
+impl ProtectState {
+    fn on_client(
+        &mut self,
+        protector: &Protector,
+        shared: &Shared,
+        user: &str,
+        frame: &Frame,
+        to_server: &mut BytesMut,
+    ) -> Flow {
+        let tag = frame.tag();
+        // COPY sub-protocol first: only CopyData/CopyDone/CopyFail belong to it.
+        if self.copy.is_some() || self.copy_failed {
+            match tag {
+                b'd' | b'c' | b'f' => return self.on_copy_message(frame, to_server),
+                // Drivers may send Sync or Flush right after the Execute that
+                // starts COPY; the server ignores them during copy-in, so
+                // the COPY (and its encryption) goes on.
+                b'S' => {
+                    self.pending.push_back(Pending::Ready);
+                    to_server.extend_from_slice(frame.as_bytes());
+                    return Flow::Continue;
+                }
+                b'H' => return forward(frame, to_server),
+                _ => {
+                    self.copy = None;
+                    self.copy_failed = false;
+                }
+            }
+        }
+        if self.refused.is_some() {
+            if tag != b'S' {
+                return Flow::Continue; // skipped, as the server would
+            }
+            if let Some(refusal) = self.refused.take() {
+                inject_refusal(&refusal, to_server);
+                self.pending
+                    .push_back(Pending::ParseOrBind { injected: true });
+                self.pending
+                    .push_back(Pending::ParseOrBind { injected: true });
+            }
+            self.pending.push_back(Pending::Ready);
+            to_server.extend_from_slice(frame.as_bytes());
+            return Flow::Continue;
+        }
+        match tag {
+            b'Q' => {
+                self.pending.push_back(Pending::Ready);
+                let Some(sql) = extended::query_text(frame.body()) else {
+                    return forward(frame, to_server);
+                };
+                let sql = String::from_utf8_lossy(sql);
+                let snapshot = protector.snapshot();
+                let planned = plan_and_render(&snapshot, &sql).and_then(|p| match p {
+                    Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
+                    Planned::Same => Ok(Ready::Same),
+                    Planned::Text(t) => Ok(Ready::Text(t)),
+                });
+                match planned {
+                    Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
+                    Ok(Ready::Text(text)) => write_query(to_server, &text),
+                    Ok(Ready::Copy(enc)) => {
+                        to_server.extend_from_slice(frame.as_bytes());
+                        self.copy = Some(enc);
+                    }
+                    Err(refusal) => {
+                        note_refusal(user, &refusal);
+                        write_query(to_server, &refusal_sql(&refusal));
+                    }
+                }
+                maybe_reload_catalog(shared, &sql);
+            }
+            b'P' => {
+                let Some(parse) = Parse::decode(frame.body()) else {
+                    return forward(frame, to_server);
+                };
+                let snapshot = protector.snapshot();
+                let sql = String::from_utf8_lossy(parse.query).into_owned();
+                let name = parse.name.to_vec();
+                match plan_and_render_parse(&snapshot, &sql, &parse) {
+                    Ok((prepared, rewritten)) => {
+                        self.pending
+                            .push_back(Pending::ParseOrBind { injected: false });
+                        match rewritten {
+                            Some(bytes) => to_server.extend_from_slice(&bytes),
+                            None => to_server.extend_from_slice(frame.as_bytes()),
+                        }
+                        self.statements.insert(name, Arc::new(prepared));
+                    }
+                    Err(refusal) => {
+                        self.statements.remove(&name);
+                        note_refusal(user, &refusal);
+                        self.refused = Some(refusal);
+                    }
+                }
+                maybe_reload_catalog(shared, &sql);
+            }
+            b'B' => {
+                let Some(bind) = Bind::decode(frame.body()) else {
+                    return forward(frame, to_server);
+                };
+                let prepared = self.statements.get(bind.statement).cloned();
+                let portal = bind.portal.to_vec();
+                if let Some(p) = prepared.as_ref().filter(|p| !p.targets.is_empty()) {
+                    let snapshot = p.snapshot.clone().unwrap_or_else(|| protector.snapshot());
+                    if let Err(refusal) = encrypt_bind(&snapshot, &bind, &p.targets, to_server) {
+                        note_refusal(user, &refusal);
+                        self.refused = Some(refusal);
+                        return Flow::Continue;
+                    }
+                } else {
+                    to_server.extend_from_slice(frame.as_bytes());
+                }
+                self.pending
+                    .push_back(Pending::ParseOrBind { injected: false });
+                match prepared {
+                    Some(p) => self.portals.insert(portal, p),
+                    None => self.portals.remove(&portal),
+                };
+            }
+            b'D' => {
+                if let Some((b'S', name)) = extended::target(frame.body()) {
+                    let prepared = self.statements.get(name).cloned();
+                    self.pending.push_back(Pending::DescribeStatement(prepared));
+                }
+                to_server.extend_from_slice(frame.as_bytes());
+            }
+            b'E' => {
+                let portal = frame.body().split(|b| *b == 0).next().unwrap_or_default();
+                let copy = self
+                    .portals
+                    .get(portal)
+                    .and_then(|p| p.copy.clone().map(|c| (c, p.snapshot.clone())));
+                if let Some((copy, snapshot)) = copy {
+                    let snapshot = snapshot.unwrap_or_else(|| protector.snapshot());
+                    match copy_encryptor(&snapshot, &copy) {
+                        Ok(enc) => self.copy = Some(enc),
+                        Err(refusal) => {
+                            note_refusal(user, &refusal);
+                            self.refused = Some(refusal);
+                            return Flow::Continue;
+                        }
+                    }
+                }
+                to_server.extend_from_slice(frame.as_bytes());
+            }
+            b'C' => {
+                if let Some((kind, name)) = extended::target(frame.body()) {
+                    match kind {
+                        b'S' => self.statements.remove(name),
+                        _ => self.portals.remove(name),
+                    };
+                }
+                to_server.extend_from_slice(frame.as_bytes());
+            }
+            b'S' | b'F' => {
+                self.pending.push_back(Pending::Ready);
+                to_server.extend_from_slice(frame.as_bytes());
+            }
+            _ => return forward(frame, to_server),
+        }
+        Flow::Continue
+    }
+
+    /// CopyData/CopyDone/CopyFail during an encrypted COPY.
+    fn on_copy_message(&mut self, frame: &Frame, to_server: &mut BytesMut) -> Flow {
+        if self.copy_failed {
+            // pgveil already sent CopyFail; the rest of the stream is dropped.
+            if frame.tag() != b'd' {
+                self.copy_failed = false;
+            }
+            return Flow::Continue;
+        }
+        let Some(enc) = self.copy.as_mut() else {
+            return Flow::Continue;
+        };
+        let result = match frame.tag() {
+            b'd' => enc.feed(frame.body(), to_server),
+            b'c' => enc.finish(to_server).map(|()| {
+                to_server.extend_from_slice(frame.as_bytes());
+            }),
+            _ => {
+                to_server.extend_from_slice(frame.as_bytes());
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => {
+                if frame.tag() != b'd' {
+                    self.copy = None;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "COPY refused");
+                let msg = e.to_string();
+                to_server.put_u8(b'f');
+                to_server.put_u32((4 + msg.len() + 1) as u32);
+                to_server.put_slice(msg.as_bytes());
+                to_server.put_u8(0);
+                self.copy = None;
+                self.copy_failed = frame.tag() == b'd';
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Recognises replies to tracked requests; returns `true` when the
+    /// frame was rewritten into `to_client` or swallowed.
+    fn on_server(&mut self, frame: &Frame, to_client: &mut BytesMut) -> bool {
+        match frame.tag() {
+            b'1' | b'2' => {
+                if let Some(Pending::ParseOrBind { injected }) = self.pending.front() {
+                    let injected = *injected;
+                    self.pending.pop_front();
+                    return injected; // swallowed when injected
+                }
+                false
+            }
+            b't' => {
+                let Some(Pending::DescribeStatement(prepared)) = self.pending.front() else {
+                    return false;
+                };
+                let prepared = prepared.clone();
+                self.pending.pop_front();
+                let Some(p) = prepared.filter(|p| !p.targets.is_empty()) else {
+                    return false;
+                };
+                let Some(types) = extended::parameter_types(frame.body()) else {
+                    return false;
+                };
+                extended::encode_parameter_description(
+                    to_client,
+                    &client_param_types(&types, &p.targets),
+                );
+                true
+            }
+            b'E' => {
+                // The server skips the rest of the batch: those requests get no reply.
+                while matches!(
+                    self.pending.front(),
+                    Some(Pending::ParseOrBind { .. } | Pending::DescribeStatement(_))
+                ) {
+                    self.pending.pop_front();
+                }
+                false
+            }
+            b'Z' => {
+                while let Some(p) = self.pending.pop_front() {
+                    if matches!(p, Pending::Ready) {
+                        break;
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+fn forward(frame: &Frame, to_server: &mut BytesMut) -> Flow {
+    to_server.extend_from_slice(frame.as_bytes());
+    if frame.tag() == crate::proto::tag::TERMINATE {
+        Flow::Close
+    } else {
+        Flow::Continue
+    }
+}
+
+fn note_refusal(user: &str, refusal: &Refusal) {
+    tracing::info!(%user, sqlstate = refusal.sqlstate, reason = %refusal.message, "statement refused");
+}
+
+/// After DDL that may concern protected tables, reload the catalog in the
+/// background so later statements see the new schema.
+fn maybe_reload_catalog(shared: &Shared, sql: &str) {
+    let head = sql.trim_start().as_bytes();
+    let starts = |kw: &[u8]| head.len() >= kw.len() && head[..kw.len()].eq_ignore_ascii_case(kw);
+    if starts(b"CREATE") || starts(b"ALTER") || starts(b"DROP") {
+        if let Some(reload) = &shared.reload_catalog {
+            reload.notify_one();
+        }
+    }
+}
+
+/// A planned simple query, ready to send.
+enum Ready {
+    Same,
+    Text(String),
+    Copy(CopyEncryptor),
+}
+
+/// What a statement becomes.
+enum Planned {
+    /// Relay the original bytes.
+    Same,
+    /// Relay this text instead.
+    Text(String),
+    /// Relay as is, then encrypt the COPY stream.
+    Copy(CopyIn),
+}
+
+fn plan_and_render(snapshot: &Snapshot, sql: &str) -> Result<Planned, Refusal> {
+    match &*snapshot.plan(sql)? {
+        Plan::Passthrough => Ok(Planned::Same),
+        Plan::Rewrite(rw) if rw.edits.is_empty() => Ok(Planned::Same),
+        Plan::Rewrite(rw) => snapshot.render(sql, &rw.edits).map(Planned::Text),
+        Plan::CopyIn(copy) => Ok(Planned::Copy(copy.clone())),
+    }
+}
+
+/// Plans a Parse; returns what to remember and the rewritten frame, if any.
+fn plan_and_render_parse(
+    snapshot: &Arc<Snapshot>,
+    sql: &str,
+    parse: &Parse<'_>,
+) -> Result<(Prepared, Option<BytesMut>), Refusal> {
+    let plan = snapshot.plan(sql)?;
+    match &*plan {
+        Plan::Passthrough => Ok((Prepared::default(), None)),
+        Plan::CopyIn(copy) => Ok((
+            Prepared {
+                targets: Vec::new(),
+                copy: Some(copy.clone()),
+                snapshot: Some(snapshot.clone()),
+            },
+            None,
+        )),
+        Plan::Rewrite(rw) => {
+            if rw.edits.is_empty() && rw.params.is_empty() {
+                return Ok((Prepared::default(), None));
+            }
+            let text = if rw.edits.is_empty() {
+                sql.to_owned()
+            } else {
+                snapshot.render(sql, &rw.edits)?
+            };
+            let rewritten = Parse {
+                name: parse.name,
+                query: text.as_bytes(),
+                param_types: server_param_types(&parse.param_types, &rw.params),
+            };
+            let mut out = BytesMut::new();
+            rewritten.encode(&mut out);
+            Ok((
+                Prepared {
+                    targets: rw.params.clone(),
+                    copy: None,
+                    snapshot: Some(snapshot.clone()),
+                },
+                Some(out),
+            ))
+        }
+    }
+}
+
+fn copy_encryptor(snapshot: &Snapshot, copy: &CopyIn) -> Result<CopyEncryptor, Refusal> {
+    let mut fields = Vec::with_capacity(copy.fields.len());
+    for f in &copy.fields {
+        fields.push(match f {
+            Some(col) if col.protection.encrypts() => Some(snapshot.cipher(col)?.clone()),
+            _ => None,
+        });
+    }
+    Ok(CopyEncryptor::new(CopySpec {
+        fields,
+        kind: match copy.format {
+            CopyFormat::Text => CopyKind::Text,
+            CopyFormat::Csv => CopyKind::Csv,
+        },
+        delimiter: copy.delimiter,
+        null: copy.null.clone().into_bytes(),
+        quote: copy.quote,
+        escape: copy.escape,
+        header: copy.header,
+    }))
+}
+
+fn write_query(out: &mut BytesMut, sql: &str) {
+    out.reserve(5 + sql.len() + 1);
+    out.put_u8(b'Q');
+    out.put_u32((4 + sql.len() + 1) as u32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+/// Parse + Bind + Execute of the refusal statement (unnamed), placed
+/// before the batch's Sync.
+fn inject_refusal(refusal: &Refusal, out: &mut BytesMut) {
+    let sql = refusal_sql(refusal);
+    Parse {
+        name: b"",
+        query: sql.as_bytes(),
+        param_types: Vec::new(),
+    }
+    .encode(out);
+    extended::encode_bind(out, b"", b"", &[], &[], &[0, 0]);
+    out.put_u8(b'E');
+    out.put_u32(4 + 1 + 4);
+    out.put_u8(0);
+    out.put_i32(0);
+}
