@@ -568,3 +568,96 @@ async fn equality_finds_rows_written_under_every_live_key_version() {
     before.shutdown();
     after.shutdown();
 }
+
+#[tokio::test]
+async fn group_by_distinct_and_self_join_on_a_searchable_column() {
+    let c = client().await;
+    c.batch_execute(
+        "INSERT INTO guests (phone, note) VALUES ('13200000001', 'grp'), ('13200000001', 'grp'), ('13200000002', 'grp')",
+    )
+    .await
+    .unwrap();
+    let rows = c
+        .query(
+            "SELECT count(*) FROM guests WHERE note = 'grp' GROUP BY phone ORDER BY count(*)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(counts, [1, 2]);
+    let distinct: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT phone) FROM guests WHERE note = 'grp'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 2);
+    let pairs: i64 = c
+        .query_one(
+            "SELECT count(*) FROM guests a JOIN guests b ON a.phone = b.phone \
+             WHERE a.note = 'grp' AND b.note = 'grp' AND a.id < b.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pairs, 1);
+    // Joining two different protected columns would compare ciphertexts of
+    // different keys: refused.
+    let (code, msg) = refused(
+        &c,
+        "SELECT count(*) FROM guests a JOIN guests b ON a.phone = b.id_number",
+    )
+    .await;
+    assert_eq!(code, "0A000", "{msg}");
+}
+
+#[tokio::test]
+async fn policy_table_created_later_is_refused_until_the_catalog_knows_it() {
+    let _ = veil();
+    db().psql("DROP TABLE IF EXISTS late_guests").unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n\
+         [[columns]]\ntable = \"late_guests\"\ncolumn = \"phone\"\ntype = \"text\"\nencrypt = \"searchable\"\nlevel = 3\n",
+        db().addr(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring").display(),
+        master_key_file().display()
+    );
+    let proxy = start_proxy(Config::parse(&text).unwrap());
+    let c = connect_to(proxy.local_addr(), "postgres", None)
+        .await
+        .unwrap();
+    // Unknown to the catalog: a plaintext write must not get through.
+    let (code, msg) = refused(&c, "INSERT INTO late_guests (phone) VALUES ('13100000000')").await;
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("public.late_guests"), "{msg}");
+    // DDL through pgveil triggers a catalog reload.
+    c.batch_execute("CREATE TABLE late_guests (id serial, phone bytea)")
+        .await
+        .unwrap();
+    let ok = eventually(std::time::Duration::from_secs(10), || async {
+        c.batch_execute("INSERT INTO late_guests (phone) VALUES ('13100000000')")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(ok, "insert still refused after the table was created");
+    let raw = db().psql("COPY late_guests TO STDOUT").unwrap();
+    assert!(
+        !raw.contains(&hex("13100000000")) && !raw.contains("13100000000"),
+        "{raw}"
+    );
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM late_guests WHERE phone = $1",
+            &[&"13100000000"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 1);
+    proxy.shutdown();
+}

@@ -108,7 +108,7 @@ impl Snapshot {
     /// Plans a statement, from the cache when its text was seen before.
     pub fn plan(&self, sql: &str) -> Result<Arc<Plan>, Refusal> {
         if let Some(m) = &self.missing {
-            if m.might_touch(sql) {
+            if m.might_touch(sql) && !only_ddl(sql) {
                 return Err(Refusal {
                     sqlstate: "0A000",
                     message: format!(
@@ -169,6 +169,29 @@ impl Snapshot {
                 Ok(format!("ARRAY[{}]::bytea[]", items.join(",")))
             }
         }
+    }
+}
+
+/// Whether every statement in `sql` is DDL. DDL naming a table the catalog
+/// does not know yet may pass (it is how the table comes to exist); anything
+/// else could write plaintext into a column meant to be encrypted.
+fn only_ddl(sql: &str) -> bool {
+    use sqlparser::ast::Statement;
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    match sqlparser::parser::Parser::parse_sql(&dialect, sql) {
+        Ok(stmts) => stmts.iter().all(|s| {
+            matches!(
+                s,
+                Statement::CreateTable(_)
+                    | Statement::AlterTable { .. }
+                    | Statement::Drop { .. }
+                    | Statement::CreateIndex(_)
+                    | Statement::Comment { .. }
+                    | Statement::Grant { .. }
+                    | Statement::Revoke { .. }
+            ) && !matches!(s, Statement::CreateTable(t) if t.query.is_some())
+        }),
+        Err(_) => false,
     }
 }
 
