@@ -175,9 +175,24 @@ impl Catalog {
 }
 
 impl Schema for Catalog {
+    /// An unqualified name resolves to `public` when the catalog has the
+    /// table there, otherwise to the protected table of that name in any
+    /// other schema. pgveil does not follow each session's `search_path`,
+    /// so it errs toward protection: a name that could mean a protected
+    /// table is always treated as that table, never as unprotected.
     fn table(&self, schema: Option<&str>, name: &str) -> Option<&TableInfo> {
-        self.tables
-            .get(&(schema.unwrap_or("public").to_owned(), name.to_owned()))
+        match schema {
+            Some(s) => self.tables.get(&(s.to_owned(), name.to_owned())),
+            None => self
+                .tables
+                .get(&("public".to_owned(), name.to_owned()))
+                .or_else(|| {
+                    let mut others: Vec<&TableInfo> =
+                        self.tables.values().filter(|t| t.name == name).collect();
+                    others.sort_by(|a, b| a.schema.cmp(&b.schema));
+                    others.into_iter().next()
+                }),
+        }
     }
 
     fn protected_names(&self) -> Vec<String> {
@@ -265,6 +280,22 @@ mod tests {
         assert_eq!(cat.by_attr(500, 3).map(|c| c.level), Some(3));
         assert!(cat.by_attr(500, 1).is_none());
         assert_eq!(cat.missing(), ["public.guests.ghost", "public.later"]);
+        // Unqualified names never resolve to "unprotected" when a protected
+        // table of that name exists in another schema.
+        let p2 = policies(
+            "[[columns]]\ntable = \"hotel.vip\"\ncolumn = \"phone\"\ntype = \"text\"\nlevel = 3\n",
+        );
+        let mut cols2 = HashMap::new();
+        cols2.insert(
+            ("hotel".to_owned(), "vip".to_owned()),
+            vec![(600, 1, "phone".to_owned())],
+        );
+        let cat2 = Catalog::build(&p2, &cols2).unwrap();
+        assert_eq!(
+            cat2.table(None, "vip").map(|t| t.schema.as_str()),
+            Some("hotel")
+        );
+        assert!(cat2.table(Some("public"), "vip").is_none());
         assert_eq!(cat.protected_names(), ["guests"]);
     }
 }

@@ -398,6 +398,10 @@ async fn unaccountable_statements_are_refused() {
     let c = client().await;
     for (sql, column) in [
         ("SELECT id FROM guests WHERE phone LIKE '138%'", "phone"),
+        (
+            "SELECT id FROM guests WHERE id_number ILIKE '1101%'",
+            "id_number",
+        ),
         ("SELECT id FROM guests WHERE phone > '13800000000'", "phone"),
         (
             "SELECT id FROM guests WHERE phone BETWEEN '1' AND '2'",
