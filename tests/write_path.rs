@@ -665,3 +665,25 @@ async fn policy_table_created_later_is_refused_until_the_catalog_knows_it() {
     assert!(n >= 1);
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn non_utf8_statement_touching_protected_columns_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let (mut s, _) = raw::login(veil()).await;
+    let mut q = b"INSERT INTO guests (phone) VALUES ('138".to_vec();
+    q.extend([0xff, 0xfe]);
+    q.extend(b"')\0");
+    s.write_all(&raw::frame(b'Q', &q)).await.unwrap();
+    let msgs = raw::read_until_ready(&mut s).await;
+    let codes: Vec<String> = msgs
+        .iter()
+        .filter(|m| m.0 == b'E')
+        .filter_map(|m| raw::error_field(&m.1, b'C'))
+        .collect();
+    assert_eq!(codes, ["22021"], "{msgs:?}");
+    // Invalid UTF-8 elsewhere is the server's business.
+    s.write_all(&raw::frame(b'Q', b"SELECT '\xff'\0")).await.unwrap();
+    let msgs = raw::read_until_ready(&mut s).await;
+    assert!(msgs.iter().any(|m| m.0 == b'E'), "{msgs:?}");
+    assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'));
+}

@@ -65,6 +65,8 @@ pub(super) struct ProtectState {
     copy: Option<CopyEncryptor>,
     /// The COPY failed on pgveil's side; drop the client's rest of it.
     copy_failed: bool,
+    /// The startup ReadyForQuery has been seen.
+    ready_seen: bool,
 }
 
 impl Session<'_> {
@@ -142,13 +144,16 @@ impl ProtectState {
                 let Some(sql) = extended::query_text(frame.body()) else {
                     return forward(frame, to_server);
                 };
+                let utf8 = std::str::from_utf8(sql).is_ok();
                 let sql = String::from_utf8_lossy(sql);
                 let snapshot = protector.snapshot();
-                let planned = plan_and_render(&snapshot, &sql).and_then(|p| match p {
-                    Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
-                    Planned::Same => Ok(Ready::Same),
-                    Planned::Text(t) => Ok(Ready::Text(t)),
-                });
+                let planned = plan_and_render(&snapshot, &sql)
+                    .and_then(|p| require_utf8(utf8, p))
+                    .and_then(|p| match p {
+                        Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
+                        Planned::Same => Ok(Ready::Same),
+                        Planned::Text(t) => Ok(Ready::Text(t)),
+                    });
                 match planned {
                     Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
                     Ok(Ready::Text(text)) => write_query(to_server, &text),
@@ -168,9 +173,17 @@ impl ProtectState {
                     return forward(frame, to_server);
                 };
                 let snapshot = protector.snapshot();
+                let utf8 = std::str::from_utf8(parse.query).is_ok();
                 let sql = String::from_utf8_lossy(parse.query).into_owned();
                 let name = parse.name.to_vec();
-                match plan_and_render_parse(&snapshot, &sql, &parse) {
+                let planned = plan_and_render_parse(&snapshot, &sql, &parse).and_then(|(p, r)| {
+                    if utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty()) {
+                        Ok((p, r))
+                    } else {
+                        Err(not_utf8())
+                    }
+                });
+                match planned {
                     Ok((prepared, rewritten)) => {
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
@@ -337,6 +350,11 @@ impl ProtectState {
                 }
                 false
             }
+            b'Z' if !self.ready_seen => {
+                // The ReadyForQuery that ends startup answers no request.
+                self.ready_seen = true;
+                false
+            }
             b'Z' => {
                 while let Some(p) = self.pending.pop_front() {
                     if matches!(p, Pending::Ready) {
@@ -372,6 +390,26 @@ fn maybe_reload_catalog(shared: &Shared, sql: &str) {
         if let Some(reload) = &shared.reload_catalog {
             reload.notify_one();
         }
+    }
+}
+
+/// Statements that touch protected columns must be valid UTF-8: pgveil
+/// splices envelopes into the text by byte offset and encrypts literal
+/// values as UTF-8, so any other client encoding could corrupt them.
+fn require_utf8(utf8: bool, planned: Planned) -> Result<Planned, Refusal> {
+    match planned {
+        Planned::Same => Ok(Planned::Same),
+        other if utf8 => Ok(other),
+        _ => Err(not_utf8()),
+    }
+}
+
+fn not_utf8() -> Refusal {
+    Refusal {
+        sqlstate: "22021",
+        message: "pgveil: a statement that touches protected columns must be valid UTF-8; \
+                  set client_encoding = 'UTF8'"
+            .into(),
     }
 }
 
