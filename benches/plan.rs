@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pgveil::catalog::{Catalog, TableColumns};
 use pgveil::config::Config;
 use pgveil::crypto::{Keyring, MasterKey};
-use pgveil::rewrite::Protector;
+use pgveil::rewrite::{Protector, ReadPolicy};
 use std::hint::black_box;
 use std::path::Path;
 
@@ -30,7 +30,8 @@ fn protector() -> Protector {
     let catalog = Catalog::build(&cfg.columns, &cols).expect("catalog");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring");
     let keyring = Keyring::open(&dir, &MasterKey::demo()).expect("demo keyring");
-    Protector::new(catalog, keyring).expect("protector")
+    let policy = ReadPolicy::from_config(&cfg).expect("read policy");
+    Protector::new(catalog, keyring, policy).expect("protector")
 }
 
 fn bench(c: &mut Criterion) {

@@ -46,6 +46,8 @@ pub struct Catalog {
     tables: HashMap<(String, String), TableInfo>,
     by_attr: HashMap<(u32, i16), ProtectedColumn>,
     missing: Vec<String>,
+    /// PostgreSQL role → every role it is a member of (itself included).
+    memberships: HashMap<String, Vec<String>>,
 }
 
 impl Catalog {
@@ -115,6 +117,20 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// The PostgreSQL roles `user` belongs to, directly or inherited,
+    /// itself included (just itself when unknown).
+    pub fn memberships(&self, user: &str) -> Vec<String> {
+        self.memberships
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| vec![user.to_owned()])
+    }
+
+    /// Replaces the role memberships (loaded with the catalog).
+    pub fn set_memberships(&mut self, memberships: HashMap<String, Vec<String>>) {
+        self.memberships = memberships;
+    }
+
     /// Policy tables or columns the database did not have at load time.
     pub fn missing(&self) -> &[String] {
         &self.missing
@@ -170,7 +186,24 @@ impl Catalog {
                 .collect();
             columns.insert(key, attrs);
         }
-        Catalog::build(&config.columns, &columns)
+        let mut catalog = Catalog::build(&config.columns, &columns)?;
+        let rows = client
+            .query(
+                "SELECT u.rolname::text, r.rolname::text FROM pg_roles u \
+                   JOIN pg_roles r ON pg_has_role(u.oid, r.oid, 'MEMBER')",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let mut memberships: HashMap<String, Vec<String>> = HashMap::new();
+        for r in rows {
+            memberships
+                .entry(r.get::<_, String>(0))
+                .or_default()
+                .push(r.get::<_, String>(1));
+        }
+        catalog.set_memberships(memberships);
+        Ok(catalog)
     }
 }
 

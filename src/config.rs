@@ -63,6 +63,12 @@ pub struct Config {
     /// Protected columns (`[[columns]]`).
     #[serde(default)]
     pub columns: Vec<crate::policy::ColumnPolicy>,
+    /// Policy roles (`[[roles]]`).
+    #[serde(default)]
+    pub roles: Vec<crate::policy::role::RoleConfig>,
+    /// Defaults (`[defaults]`).
+    #[serde(default)]
+    pub defaults: crate::policy::role::Defaults,
 }
 
 /// The `[catalog]` section: the account pgveil uses for its own catalog
@@ -141,7 +147,8 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let problems = crate::policy::check_static(&config.columns, &text);
+        let mut problems = crate::policy::check_static(&config.columns, &text);
+        problems.extend(crate::policy::check::check_roles(&config.roles, &config.columns));
         if !problems.is_empty() {
             return Err(ConfigError::Policy {
                 path: path.to_owned(),
@@ -164,7 +171,8 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let problems = crate::policy::check_static(&config.columns, &text);
+        let mut problems = crate::policy::check_static(&config.columns, &text);
+        problems.extend(crate::policy::check::check_roles(&config.roles, &config.columns));
         Ok((config, text, problems))
     }
 

@@ -44,5 +44,17 @@ pub use nonce::discard_buffered as discard_buffered_nonces;
 pub use store::KeyState;
 pub use types::{Format, LogicalType, Mode};
 
+/// Re-encodes a valid value of `ty` between text and binary wire format;
+/// `Err` (a static reason, never the value) when it is not valid.
+pub fn transcode(
+    ty: LogicalType,
+    from: Format,
+    input: &[u8],
+    to: Format,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), &'static str> {
+    value::transcode(ty, from, input, to, out)
+}
+
 #[cfg(test)]
 mod tests;

@@ -94,6 +94,37 @@ pub fn check_static(columns: &[ColumnPolicy], text: &str) -> Vec<Problem> {
     problems
 }
 
+/// Checks `[[roles]]`: clearance range, override values, and that each
+/// override names a configured protected column.
+pub fn check_roles(roles: &[super::role::RoleConfig], columns: &[ColumnPolicy]) -> Vec<Problem> {
+    let known: Vec<String> = columns
+        .iter()
+        .filter_map(|c| QualifiedName::of(c).ok())
+        .map(|n| n.to_string())
+        .collect();
+    let mut problems = Vec::new();
+    for r in roles {
+        let mut problem = |message: String| {
+            problems.push(Problem {
+                line: None,
+                subject: format!("role {}", r.name),
+                message,
+            })
+        };
+        if let Err(e) = super::role::PolicyRole::from_config(r) {
+            problem(e);
+        }
+        for col in r.columns.keys() {
+            if !known.contains(col) {
+                problem(format!(
+                    "override for {col}, which is not a protected column; use schema.table.column as in [[columns]]"
+                ));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod check;
 pub mod column;
 pub mod live;
 pub mod mask;
+pub mod role;
 
 pub use check::{check_static, Problem};
 pub use column::{ColumnPolicy, Protection, QualifiedName};

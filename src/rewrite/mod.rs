@@ -11,6 +11,8 @@ pub mod copy;
 
 use crate::catalog::Catalog;
 use crate::crypto::{ColumnCipher, Format, Keyring, Mode};
+use crate::policy::mask::MaskSpec;
+use crate::policy::role::{self, Action, PolicyRole, PolicyRoleEntry};
 use crate::policy::Protection;
 use crate::sql::{self, EditKind, Plan, Prefilter, ProtectedColumn, Refusal, Schema};
 use dashmap::DashMap;
@@ -33,6 +35,7 @@ pub struct Snapshot {
     plans: DashMap<Arc<str>, Result<Arc<Plan>, Refusal>>,
     /// Shared answer for statements the pre-filter rules out (no allocation).
     passthrough: Arc<Plan>,
+    policy: Arc<ReadPolicy>,
 }
 
 /// Shared protection state; cheap to read from every session.
@@ -40,15 +43,62 @@ pub struct Snapshot {
 pub struct Protector {
     current: RwLock<Arc<Snapshot>>,
     keyring: Keyring,
+    policy: Arc<ReadPolicy>,
+}
+
+/// The read side of the policy: roles and each column's mask.
+#[derive(Debug, Clone)]
+pub struct ReadPolicy {
+    /// Configured roles with their PostgreSQL member roles.
+    pub roles: Vec<PolicyRoleEntry>,
+    /// The role of users who match none.
+    pub default: PolicyRole,
+    /// Each protected column's own mask, by full name.
+    pub masks: HashMap<String, MaskSpec>,
+}
+
+impl ReadPolicy {
+    /// Builds the read policy from a validated configuration.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, String> {
+        let mut roles = Vec::new();
+        for r in &config.roles {
+            roles.push(PolicyRoleEntry {
+                role: PolicyRole::from_config(r)?,
+                members: r.members.clone(),
+            });
+        }
+        let default = roles
+            .iter()
+            .find(|r| r.role.name == config.defaults.role)
+            .map(|r| r.role.clone())
+            .unwrap_or_else(|| PolicyRole::nobody(&config.defaults.role));
+        let mut masks = HashMap::new();
+        for c in &config.columns {
+            if let (Ok(name), Some(m)) = (crate::policy::QualifiedName::of(c), &c.mask) {
+                masks.insert(name.to_string(), MaskSpec::parse(m)?);
+            }
+        }
+        Ok(ReadPolicy {
+            roles,
+            default,
+            masks,
+        })
+    }
 }
 
 impl Protector {
     /// Builds ciphers for every protected column of `catalog`.
-    pub fn new(catalog: Catalog, keyring: Keyring) -> Result<Self, crate::crypto::CryptoError> {
-        let snapshot = Snapshot::build(catalog, &keyring)?;
+    pub fn new(
+        catalog: Catalog,
+        keyring: Keyring,
+        policy: ReadPolicy,
+    ) -> Result<Self, crate::crypto::CryptoError> {
+        let policy = Arc::new(policy);
+        let snapshot = Snapshot::build(catalog, &keyring, policy.clone())?;
         Ok(Protector {
             current: RwLock::new(Arc::new(snapshot)),
             keyring,
+            policy,
         })
     }
 
@@ -62,7 +112,7 @@ impl Protector {
 
     /// Replaces the catalog (after DDL or a reload).
     pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), crate::crypto::CryptoError> {
-        let snapshot = Arc::new(Snapshot::build(catalog, &self.keyring)?);
+        let snapshot = Arc::new(Snapshot::build(catalog, &self.keyring, self.policy.clone())?);
         match self.current.write() {
             Ok(mut s) => *s = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
@@ -72,7 +122,11 @@ impl Protector {
 }
 
 impl Snapshot {
-    fn build(catalog: Catalog, keyring: &Keyring) -> Result<Self, crate::crypto::CryptoError> {
+    fn build(
+        catalog: Catalog,
+        keyring: &Keyring,
+        policy: Arc<ReadPolicy>,
+    ) -> Result<Self, crate::crypto::CryptoError> {
         let mut ciphers = HashMap::new();
         for col in catalog.protected_columns() {
             let mode = match col.protection {
@@ -97,7 +151,28 @@ impl Snapshot {
             ciphers,
             plans: DashMap::new(),
             passthrough: Arc::new(Plan::Passthrough),
+            policy,
         })
+    }
+
+    /// The policy role of an authenticated user.
+    pub fn role_for(&self, user: &str) -> PolicyRole {
+        let memberships = self.catalog.memberships(user);
+        role::resolve(&self.policy.roles, &memberships, &self.policy.default).clone()
+    }
+
+    /// What `role` gets for a protected column.
+    pub fn action(&self, role: &PolicyRole, column: &ProtectedColumn) -> Action {
+        role.action(
+            &column.full_name,
+            column.level,
+            self.policy.masks.get(&column.full_name),
+        )
+    }
+
+    /// The cipher of an encrypted column, `None` for plaintext (`none`) columns.
+    pub fn cipher_opt(&self, column: &ProtectedColumn) -> Option<&Arc<ColumnCipher>> {
+        self.ciphers.get(&column.full_name)
     }
 
     /// The catalog this snapshot was built from.

@@ -10,7 +10,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::net::tweaks;
-use crate::rewrite::Protector;
+use crate::rewrite::{Protector, ReadPolicy};
 use crate::session;
 use cancel::CancelRegistry;
 use std::net::SocketAddr;
@@ -58,8 +58,9 @@ impl Proxy {
             for missing in catalog.missing() {
                 warn!(%missing, "policy names a table or column the database does not have; statements mentioning it are refused");
             }
+            let policy = ReadPolicy::from_config(&config).map_err(std::io::Error::other)?;
             Some(Arc::new(
-                Protector::new(catalog, keyring).map_err(std::io::Error::other)?,
+                Protector::new(catalog, keyring, policy).map_err(std::io::Error::other)?,
             ))
         };
         let reload_catalog = protector.as_ref().map(|_| Arc::new(Notify::new()));

@@ -41,6 +41,9 @@ impl Session<'_> {
             Some(auth::code::OK) if !self.authenticated => {
                 self.authenticated = true;
                 info!(user = %self.user, "authenticated");
+                if self.protect.is_some() {
+                    self.on_authenticated_protected();
+                }
             }
             Some(auth::code::SASL)
                 if auth::write_without_channel_binding(frame.body(), to_client) =>

@@ -15,6 +15,7 @@ mod backend;
 mod frontend;
 mod protect;
 mod relay;
+mod results;
 mod startup;
 
 use crate::net::FrameError;

@@ -22,7 +22,9 @@ use crate::net::Frame;
 use crate::proto::extended::{self, Bind, Parse};
 use crate::rewrite::bind::{client_param_types, encrypt_bind, server_param_types};
 use crate::rewrite::copy::{CopyEncryptor, CopyKind, CopySpec};
+use crate::policy::role::PolicyRole;
 use crate::rewrite::Protector;
+use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
 use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, Refusal};
@@ -47,10 +49,25 @@ pub(super) struct Prepared {
 enum Pending {
     /// Parse or Bind; injected ones have their reply swallowed.
     ParseOrBind { injected: bool },
-    /// Describe of a statement; its ParameterDescription may need rewriting.
-    DescribeStatement(Option<Arc<Prepared>>),
+    /// Describe of a statement: ParameterDescription then RowDescription/NoData.
+    DescribeStatement {
+        name: Vec<u8>,
+        prepared: Option<Arc<Prepared>>,
+    },
+    /// Describe of a portal: RowDescription/NoData with the real formats.
+    DescribePortal(Vec<u8>),
+    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery.
+    Execute(Option<Arc<ResultPlan>>),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
+}
+
+/// What pgveil knows about a portal's result.
+#[derive(Debug, Default)]
+struct PortalRows {
+    statement: Vec<u8>,
+    formats: Vec<i16>,
+    described: Option<Arc<RowPlan>>,
 }
 
 /// Per-session protection state.
@@ -67,6 +84,18 @@ pub(super) struct ProtectState {
     copy_failed: bool,
     /// The startup ReadyForQuery has been seen.
     ready_seen: bool,
+    /// The session's policy role, once authenticated.
+    role: Option<PolicyRole>,
+    /// Row shapes of described statements that return protected columns.
+    statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
+    /// Result formats and shapes of bound portals.
+    portal_rows: HashMap<Vec<u8>, PortalRows>,
+    /// The result being streamed by a simple query (or FETCH).
+    current: Option<Arc<ResultPlan>>,
+    /// pgveil refused a result mid-stream: swallow the rest until ReadyForQuery.
+    suppress: bool,
+    /// The snapshot results are planned with.
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 impl Session<'_> {
@@ -87,9 +116,21 @@ impl Session<'_> {
     /// Server frames when column protection is configured. Returns `true`
     /// when the frame was handled (rewritten or swallowed).
     pub(super) fn on_server_protected(&mut self, frame: &Frame, to_client: &mut BytesMut) -> bool {
-        match self.protect.as_mut() {
-            Some(st) => st.on_server(frame, to_client),
-            None => false,
+        let Session {
+            shared, protect, ..
+        } = self;
+        match (shared.protector.as_deref(), protect.as_mut()) {
+            (Some(protector), Some(st)) => st.on_server(protector, frame, to_client),
+            _ => false,
+        }
+    }
+
+    /// Resolves the policy role once the server accepted the user.
+    pub(super) fn on_authenticated_protected(&mut self) {
+        if let (Some(protector), Some(st)) = (self.shared.protector.as_deref(), self.protect.as_mut()) {
+            let role = protector.snapshot().role_for(&self.user);
+            tracing::info!(user = %self.user, role = %role.name, "policy role");
+            st.role = Some(role);
         }
     }
 }
@@ -176,6 +217,7 @@ impl ProtectState {
                 let utf8 = std::str::from_utf8(parse.query).is_ok();
                 let sql = String::from_utf8_lossy(parse.query).into_owned();
                 let name = parse.name.to_vec();
+                self.statement_rows.remove(&name);
                 let planned = plan_and_render_parse(&snapshot, &sql, &parse).and_then(|(p, r)| {
                     if utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty()) {
                         Ok((p, r))
@@ -217,17 +259,31 @@ impl ProtectState {
                 } else {
                     to_server.extend_from_slice(frame.as_bytes());
                 }
-                self.pending
-                    .push_back(Pending::ParseOrBind { injected: false });
+                self.pending.push_back(Pending::ParseOrBind { injected: false });
+                self.portal_rows.insert(
+                    portal.clone(),
+                    PortalRows {
+                        statement: bind.statement.to_vec(),
+                        formats: result_format_codes(bind.result_formats),
+                        described: None,
+                    },
+                );
                 match prepared {
                     Some(p) => self.portals.insert(portal, p),
                     None => self.portals.remove(&portal),
                 };
             }
             b'D' => {
-                if let Some((b'S', name)) = extended::target(frame.body()) {
-                    let prepared = self.statements.get(name).cloned();
-                    self.pending.push_back(Pending::DescribeStatement(prepared));
+                match extended::target(frame.body()) {
+                    Some((b'S', name)) => {
+                        let prepared = self.statements.get(name).cloned();
+                        self.pending.push_back(Pending::DescribeStatement {
+                            name: name.to_vec(),
+                            prepared,
+                        });
+                    }
+                    Some((_, name)) => self.pending.push_back(Pending::DescribePortal(name.to_vec())),
+                    None => {}
                 }
                 to_server.extend_from_slice(frame.as_bytes());
             }
@@ -248,14 +304,27 @@ impl ProtectState {
                         }
                     }
                 }
+                let plan = self.portal_rows.get(portal).and_then(|p| {
+                    match &p.described {
+                        Some(row) => Some(ResultPlan::bound(row.clone(), &p.formats)),
+                        None => self
+                            .statement_rows
+                            .get(&p.statement)
+                            .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
+                    }
+                });
+                self.pending.push_back(Pending::Execute(plan.map(Arc::new)));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
                 if let Some((kind, name)) = extended::target(frame.body()) {
-                    match kind {
-                        b'S' => self.statements.remove(name),
-                        _ => self.portals.remove(name),
-                    };
+                    if kind == b'S' {
+                        self.statements.remove(name);
+                        self.statement_rows.remove(name);
+                    } else {
+                        self.portals.remove(name);
+                        self.portal_rows.remove(name);
+                    }
                 }
                 to_server.extend_from_slice(frame.as_bytes());
             }
@@ -312,8 +381,17 @@ impl ProtectState {
 
     /// Recognises replies to tracked requests; returns `true` when the
     /// frame was rewritten into `to_client` or swallowed.
-    fn on_server(&mut self, frame: &Frame, to_client: &mut BytesMut) -> bool {
-        match frame.tag() {
+    fn on_server(&mut self, protector: &Protector, frame: &Frame, to_client: &mut BytesMut) -> bool {
+        let tag = frame.tag();
+        if self.suppress && !matches!(tag, b'Z' | b'N' | b'A' | b'S') {
+            // Replies to requests after a refused result are dropped, as if
+            // the server had skipped them after an error.
+            if tag == b'E' {
+                self.drop_until_sync();
+            }
+            return true;
+        }
+        match tag {
             b'1' | b'2' => {
                 if let Some(Pending::ParseOrBind { injected }) = self.pending.front() {
                     let injected = *injected;
@@ -323,12 +401,10 @@ impl ProtectState {
                 false
             }
             b't' => {
-                let Some(Pending::DescribeStatement(prepared)) = self.pending.front() else {
+                let Some(Pending::DescribeStatement { prepared, .. }) = self.pending.front() else {
                     return false;
                 };
-                let prepared = prepared.clone();
-                self.pending.pop_front();
-                let Some(p) = prepared.filter(|p| !p.targets.is_empty()) else {
+                let Some(p) = prepared.as_ref().filter(|p| !p.targets.is_empty()) else {
                     return false;
                 };
                 let Some(types) = extended::parameter_types(frame.body()) else {
@@ -340,14 +416,90 @@ impl ProtectState {
                 );
                 true
             }
-            b'E' => {
-                // The server skips the rest of the batch: those requests get no reply.
-                while matches!(
+            b'T' => {
+                let snapshot = self.snapshot.get_or_insert_with(|| protector.snapshot()).clone();
+                let role = self
+                    .role
+                    .get_or_insert_with(|| snapshot.role_for(""))
+                    .clone();
+                let planned = plan_row_description(&snapshot, &role, frame.body());
+                match self.pending.front() {
+                    Some(Pending::DescribeStatement { name, .. }) => {
+                        let name = name.clone();
+                        self.pending.pop_front();
+                        match &planned {
+                            Some((row, _)) => self.statement_rows.insert(name, row.clone()),
+                            None => self.statement_rows.remove(&name),
+                        };
+                    }
+                    Some(Pending::DescribePortal(name)) => {
+                        let name = name.clone();
+                        self.pending.pop_front();
+                        if let Some(p) = self.portal_rows.get_mut(&name) {
+                            p.described = planned.as_ref().map(|(row, _)| row.clone());
+                            if let Some((row, _)) = &planned {
+                                p.formats = row_formats(row);
+                            }
+                        }
+                    }
+                    _ => {
+                        // A simple query's (or FETCH's) result starts.
+                        self.current = planned
+                            .as_ref()
+                            .map(|(row, _)| Arc::new(ResultPlan::described(row.clone())));
+                        if let Some((row, _)) = &planned {
+                            if let Some(col) = &row.denied {
+                                self.refuse_result(to_client, "42501", &denied_message(col));
+                                return true;
+                            }
+                        }
+                    }
+                }
+                match planned {
+                    Some((_, rewritten)) => {
+                        to_client.extend_from_slice(&rewritten);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            b'n' => {
+                if matches!(
                     self.pending.front(),
-                    Some(Pending::ParseOrBind { .. } | Pending::DescribeStatement(_))
+                    Some(Pending::DescribeStatement { .. } | Pending::DescribePortal(_))
                 ) {
                     self.pending.pop_front();
                 }
+                false
+            }
+            b'D' => {
+                let plan = match self.pending.front() {
+                    Some(Pending::Execute(plan)) => plan.clone(),
+                    _ => self.current.clone(),
+                };
+                let Some(plan) = plan else {
+                    return false;
+                };
+                if let Some(col) = &plan.row.denied {
+                    self.refuse_result(to_client, "42501", &denied_message(col));
+                    return true;
+                }
+                if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client) {
+                    self.refuse_result(to_client, e.sqlstate, &e.message);
+                }
+                true
+            }
+            b'C' | b'I' | b's' => {
+                if matches!(self.pending.front(), Some(Pending::Execute(_))) {
+                    self.pending.pop_front();
+                } else {
+                    self.current = None;
+                }
+                false
+            }
+            b'E' => {
+                self.current = None;
+                self.drop_until_sync();
                 false
             }
             b'Z' if !self.ready_seen => {
@@ -356,9 +508,20 @@ impl ProtectState {
                 false
             }
             b'Z' => {
+                self.current = None;
+                self.snapshot = None;
                 while let Some(p) = self.pending.pop_front() {
                     if matches!(p, Pending::Ready) {
                         break;
+                    }
+                }
+                if self.suppress {
+                    self.suppress = false;
+                    // The client was told of an error: inside a transaction
+                    // block it must see the block as failed.
+                    if frame.body() == b"T" {
+                        to_client.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
+                        return true;
                     }
                 }
                 false
@@ -366,6 +529,51 @@ impl ProtectState {
             _ => false,
         }
     }
+
+    /// The server skips the rest of an extended batch after an error: those
+    /// requests get no reply.
+    fn drop_until_sync(&mut self) {
+        while matches!(
+            self.pending.front(),
+            Some(
+                Pending::ParseOrBind { .. }
+                    | Pending::DescribeStatement { .. }
+                    | Pending::DescribePortal(_)
+                    | Pending::Execute(_)
+            )
+        ) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// Replaces the rest of a result with one ErrorResponse.
+    fn refuse_result(&mut self, to_client: &mut BytesMut, code: &str, message: &str) {
+        tracing::info!(sqlstate = code, reason = %message, "result refused");
+        crate::proto::error::write_error(to_client, crate::proto::error::Severity::Error, code, message);
+        self.current = None;
+        self.suppress = true;
+        self.drop_until_sync();
+    }
+}
+
+fn denied_message(column: &str) -> String {
+    format!(
+        "pgveil: permission denied for column {column}: your policy role may not read it; \
+         leave it out of the query or ask for a role that may"
+    )
+}
+
+/// Bind's result-format codes (count, then codes).
+fn result_format_codes(raw: &[u8]) -> Vec<i16> {
+    raw.get(2..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn row_formats(row: &RowPlan) -> Vec<i16> {
+    row.described_formats.clone()
 }
 
 fn forward(frame: &Frame, to_server: &mut BytesMut) -> Flow {

@@ -209,3 +209,24 @@ fn push_padded<B: OutBuf + ?Sized>(out: &mut B, v: u64, width: usize) {
 
 #[cfg(test)]
 mod tests;
+
+/// Re-encodes a valid value of `ty` from one wire format to another
+/// (e.g. a mask's text output to the binary format a client asked for).
+pub(crate) fn transcode(
+    ty: LogicalType,
+    from: Format,
+    input: &[u8],
+    to: Format,
+    out: &mut Vec<u8>,
+) -> Result<(), Reason> {
+    let start = out.len();
+    out.resize(start + render_prefix(ty, to), 0);
+    if let Err(reason) = canonicalize(ty, from, input, out) {
+        out.truncate(start);
+        return Err(reason);
+    }
+    render_in_place(ty, to, out, start).map_err(|()| {
+        out.truncate(start);
+        "value cannot be rendered in the requested format"
+    })
+}

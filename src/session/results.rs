@@ -1,0 +1,291 @@
+//! Result rows on their way to the client: decrypt and mask by role.
+//!
+//! A RowDescription field whose table OID and attribute number map to a
+//! protected column gets that column's logical type, and its cells are
+//! decrypted and then shown as the caller's role allows: clear, masked,
+//! NULL, or the whole result refused. Fields computed from a protected
+//! column report OID 0 and pass through as whatever the server computed
+//! (over ciphertext, so never plaintext).
+
+use crate::crypto::{transcode, ColumnCipher, Format};
+use crate::policy::role::{Action, PolicyRole};
+use crate::proto::cursor::Cursor;
+use crate::rewrite::Snapshot;
+use crate::sql::ProtectedColumn;
+use bytes::{BufMut, BytesMut};
+use std::sync::Arc;
+
+/// What to do with one protected field.
+#[derive(Debug)]
+pub(super) struct FieldPlan {
+    column: ProtectedColumn,
+    action: Action,
+    cipher: Option<Arc<ColumnCipher>>,
+}
+
+/// The protected fields of one row shape.
+#[derive(Debug)]
+pub(super) struct RowPlan {
+    fields: Vec<Option<FieldPlan>>,
+    /// A column the role may not receive: the result is refused.
+    pub(super) denied: Option<String>,
+    /// Format codes as the RowDescription stated them.
+    pub(super) described_formats: Vec<i16>,
+}
+
+/// A row shape with the formats the cells actually come in.
+#[derive(Debug)]
+pub(super) struct ResultPlan {
+    pub(super) row: Arc<RowPlan>,
+    formats: Vec<i16>,
+}
+
+impl ResultPlan {
+    /// Uses the formats the RowDescription stated (simple query, Describe portal).
+    pub(super) fn described(row: Arc<RowPlan>) -> Self {
+        let formats = row.described_formats.clone();
+        ResultPlan { row, formats }
+    }
+
+    /// Uses Bind's result-format codes (0, 1 or one per column).
+    pub(super) fn bound(row: Arc<RowPlan>, codes: &[i16]) -> Self {
+        let n = row.fields.len();
+        let formats = (0..n)
+            .map(|i| match codes.len() {
+                0 => 0,
+                1 => codes[0],
+                _ => codes.get(i).copied().unwrap_or(0),
+            })
+            .collect();
+        ResultPlan { row, formats }
+    }
+}
+
+/// Plans a RowDescription. Returns `None` when no field is protected (the
+/// frame is relayed as is); otherwise the plan and the rewritten frame.
+pub(super) fn plan_row_description(
+    snapshot: &Snapshot,
+    role: &PolicyRole,
+    body: &[u8],
+) -> Option<(Arc<RowPlan>, BytesMut)> {
+    let mut c = Cursor::new(body);
+    let n = usize::try_from(i16::from_be_bytes(c.take(2)?.try_into().ok()?)).ok()?;
+    let mut fields = Vec::with_capacity(n);
+    let mut described_formats = Vec::with_capacity(n);
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    out.put_u8(b'T');
+    out.put_u32(0); // length, patched below
+    out.put_i16(n as i16);
+    let mut denied = None;
+    let mut any = false;
+    for _ in 0..n {
+        let name = c.cstr()?;
+        let table_oid = c.i32()? as u32;
+        let attnum = i16::from_be_bytes(c.take(2)?.try_into().ok()?);
+        let type_oid = c.i32()? as u32;
+        let typlen = i16::from_be_bytes(c.take(2)?.try_into().ok()?);
+        let typmod = c.i32()?;
+        let format = i16::from_be_bytes(c.take(2)?.try_into().ok()?);
+        described_formats.push(format);
+        out.put_slice(name);
+        out.put_u8(0);
+        out.put_u32(table_oid);
+        out.put_i16(attnum);
+        let protected = (table_oid != 0)
+            .then(|| snapshot.catalog().by_attr(table_oid, attnum))
+            .flatten();
+        match protected {
+            Some(col) => {
+                any = true;
+                let action = snapshot.action(role, col);
+                if action == Action::Deny && denied.is_none() {
+                    denied = Some(col.full_name.clone());
+                }
+                out.put_u32(col.logical_type.oid());
+                out.put_i16(col.logical_type.typlen());
+                out.put_i32(-1);
+                fields.push(Some(FieldPlan {
+                    column: col.clone(),
+                    action,
+                    cipher: snapshot.cipher_opt(col).cloned(),
+                }));
+            }
+            None => {
+                out.put_u32(type_oid);
+                out.put_i16(typlen);
+                out.put_i32(typmod);
+                fields.push(None);
+            }
+        }
+        out.put_i16(format);
+    }
+    if !any {
+        return None;
+    }
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some((
+        Arc::new(RowPlan {
+            fields,
+            denied,
+            described_formats,
+        }),
+        out,
+    ))
+}
+
+/// Why a row could not be shown; never carries a value.
+#[derive(Debug)]
+pub(super) struct RowError {
+    /// SQLSTATE for the client.
+    pub(super) sqlstate: &'static str,
+    /// Message naming the column.
+    pub(super) message: String,
+}
+
+/// Rewrites one DataRow with protected cells decrypted and masked.
+pub(super) fn rewrite_data_row(
+    plan: &ResultPlan,
+    body: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), RowError> {
+    let bad = || RowError {
+        sqlstate: "08P01",
+        message: "pgveil: the server sent a malformed DataRow".into(),
+    };
+    let mut c = Cursor::new(body);
+    let n = usize::try_from(i16::from_be_bytes(c.take(2).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
+        .map_err(|_| bad())?;
+    let start = out.len();
+    out.put_u8(b'D');
+    out.put_u32(0);
+    out.put_i16(n as i16);
+    let mut scratch = Vec::new();
+    for i in 0..n {
+        let len = c.i32().ok_or_else(bad)?;
+        let cell = if len < 0 {
+            None
+        } else {
+            Some(c.take(len as usize).ok_or_else(bad)?)
+        };
+        let field = plan.row.fields.get(i).and_then(Option::as_ref);
+        let (Some(field), Some(cell)) = (field, cell) else {
+            put_cell(out, cell);
+            continue;
+        };
+        let format = if plan.formats.get(i) == Some(&1) {
+            Format::Binary
+        } else {
+            Format::Text
+        };
+        scratch.clear();
+        match show(field, cell, format, &mut scratch)? {
+            true => put_cell(out, Some(&scratch)),
+            false => put_cell(out, None),
+        }
+    }
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn put_cell(out: &mut BytesMut, cell: Option<&[u8]>) {
+    match cell {
+        None => out.put_i32(-1),
+        Some(v) => {
+            out.put_i32(v.len() as i32);
+            out.put_slice(v);
+        }
+    }
+}
+
+/// Produces what the role sees for one cell in `format`; `false` = NULL.
+fn show(field: &FieldPlan, cell: &[u8], format: Format, out: &mut Vec<u8>) -> Result<bool, RowError> {
+    let ty = field.column.logical_type;
+    if field.action == Action::Null {
+        return Ok(false);
+    }
+    // The value in text form: decrypted, or as stored for `none` columns.
+    let decrypt = |fmt: Format, out: &mut Vec<u8>| -> Result<(), RowError> {
+        match &field.cipher {
+            Some(cipher) => {
+                let env = envelope_bytes(cell, format).ok_or_else(|| RowError {
+                    sqlstate: "XX001",
+                    message: format!(
+                        "pgveil: column {} holds a value that is not a pgveil envelope",
+                        field.column.full_name
+                    ),
+                })?;
+                cipher.decrypt(&env, fmt, out).map_err(|e| RowError {
+                    sqlstate: e.sqlstate(),
+                    message: e.to_string(),
+                })
+            }
+            None => {
+                // Plaintext column: the server already sent it in `format`.
+                if fmt == format {
+                    out.extend_from_slice(cell);
+                    Ok(())
+                } else {
+                    transcode(ty, format, cell, fmt, out).map_err(|reason| RowError {
+                        sqlstate: "XX000",
+                        message: format!("pgveil: column {}: {reason}", field.column.full_name),
+                    })
+                }
+            }
+        }
+    };
+    match &field.action {
+        Action::Clear => {
+            decrypt(format, out)?;
+            Ok(true)
+        }
+        Action::Mask(mask) => {
+            let mut text = Vec::new();
+            decrypt(Format::Text, &mut text)?;
+            let text = String::from_utf8_lossy(&text);
+            let mut masked = String::new();
+            let shown = mask.apply(&text, None, &mut masked).map_err(|e| RowError {
+                sqlstate: "XX000",
+                message: format!("pgveil: column {}: {e}", field.column.full_name),
+            })?;
+            if !shown {
+                return Ok(false);
+            }
+            if format == Format::Text || ty.oid() == 25 || ty.oid() == 1043 || ty.oid() == 1042 {
+                out.extend_from_slice(masked.as_bytes());
+            } else {
+                transcode(ty, Format::Text, masked.as_bytes(), format, out).map_err(|reason| RowError {
+                    sqlstate: "XX000",
+                    message: format!("pgveil: column {}: mask output {reason}", field.column.full_name),
+                })?;
+            }
+            Ok(true)
+        }
+        Action::Null => Ok(false),
+        Action::Deny => Err(RowError {
+            sqlstate: "42501",
+            message: format!("pgveil: permission denied for column {}", field.column.full_name),
+        }),
+    }
+}
+
+/// The envelope inside a bytea cell: raw in binary, `\x` hex in text.
+fn envelope_bytes(cell: &[u8], format: Format) -> Option<std::borrow::Cow<'_, [u8]>> {
+    match format {
+        Format::Binary => Some(std::borrow::Cow::Borrowed(cell)),
+        Format::Text => {
+            let hex = cell.strip_prefix(b"\\x")?;
+            if hex.len() % 2 != 0 {
+                return None;
+            }
+            let mut out = Vec::with_capacity(hex.len() / 2);
+            for pair in hex.chunks(2) {
+                let hi = (pair[0] as char).to_digit(16)?;
+                let lo = (pair[1] as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            Some(std::borrow::Cow::Owned(out))
+        }
+    }
+}
