@@ -2,19 +2,21 @@
 //!
 //! A [`ColumnCipher`] is built once per protected column (by
 //! [`Keyring::column`](super::Keyring::column)) and holds, for every live
-//! key version, the AES-256-GCM key schedule, the HMAC key of the
-//! searchable-mode nonce PRF and the precomputed AAD. Encrypting or
-//! decrypting a value then derives nothing and allocates nothing beyond the
-//! caller's output buffer growing.
+//! key version, the AES-256-GCM key schedule, the initialized AES-256-CMAC
+//! state of the searchable-mode nonce PRF and the precomputed AAD.
+//! Encrypting or decrypting a value then derives nothing, builds no key
+//! schedule and allocates nothing beyond the caller's output buffer growing.
 //!
 //! Keys: HKDF-SHA256 with salt `"pgveil column keys v1"` over the root key
 //! of the version; info `"pgveil enc\0" ‖ column` for the AEAD key and
-//! `"pgveil prf\0" ‖ column` for the PRF key.
+//! `"pgveil prf-cmac\0" ‖ column` for the 32-byte CMAC key of the nonce PRF.
 
 use std::sync::Arc;
 
+use aes::Aes256Enc;
+use cmac::{Cmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::{hkdf, hmac};
+use ring::hkdf;
 
 use super::buf::OutBuf;
 use super::envelope::{self, Header, FORMAT_V1, HEADER_LEN, OVERHEAD};
@@ -26,13 +28,31 @@ use super::value;
 
 const HKDF_SALT: &[u8] = b"pgveil column keys v1";
 const INFO_ENC: &[u8] = b"pgveil enc\0";
-const INFO_PRF: &[u8] = b"pgveil prf\0";
+/// Purpose label of the nonce-PRF key. It names the algorithm: the key of
+/// the earlier HMAC-SHA256 rule (`"pgveil prf\0"`) is never reused for CMAC.
+const INFO_PRF: &[u8] = b"pgveil prf-cmac\0";
+
+/// The searchable-mode nonce PRF: AES-256-CMAC (RFC 4493). CMAC only ever
+/// runs the block cipher forwards, so the encrypt-only key schedule
+/// suffices (same output as `Cmac<Aes256>`, half the state to clone).
+type NoncePrf = Cmac<Aes256Enc>;
+
+/// HKDF output length for keys that are not a ring algorithm's.
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
 
 /// Keys of one column under one root-key version.
 struct VersionKeys {
     version: u32,
     aead: LessSafeKey,
-    prf: hmac::Key,
+    /// CMAC state with the key schedule already expanded; cloned (never
+    /// rebuilt) for each value.
+    prf: NoncePrf,
     /// AAD for randomized and searchable envelopes, in that order.
     aad: [Vec<u8>; 2],
 }
@@ -45,13 +65,15 @@ impl VersionKeys {
         let enc = prk
             .expand(&enc_info, &AES_256_GCM)
             .map_err(|_| CryptoError::Random)?;
-        let prf = prk
-            .expand(&prf_info, hmac::HMAC_SHA256)
+        let mut prf_key = Secret32::new([0u8; 32]);
+        prk.expand(&prf_info, Len32)
+            .and_then(|okm| okm.fill(prf_key.expose_mut()))
             .map_err(|_| CryptoError::Random)?;
+        let prf = NoncePrf::new_from_slice(prf_key.expose()).map_err(|_| CryptoError::Random)?;
         Ok(VersionKeys {
             version,
             aead: LessSafeKey::new(UnboundKey::from(enc)),
-            prf: hmac::Key::from(prf),
+            prf,
             aad: [
                 envelope::aad(Mode::Randomized, version, column),
                 envelope::aad(Mode::Searchable, version, column),
@@ -66,12 +88,14 @@ impl VersionKeys {
         }
     }
 
-    /// The searchable-mode nonce: HMAC-SHA256(prf key, canonical value)
+    /// The searchable-mode nonce: AES-256-CMAC(prf key, canonical value)
     /// truncated to 96 bits.
     fn prf_nonce(&self, canonical: &[u8]) -> [u8; NONCE_LEN] {
-        let tag = hmac::sign(&self.prf, canonical);
+        let mut mac = self.prf.clone();
+        mac.update(canonical);
+        let tag = mac.finalize().into_bytes();
         let mut n = [0u8; NONCE_LEN];
-        n.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+        n.copy_from_slice(&tag[..NONCE_LEN]);
         n
     }
 }
@@ -365,4 +389,56 @@ fn check_column_name(column: &str) -> Result<()> {
         return bad("it must be the full name schema.table.column");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// NIST SP 800-38B, appendix D.3 (AES-256 CMAC examples 1 to 4): the
+    /// encrypt-only key schedule gives standard AES-256-CMAC.
+    #[test]
+    fn nonce_prf_is_aes256_cmac() {
+        let key = unhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
+        let msg = unhex(concat!(
+            "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51",
+            "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+        ));
+        let prf = NoncePrf::new_from_slice(&key).expect("key");
+        for (len, want) in [
+            (0, "028962f61b7bf89efc6b551f4667d983"),
+            (16, "28a7023f452e8f82bd4bf28d8c37c35c"),
+            (40, "aaf3d8f1de5640c232f5b169b9c911e6"),
+            (64, "e1992190549f6ed5696a2c056c315410"),
+        ] {
+            // The shared state is cloned per value, so order does not matter.
+            for _ in 0..2 {
+                let mut mac = prf.clone();
+                mac.update(&msg[..len]);
+                assert_eq!(mac.finalize().into_bytes().to_vec(), unhex(want), "{len}");
+            }
+        }
+    }
+
+    /// The searchable nonce is the first 12 bytes of the CMAC tag, a
+    /// function of the value alone (calls do not share state).
+    #[test]
+    fn prf_nonce_is_truncated_cmac_and_stateless() {
+        let root = Secret32::new([5; 32]);
+        let keys = VersionKeys::derive(&root, 1, "public.guests.phone").expect("derive");
+        let a = keys.prf_nonce(b"+86 138 0013 8000");
+        let b = keys.prf_nonce(b"other");
+        assert_eq!(keys.prf_nonce(b"+86 138 0013 8000"), a);
+        assert_ne!(a, b);
+        let mut mac = keys.prf.clone();
+        mac.update(b"other");
+        assert_eq!(&mac.finalize().into_bytes()[..NONCE_LEN], &b[..]);
+    }
 }
