@@ -2,8 +2,8 @@
 //!
 //! A [`ColumnCipher`] is built once per protected column (by
 //! [`Keyring::column`](super::Keyring::column)) and holds, for every live
-//! key version, the AES-256-GCM key schedule, the initialized AES-256-CMAC
-//! state of the searchable-mode nonce PRF and the precomputed AAD.
+//! key version, the AES-256-GCM key schedule, the AES-256 key schedule and
+//! CMAC subkeys of the searchable-mode nonce PRF and the precomputed AAD.
 //! Encrypting or decrypting a value then derives nothing, builds no key
 //! schedule and allocates nothing beyond the caller's output buffer growing.
 //!
@@ -13,8 +13,11 @@
 
 use std::sync::Arc;
 
+use aes::cipher::{
+    consts::U16, generic_array::GenericArray, BlockBackend, BlockClosure, BlockEncrypt,
+    BlockSizeUser, KeyInit,
+};
 use aes::Aes256Enc;
-use cmac::{Cmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 
@@ -32,10 +35,109 @@ const INFO_ENC: &[u8] = b"pgveil enc\0";
 /// the earlier HMAC-SHA256 rule (`"pgveil prf\0"`) is never reused for CMAC.
 const INFO_PRF: &[u8] = b"pgveil prf-cmac\0";
 
-/// The searchable-mode nonce PRF: AES-256-CMAC (RFC 4493). CMAC only ever
-/// runs the block cipher forwards, so the encrypt-only key schedule
-/// suffices (same output as `Cmac<Aes256>`, half the state to clone).
-type NoncePrf = Cmac<Aes256Enc>;
+/// The searchable-mode nonce PRF: AES-256-CMAC (RFC 4493, NIST SP
+/// 800-38B) over the `aes` crate's encrypt-only key schedule.
+///
+/// Written out here rather than taken from the `cmac` crate because that
+/// crate recomputes the subkey L = AES_K(0) in every `finalize` and needs
+/// its whole state cloned per value; here the key schedule and the subkeys
+/// K1, K2 are computed once and a value costs exactly ⌈len/16⌉ (at least
+/// one) AES block encryptions with no copy of the key schedule. Unit tests
+/// check it against the NIST vectors and against the `cmac` crate on every
+/// length from 0 to 80 bytes; `tests/crypto_vectors.rs` recomputes the
+/// nonces with the `cmac` crate.
+struct NoncePrf {
+    cipher: Aes256Enc,
+    k1: [u8; 16],
+    k2: [u8; 16],
+}
+
+/// Doubling in GF(2^128) (RFC 4493 subkey generation), in constant time.
+fn dbl(b: &[u8; 16]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for i in 0..16 {
+        let next = if i < 15 { b[i + 1] >> 7 } else { 0 };
+        out[i] = (b[i] << 1) | next;
+    }
+    out[15] ^= 0u8.wrapping_sub(b[0] >> 7) & 0x87;
+    out
+}
+
+fn xor_into(acc: &mut [u8; 16], x: &[u8]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a ^= b;
+    }
+}
+
+impl NoncePrf {
+    fn new(key: &[u8; 32]) -> NoncePrf {
+        let cipher = Aes256Enc::new(GenericArray::from_slice(key));
+        let mut l = GenericArray::<u8, U16>::default();
+        cipher.encrypt_block(&mut l);
+        let mut l16 = [0u8; 16];
+        l16.copy_from_slice(&l);
+        let k1 = dbl(&l16);
+        let k2 = dbl(&k1);
+        super::secret::wipe(&mut l16);
+        NoncePrf { cipher, k1, k2 }
+    }
+
+    /// AES-256-CMAC of `msg`.
+    fn tag(&self, msg: &[u8]) -> [u8; 16] {
+        struct Run<'a> {
+            msg: &'a [u8],
+            k1: &'a [u8; 16],
+            k2: &'a [u8; 16],
+            out: &'a mut [u8; 16],
+        }
+        impl BlockSizeUser for Run<'_> {
+            type BlockSize = U16;
+        }
+        impl BlockClosure for Run<'_> {
+            #[inline(always)]
+            fn call<B: BlockBackend<BlockSize = U16>>(self, backend: &mut B) {
+                // Split off the last block: complete (xor K1) or padded
+                // with 0x80 0x00… (xor K2); an empty message is one padded
+                // block.
+                let rem = self.msg.len() % 16;
+                let last_len = if rem == 0 && !self.msg.is_empty() {
+                    16
+                } else {
+                    rem
+                };
+                let (full, last) = self.msg.split_at(self.msg.len() - last_len);
+                let mut x = GenericArray::<u8, U16>::default();
+                for block in full.chunks_exact(16) {
+                    for (a, b) in x.iter_mut().zip(block) {
+                        *a ^= b;
+                    }
+                    backend.proc_block((&mut x).into());
+                }
+                let mut m = [0u8; 16];
+                m[..last_len].copy_from_slice(last);
+                if last_len == 16 {
+                    xor_into(&mut m, self.k1);
+                } else {
+                    m[last_len] = 0x80;
+                    xor_into(&mut m, self.k2);
+                }
+                for (a, b) in x.iter_mut().zip(m) {
+                    *a ^= b;
+                }
+                backend.proc_block((&mut x).into());
+                self.out.copy_from_slice(&x);
+            }
+        }
+        let mut out = [0u8; 16];
+        self.cipher.encrypt_with_backend(Run {
+            msg,
+            k1: &self.k1,
+            k2: &self.k2,
+            out: &mut out,
+        });
+        out
+    }
+}
 
 /// HKDF output length for keys that are not a ring algorithm's.
 struct Len32;
@@ -50,8 +152,7 @@ impl hkdf::KeyType for Len32 {
 struct VersionKeys {
     version: u32,
     aead: LessSafeKey,
-    /// CMAC state with the key schedule already expanded; cloned (never
-    /// rebuilt) for each value.
+    /// AES-256-CMAC with the key schedule and subkeys already expanded.
     prf: NoncePrf,
     /// AAD for randomized and searchable envelopes, in that order.
     aad: [Vec<u8>; 2],
@@ -69,7 +170,7 @@ impl VersionKeys {
         prk.expand(&prf_info, Len32)
             .and_then(|okm| okm.fill(prf_key.expose_mut()))
             .map_err(|_| CryptoError::Random)?;
-        let prf = NoncePrf::new_from_slice(prf_key.expose()).map_err(|_| CryptoError::Random)?;
+        let prf = NoncePrf::new(prf_key.expose());
         Ok(VersionKeys {
             version,
             aead: LessSafeKey::new(UnboundKey::from(enc)),
@@ -91,9 +192,7 @@ impl VersionKeys {
     /// The searchable-mode nonce: AES-256-CMAC(prf key, canonical value)
     /// truncated to 96 bits.
     fn prf_nonce(&self, canonical: &[u8]) -> [u8; NONCE_LEN] {
-        let mut mac = self.prf.clone();
-        mac.update(canonical);
-        let tag = mac.finalize().into_bytes();
+        let tag = self.prf.tag(canonical);
         let mut n = [0u8; NONCE_LEN];
         n.copy_from_slice(&tag[..NONCE_LEN]);
         n
@@ -394,6 +493,7 @@ fn check_column_name(column: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cmac::{Cmac, Mac};
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
@@ -402,43 +502,71 @@ mod tests {
             .collect()
     }
 
-    /// NIST SP 800-38B, appendix D.3 (AES-256 CMAC examples 1 to 4): the
-    /// encrypt-only key schedule gives standard AES-256-CMAC.
+    /// NIST SP 800-38B, appendix D.3 (AES-256 CMAC examples 1 to 4).
     #[test]
     fn nonce_prf_is_aes256_cmac() {
-        let key = unhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
+        let key: [u8; 32] =
+            unhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+                .try_into()
+                .expect("32");
         let msg = unhex(concat!(
             "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51",
             "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
         ));
-        let prf = NoncePrf::new_from_slice(&key).expect("key");
+        let prf = NoncePrf::new(&key);
         for (len, want) in [
             (0, "028962f61b7bf89efc6b551f4667d983"),
             (16, "28a7023f452e8f82bd4bf28d8c37c35c"),
             (40, "aaf3d8f1de5640c232f5b169b9c911e6"),
             (64, "e1992190549f6ed5696a2c056c315410"),
         ] {
-            // The shared state is cloned per value, so order does not matter.
-            for _ in 0..2 {
-                let mut mac = prf.clone();
+            assert_eq!(prf.tag(&msg[..len]).to_vec(), unhex(want), "{len}");
+        }
+    }
+
+    /// The same as the `cmac` crate's AES-256-CMAC on every length around
+    /// the block boundaries, under a few keys (including subkeys whose
+    /// doubling carries).
+    #[test]
+    fn nonce_prf_matches_cmac_crate() {
+        let msg: Vec<u8> = (0..80u32).map(|i| (i * 37 + 11) as u8).collect();
+        for seed in 0u8..16 {
+            let key: [u8; 32] =
+                std::array::from_fn(|i| seed.wrapping_mul(31).wrapping_add(i as u8));
+            let prf = NoncePrf::new(&key);
+            for len in 0..=msg.len() {
+                let mut mac = <Cmac<aes::Aes256> as Mac>::new_from_slice(&key).expect("key");
                 mac.update(&msg[..len]);
-                assert_eq!(mac.finalize().into_bytes().to_vec(), unhex(want), "{len}");
+                assert_eq!(
+                    prf.tag(&msg[..len]).to_vec(),
+                    mac.finalize().into_bytes().to_vec(),
+                    "seed {seed} len {len}"
+                );
             }
         }
     }
 
-    /// The searchable nonce is the first 12 bytes of the CMAC tag, a
-    /// function of the value alone (calls do not share state).
     #[test]
-    fn prf_nonce_is_truncated_cmac_and_stateless() {
+    fn dbl_matches_rfc4493_subkeys() {
+        // RFC 4493 section 4 (AES-128 key, but dbl is the same): L, K1, K2.
+        let l: [u8; 16] = unhex("7df76b0c1ab899b33e42f047b91b546f")
+            .try_into()
+            .expect("16");
+        let k1 = dbl(&l);
+        assert_eq!(k1.to_vec(), unhex("fbeed618357133667c85e08f7236a8de"));
+        assert_eq!(dbl(&k1).to_vec(), unhex("f7ddac306ae266ccf90bc11ee46d513b"));
+    }
+
+    /// The searchable nonce is the first 12 bytes of the CMAC tag, a
+    /// function of the value alone.
+    #[test]
+    fn prf_nonce_is_truncated_cmac() {
         let root = Secret32::new([5; 32]);
         let keys = VersionKeys::derive(&root, 1, "public.guests.phone").expect("derive");
         let a = keys.prf_nonce(b"+86 138 0013 8000");
         let b = keys.prf_nonce(b"other");
         assert_eq!(keys.prf_nonce(b"+86 138 0013 8000"), a);
         assert_ne!(a, b);
-        let mut mac = keys.prf.clone();
-        mac.update(b"other");
-        assert_eq!(&mac.finalize().into_bytes()[..NONCE_LEN], &b[..]);
+        assert_eq!(&keys.prf.tag(b"other")[..NONCE_LEN], &b[..]);
     }
 }
