@@ -2,22 +2,25 @@
 //!
 //! `fixtures/crypto_vectors.json` holds a fixed master key, a keyring file
 //! made with it, the root keys inside, and envelopes of typed values. This
-//! test recomputes every envelope *independently* with `ring` from the
-//! documented format (HKDF labels, AAD layout, nonce rule), checks that
+//! test recomputes every envelope *independently* with `ring` (HKDF,
+//! AES-GCM) and the RustCrypto `cmac`/`aes` crates (searchable nonce) from
+//! the documented format (HKDF labels, AAD layout, nonce rule), checks that
 //! pgveil decrypts it to the expected text and binary output, and that
 //! pgveil's own encryption reproduces the searchable envelopes exactly. If
 //! any of it changes, old data would stop decrypting: the test fails
 //! instead.
 //!
 //! Regenerate (only for a deliberate, versioned format change):
-//! `PGVEIL_WRITE_VECTORS=1 cargo test --test crypto_vectors -- --ignored`.
+//! `PGVEIL_WRITE_VECTORS=1 cargo test --test crypto_vectors generate_vectors -- --ignored`.
+//! The generator keeps the committed keyring and root keys, so only the
+//! vectors the format change touches are rewritten.
 
 use std::path::PathBuf;
 
 use base64::Engine as _;
 use pgveil::crypto::{ColumnCipher, Format, Keyring, LogicalType, MasterKey, Mode};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use ring::{hkdf, hmac};
+use ring::hkdf;
 use serde_json::{json, Value};
 
 fn fixture_path() -> PathBuf {
@@ -56,24 +59,43 @@ mod spec {
 
     pub struct Keys {
         pub aead: LessSafeKey,
-        pub prf: hmac::Key,
+        /// The 32-byte AES-256-CMAC key of the searchable nonce PRF.
+        pub prf: [u8; 32],
+    }
+
+    struct Len32;
+
+    impl hkdf::KeyType for Len32 {
+        fn len(&self) -> usize {
+            32
+        }
     }
 
     pub fn derive(root: &[u8], column: &str) -> Keys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"pgveil column keys v1").extract(root);
         let enc_info = [&b"pgveil enc\0"[..], column.as_bytes()];
-        let prf_info = [&b"pgveil prf\0"[..], column.as_bytes()];
+        let prf_info = [&b"pgveil prf-cmac\0"[..], column.as_bytes()];
         let enc = prk.expand(&enc_info, &AES_256_GCM).expect("okm");
-        let prf = prk.expand(&prf_info, hmac::HMAC_SHA256).expect("okm");
+        let mut prf = [0u8; 32];
+        prk.expand(&prf_info, Len32)
+            .expect("okm")
+            .fill(&mut prf)
+            .expect("fill");
         Keys {
             aead: LessSafeKey::new(UnboundKey::from(enc)),
-            prf: hmac::Key::from(prf),
+            prf,
         }
     }
 
+    /// First 12 bytes of AES-256-CMAC (RFC 4493 with AES-256) of the
+    /// canonical value, with a fresh MAC per value.
     pub fn searchable_nonce(keys: &Keys, canonical: &[u8]) -> [u8; 12] {
-        let tag = hmac::sign(&keys.prf, canonical);
-        tag.as_ref()[..12].try_into().expect("12 bytes")
+        use cmac::Mac as _;
+        let mut mac = cmac::Cmac::<aes::Aes256>::new_from_slice(&keys.prf).expect("32-byte key");
+        mac.update(canonical);
+        mac.finalize().into_bytes()[..12]
+            .try_into()
+            .expect("12 bytes")
     }
 
     pub fn seal(
@@ -522,14 +544,29 @@ fn generate_vectors() {
         return;
     }
     let master: [u8; 32] = std::array::from_fn(|i| i as u8);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut kr = Keyring::init(
-        dir.path(),
-        &MasterKey::from_bytes(master),
-        Some("pgveil test vectors"),
-    )
-    .expect("init");
-    kr.rotate().expect("rotate");
+    // Keep the committed keyring (and so the root keys) when there is one,
+    // so a regeneration changes only what the format change touches.
+    let old: Option<Value> = std::fs::read_to_string(fixture_path())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let (dir, kr) = match old {
+        Some(fx) => {
+            let (dir, kr, m) = open_keyring(&fx);
+            assert_eq!(m, master, "fixture master key");
+            (dir, kr)
+        }
+        None => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut kr = Keyring::init(
+                dir.path(),
+                &MasterKey::from_bytes(master),
+                Some("pgveil test vectors"),
+            )
+            .expect("init");
+            kr.rotate().expect("rotate");
+            (dir, kr)
+        }
+    };
     let toml_text = std::fs::read_to_string(dir.path().join("keyring.toml")).expect("read");
     let file: toml::Value = toml::from_str(&toml_text).expect("toml");
     let mut roots = serde_json::Map::new();

@@ -27,6 +27,11 @@ impl Secret32 {
     pub(crate) fn expose(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The key bytes, for filling in place (e.g. from HKDF).
+    pub(crate) fn expose_mut(&mut self) -> &mut [u8; 32] {
+        &mut self.0
+    }
 }
 
 /// Overwrites `buf` with zeros in a way the optimizer may not remove.
