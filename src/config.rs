@@ -148,7 +148,10 @@ impl Config {
             source,
         })?;
         let mut problems = crate::policy::check_static(&config.columns, &text);
-        problems.extend(crate::policy::check::check_roles(&config.roles, &config.columns));
+        problems.extend(crate::policy::check::check_roles(
+            &config.roles,
+            &config.columns,
+        ));
         if !problems.is_empty() {
             return Err(ConfigError::Policy {
                 path: path.to_owned(),
@@ -172,7 +175,10 @@ impl Config {
             source,
         })?;
         let mut problems = crate::policy::check_static(&config.columns, &text);
-        problems.extend(crate::policy::check::check_roles(&config.roles, &config.columns));
+        problems.extend(crate::policy::check::check_roles(
+            &config.roles,
+            &config.columns,
+        ));
         Ok((config, text, problems))
     }
 

@@ -179,25 +179,51 @@ mod tests {
         );
         let phone = MaskSpec::Phone;
         assert_eq!(r.action("public.guests.birth_date", 2, None), Action::Clear);
-        assert_eq!(r.action("public.guests.email", 3, Some(&MaskSpec::Email)), Action::Mask(MaskSpec::Email));
+        assert_eq!(
+            r.action("public.guests.email", 3, Some(&MaskSpec::Email)),
+            Action::Mask(MaskSpec::Email)
+        );
         assert_eq!(r.action("public.guests.email", 3, None), Action::Null);
-        assert_eq!(r.action("public.guests.phone", 1, Some(&phone)), Action::Mask(phone));
+        assert_eq!(
+            r.action("public.guests.phone", 1, Some(&phone)),
+            Action::Mask(phone)
+        );
         assert_eq!(r.action("public.guests.id_number", 1, None), Action::Deny);
-        assert_eq!(r.action("public.guests.name", 3, None), Action::Mask(MaskSpec::Pseudonym));
+        assert_eq!(
+            r.action("public.guests.name", 3, None),
+            Action::Mask(MaskSpec::Pseudonym)
+        );
         assert_eq!(r.action("public.guests.note", 4, None), Action::Clear);
     }
 
     #[test]
     fn highest_clearance_wins_and_default_applies() {
         let entries = vec![
-            PolicyRoleEntry { role: role("name = \"a\"\nclearance = 1\n"), members: vec!["staff".into()] },
-            PolicyRoleEntry { role: role("name = \"b\"\nclearance = 3\n"), members: vec!["managers".into()] },
+            PolicyRoleEntry {
+                role: role("name = \"a\"\nclearance = 1\n"),
+                members: vec!["staff".into()],
+            },
+            PolicyRoleEntry {
+                role: role("name = \"b\"\nclearance = 3\n"),
+                members: vec!["managers".into()],
+            },
         ];
         let none = PolicyRole::nobody("none");
-        let m = vec!["alice".to_owned(), "staff".to_owned(), "managers".to_owned()];
+        let m = vec![
+            "alice".to_owned(),
+            "staff".to_owned(),
+            "managers".to_owned(),
+        ];
         assert_eq!(resolve(&entries, &m, &none).name, "b");
         assert_eq!(resolve(&entries, &["bob".to_owned()], &none).name, "none");
-        assert!(PolicyRole::from_config(&toml::from_str::<RoleConfig>("name = \"x\"\nclearance = 9\n").unwrap()).is_err());
-        assert!(PolicyRole::from_config(&toml::from_str::<RoleConfig>("name = \"x\"\ncolumns = { \"a.b.c\" = \"bogus\" }\n").unwrap()).is_err());
+        assert!(PolicyRole::from_config(
+            &toml::from_str::<RoleConfig>("name = \"x\"\nclearance = 9\n").unwrap()
+        )
+        .is_err());
+        assert!(PolicyRole::from_config(
+            &toml::from_str::<RoleConfig>("name = \"x\"\ncolumns = { \"a.b.c\" = \"bogus\" }\n")
+                .unwrap()
+        )
+        .is_err());
     }
 }

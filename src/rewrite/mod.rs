@@ -112,7 +112,11 @@ impl Protector {
 
     /// Replaces the catalog (after DDL or a reload).
     pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), crate::crypto::CryptoError> {
-        let snapshot = Arc::new(Snapshot::build(catalog, &self.keyring, self.policy.clone())?);
+        let snapshot = Arc::new(Snapshot::build(
+            catalog,
+            &self.keyring,
+            self.policy.clone(),
+        )?);
         match self.current.write() {
             Ok(mut s) => *s = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,

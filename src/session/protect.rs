@@ -17,14 +17,14 @@
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
 use super::frontend::Flow;
+use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
 use super::Session;
 use crate::net::Frame;
+use crate::policy::role::PolicyRole;
 use crate::proto::extended::{self, Bind, Parse};
 use crate::rewrite::bind::{client_param_types, encrypt_bind, server_param_types};
 use crate::rewrite::copy::{CopyEncryptor, CopyKind, CopySpec};
-use crate::policy::role::PolicyRole;
 use crate::rewrite::Protector;
-use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
 use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, Refusal};
@@ -127,7 +127,9 @@ impl Session<'_> {
 
     /// Resolves the policy role once the server accepted the user.
     pub(super) fn on_authenticated_protected(&mut self) {
-        if let (Some(protector), Some(st)) = (self.shared.protector.as_deref(), self.protect.as_mut()) {
+        if let (Some(protector), Some(st)) =
+            (self.shared.protector.as_deref(), self.protect.as_mut())
+        {
             let role = protector.snapshot().role_for(&self.user);
             tracing::info!(user = %self.user, role = %role.name, "policy role");
             st.role = Some(role);
@@ -259,7 +261,8 @@ impl ProtectState {
                 } else {
                     to_server.extend_from_slice(frame.as_bytes());
                 }
-                self.pending.push_back(Pending::ParseOrBind { injected: false });
+                self.pending
+                    .push_back(Pending::ParseOrBind { injected: false });
                 self.portal_rows.insert(
                     portal.clone(),
                     PortalRows {
@@ -282,7 +285,9 @@ impl ProtectState {
                             prepared,
                         });
                     }
-                    Some((_, name)) => self.pending.push_back(Pending::DescribePortal(name.to_vec())),
+                    Some((_, name)) => self
+                        .pending
+                        .push_back(Pending::DescribePortal(name.to_vec())),
                     None => {}
                 }
                 to_server.extend_from_slice(frame.as_bytes());
@@ -304,15 +309,16 @@ impl ProtectState {
                         }
                     }
                 }
-                let plan = self.portal_rows.get(portal).and_then(|p| {
-                    match &p.described {
+                let plan = self
+                    .portal_rows
+                    .get(portal)
+                    .and_then(|p| match &p.described {
                         Some(row) => Some(ResultPlan::bound(row.clone(), &p.formats)),
                         None => self
                             .statement_rows
                             .get(&p.statement)
                             .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
-                    }
-                });
+                    });
                 self.pending.push_back(Pending::Execute(plan.map(Arc::new)));
                 to_server.extend_from_slice(frame.as_bytes());
             }
@@ -381,7 +387,12 @@ impl ProtectState {
 
     /// Recognises replies to tracked requests; returns `true` when the
     /// frame was rewritten into `to_client` or swallowed.
-    fn on_server(&mut self, protector: &Protector, frame: &Frame, to_client: &mut BytesMut) -> bool {
+    fn on_server(
+        &mut self,
+        protector: &Protector,
+        frame: &Frame,
+        to_client: &mut BytesMut,
+    ) -> bool {
         let tag = frame.tag();
         if self.suppress && !matches!(tag, b'Z' | b'N' | b'A' | b'S') {
             // Replies to requests after a refused result are dropped, as if
@@ -417,7 +428,10 @@ impl ProtectState {
                 true
             }
             b'T' => {
-                let snapshot = self.snapshot.get_or_insert_with(|| protector.snapshot()).clone();
+                let snapshot = self
+                    .snapshot
+                    .get_or_insert_with(|| protector.snapshot())
+                    .clone();
                 let role = self
                     .role
                     .get_or_insert_with(|| snapshot.role_for(""))
@@ -549,7 +563,12 @@ impl ProtectState {
     /// Replaces the rest of a result with one ErrorResponse.
     fn refuse_result(&mut self, to_client: &mut BytesMut, code: &str, message: &str) {
         tracing::info!(sqlstate = code, reason = %message, "result refused");
-        crate::proto::error::write_error(to_client, crate::proto::error::Severity::Error, code, message);
+        crate::proto::error::write_error(
+            to_client,
+            crate::proto::error::Severity::Error,
+            code,
+            message,
+        );
         self.current = None;
         self.suppress = true;
         self.drop_until_sync();

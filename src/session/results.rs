@@ -149,13 +149,24 @@ pub(super) fn rewrite_data_row(
     body: &[u8],
     out: &mut BytesMut,
 ) -> Result<(), RowError> {
+    let start = out.len();
+    let result = write_data_row(plan, body, out);
+    if result.is_err() {
+        out.truncate(start); // never a half-written row
+    }
+    result
+}
+
+fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<(), RowError> {
     let bad = || RowError {
         sqlstate: "08P01",
         message: "pgveil: the server sent a malformed DataRow".into(),
     };
     let mut c = Cursor::new(body);
-    let n = usize::try_from(i16::from_be_bytes(c.take(2).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
-        .map_err(|_| bad())?;
+    let n = usize::try_from(i16::from_be_bytes(
+        c.take(2).ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+    ))
+    .map_err(|_| bad())?;
     let start = out.len();
     out.put_u8(b'D');
     out.put_u32(0);
@@ -200,7 +211,12 @@ fn put_cell(out: &mut BytesMut, cell: Option<&[u8]>) {
 }
 
 /// Produces what the role sees for one cell in `format`; `false` = NULL.
-fn show(field: &FieldPlan, cell: &[u8], format: Format, out: &mut Vec<u8>) -> Result<bool, RowError> {
+fn show(
+    field: &FieldPlan,
+    cell: &[u8],
+    format: Format,
+    out: &mut Vec<u8>,
+) -> Result<bool, RowError> {
     let ty = field.column.logical_type;
     if field.action == Action::Null {
         return Ok(false);
@@ -255,9 +271,14 @@ fn show(field: &FieldPlan, cell: &[u8], format: Format, out: &mut Vec<u8>) -> Re
             if format == Format::Text || ty.oid() == 25 || ty.oid() == 1043 || ty.oid() == 1042 {
                 out.extend_from_slice(masked.as_bytes());
             } else {
-                transcode(ty, Format::Text, masked.as_bytes(), format, out).map_err(|reason| RowError {
-                    sqlstate: "XX000",
-                    message: format!("pgveil: column {}: mask output {reason}", field.column.full_name),
+                transcode(ty, Format::Text, masked.as_bytes(), format, out).map_err(|reason| {
+                    RowError {
+                        sqlstate: "XX000",
+                        message: format!(
+                            "pgveil: column {}: mask output {reason}",
+                            field.column.full_name
+                        ),
+                    }
                 })?;
             }
             Ok(true)
@@ -265,7 +286,10 @@ fn show(field: &FieldPlan, cell: &[u8], format: Format, out: &mut Vec<u8>) -> Re
         Action::Null => Ok(false),
         Action::Deny => Err(RowError {
             sqlstate: "42501",
-            message: format!("pgveil: permission denied for column {}", field.column.full_name),
+            message: format!(
+                "pgveil: permission denied for column {}",
+                field.column.full_name
+            ),
         }),
     }
 }

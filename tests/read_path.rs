@@ -1,0 +1,433 @@
+//! Decrypt and mask on read, by policy role, through real drivers.
+
+mod common;
+
+use common::*;
+use pgveil::config::Config;
+use pgveil::server::Proxy;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+const POLICY: &str = r#"
+[[columns]]
+table = "rguests"
+column = "name"
+type = "text"
+encrypt = "randomized"
+level = 3
+mask = "name"
+
+[[columns]]
+table = "rguests"
+column = "id_number"
+type = "text"
+encrypt = "searchable"
+level = 4
+mask = "cn_id"
+
+[[columns]]
+table = "rguests"
+column = "phone"
+type = "text"
+encrypt = "searchable"
+level = 3
+mask = "phone"
+
+[[columns]]
+table = "rguests"
+column = "email"
+type = "text"
+encrypt = "none"
+level = 3
+mask = "email"
+
+[[columns]]
+table = "rguests"
+column = "birth_date"
+type = "date"
+encrypt = "randomized"
+level = 2
+mask = "year"
+
+[[columns]]
+table = "rguests"
+column = "vip_level"
+type = "int4"
+encrypt = "searchable"
+level = 2
+
+[[roles]]
+name = "frontdesk"
+members = ["frontdesk"]
+clearance = 2
+columns = { "public.rguests.id_number" = "mask" }
+
+[[roles]]
+name = "manager"
+members = ["managers"]
+clearance = 4
+
+[[roles]]
+name = "auditor"
+members = ["auditors"]
+clearance = 0
+columns = { "public.rguests.id_number" = "deny" }
+
+[defaults]
+role = "none"
+"#;
+
+fn master_key_file() -> std::path::PathBuf {
+    static KEY: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = KEY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, include_str!("../keyring/demo-master.key")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        dir
+    });
+    dir.path().join("master.key")
+}
+
+/// The protected proxy, with roles and two guests written through it.
+fn veil() -> SocketAddr {
+    static PROXY: OnceLock<Proxy> = OnceLock::new();
+    PROXY
+        .get_or_init(|| {
+            db().psql(
+                "DROP TABLE IF EXISTS rguests CASCADE; \
+                 CREATE TABLE rguests (id int PRIMARY KEY, name bytea, id_number bytea, phone bytea, \
+                   email text, birth_date bytea, vip_level bytea, note text); \
+                 GRANT ALL ON rguests TO PUBLIC; \
+                 DO $$ BEGIN \
+                   CREATE ROLE frontdesk; CREATE ROLE managers; CREATE ROLE auditors; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 DO $$ BEGIN \
+                   CREATE ROLE fd_alice LOGIN IN ROLE frontdesk; \
+                   CREATE ROLE mgr_bob LOGIN IN ROLE managers; \
+                   CREATE ROLE aud_carol LOGIN IN ROLE auditors; \
+                   CREATE ROLE nobody_dan LOGIN; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+            )
+            .unwrap();
+            let text = format!(
+                "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n{POLICY}",
+                db().addr(),
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring").display(),
+                master_key_file().display()
+            );
+            let proxy = start_proxy(Config::parse(&text).unwrap());
+            let addr = proxy.local_addr();
+            std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                    let c = connect_to(addr, "postgres", None).await.unwrap();
+                    c.batch_execute(
+                        "INSERT INTO rguests VALUES \
+                         (1, '张三丰', '110105194912310021', '13812345678', 'zhang.san@example.com', '1949-12-31', 42, 'a'), \
+                         (2, 'Alice Smith', '310101199001010012', '13987654321', 'alice@example.com', '1990-05-17', NULL, 'b')",
+                    )
+                    .await
+                    .unwrap();
+                })
+            })
+            .join()
+            .unwrap();
+            proxy
+        })
+        .local_addr()
+}
+
+async fn as_user(user: &str) -> tokio_postgres::Client {
+    connect_to(veil(), user, None).await.unwrap()
+}
+
+/// Simple-protocol rows as text (NULL as "NULL").
+async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    c.simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+const ALL: &str =
+    "SELECT name, id_number, phone, email, birth_date, vip_level FROM rguests ORDER BY id";
+
+#[tokio::test]
+async fn manager_sees_clear_values_in_text_and_binary() {
+    let c = as_user("mgr_bob").await;
+    assert_eq!(
+        text_rows(&c, ALL).await,
+        vec![
+            vec![
+                "张三丰",
+                "110105194912310021",
+                "13812345678",
+                "zhang.san@example.com",
+                "1949-12-31",
+                "42"
+            ],
+            vec![
+                "Alice Smith",
+                "310101199001010012",
+                "13987654321",
+                "alice@example.com",
+                "1990-05-17",
+                "NULL"
+            ],
+        ]
+    );
+    // Extended protocol, binary results, logical types.
+    let rows = c
+        .query(
+            "SELECT name, phone, vip_level FROM rguests WHERE phone = $1",
+            &[&"13812345678"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "张三丰");
+    assert_eq!(rows[0].get::<_, String>(1), "13812345678");
+    assert_eq!(rows[0].get::<_, i32>(2), 42);
+    assert_eq!(
+        rows[0].columns()[2].type_(),
+        &tokio_postgres::types::Type::INT4
+    );
+}
+
+#[tokio::test]
+async fn frontdesk_sees_masks_above_its_clearance() {
+    let c = as_user("fd_alice").await;
+    assert_eq!(
+        text_rows(&c, ALL).await,
+        vec![
+            vec![
+                "张**",
+                "110105********0021",
+                "138****5678",
+                "z********@example.com",
+                "1949-12-31",
+                "42"
+            ],
+            vec![
+                "A**** S****",
+                "310101********0012",
+                "139****4321",
+                "a****@example.com",
+                "1990-05-17",
+                "NULL"
+            ],
+        ]
+    );
+    let rows = c
+        .query("SELECT phone, name FROM rguests WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "138****5678");
+    assert_eq!(rows[0].get::<_, String>(1), "张**");
+}
+
+#[tokio::test]
+async fn users_in_no_role_get_the_default_role() {
+    let c = as_user("nobody_dan").await;
+    assert_eq!(
+        text_rows(&c, ALL).await,
+        vec![
+            vec![
+                "张**",
+                "110105********0021",
+                "138****5678",
+                "z********@example.com",
+                "1949-01-01",
+                "NULL"
+            ],
+            vec![
+                "A**** S****",
+                "310101********0012",
+                "139****4321",
+                "a****@example.com",
+                "1990-01-01",
+                "NULL"
+            ],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn denied_column_refuses_the_whole_result() {
+    let c = as_user("aud_carol").await;
+    let err = c
+        .simple_query("SELECT id, id_number FROM rguests ORDER BY id")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("error from pgveil");
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message().contains("public.rguests.id_number"),
+        "{}",
+        db.message()
+    );
+    let err = c
+        .query("SELECT id_number FROM rguests WHERE id = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    // Other columns still work for the auditor (masked at clearance 0).
+    assert_eq!(
+        text_rows(&c, "SELECT phone FROM rguests WHERE id = 1").await,
+        vec![vec!["138****5678"]]
+    );
+}
+
+#[tokio::test]
+async fn cursors_and_row_limited_portals_are_masked() {
+    let mut c = as_user("fd_alice").await;
+    let rows = text_rows(
+        &c,
+        "BEGIN; DECLARE cur CURSOR FOR SELECT phone FROM rguests WHERE id < 90 ORDER BY id; FETCH 1 FROM cur; FETCH 1 FROM cur; COMMIT;",
+    )
+    .await;
+    assert_eq!(rows, vec![vec!["138****5678"], vec!["139****4321"]]);
+    let tx = c.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("SELECT phone FROM rguests ORDER BY id")
+        .await
+        .unwrap();
+    let portal = tx.bind(&stmt, &[]).await.unwrap();
+    let first = tx.query_portal(&portal, 1).await.unwrap();
+    let second = tx.query_portal(&portal, 1).await.unwrap();
+    assert_eq!(first[0].get::<_, String>(0), "138****5678");
+    assert_eq!(second[0].get::<_, String>(0), "139****4321");
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn bypass_attempts_never_return_encrypted_plaintext_to_frontdesk() {
+    let c = as_user("fd_alice").await;
+    // Values of encrypted columns the frontdesk role may not see in the clear.
+    let secrets = ["13812345678", "110105194912310021", "张三丰"];
+    let check = |what: &str, text: String| {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} leaked {s}: {text}");
+        }
+    };
+    // SET ROLE to a role with more clearance does not change the policy role.
+    let r = c.simple_query("SET ROLE managers").await;
+    if r.is_ok() {
+        check("SET ROLE", format!("{:?}", text_rows(&c, ALL).await));
+        c.simple_query("RESET ROLE").await.unwrap();
+    }
+    // CTE, subquery in FROM, join.
+    for sql in [
+        "WITH g AS (SELECT * FROM rguests WHERE id < 90) SELECT phone, id_number, name FROM g",
+        "SELECT phone FROM (SELECT phone, id FROM rguests) s WHERE id < 90",
+        "SELECT a.phone FROM rguests a JOIN rguests b ON a.id = b.id WHERE a.id < 90",
+    ] {
+        match c.simple_query(sql).await {
+            Ok(_) => check(sql, format!("{:?}", text_rows(&c, sql).await)),
+            Err(e) => assert!(e.as_db_error().is_some(), "{sql}: {e}"),
+        }
+    }
+    // Whole-row references, casts, row_to_json: refused or ciphertext only.
+    for sql in [
+        "SELECT g FROM rguests g",
+        "SELECT row_to_json(g) FROM rguests g",
+        "SELECT phone::text FROM rguests",
+    ] {
+        if let Ok(msgs) = c.simple_query(sql).await {
+            check(sql, format!("{msgs:?}"));
+            let rows = text_rows(&c, sql).await;
+            check(sql, format!("{rows:?}"));
+        }
+    }
+    // COPY TO STDOUT.
+    let out = psql(
+        veil(),
+        "fd_alice",
+        None,
+        &["-c", "COPY rguests TO STDOUT"],
+        "",
+    );
+    check("COPY TO", String::from_utf8_lossy(&out.stdout).into_owned());
+    // A view over the table.
+    db().psql("CREATE OR REPLACE VIEW rguests_v AS SELECT id, phone FROM rguests; GRANT SELECT ON rguests_v TO PUBLIC;")
+        .unwrap();
+    if let Ok(msgs) = c.simple_query("SELECT phone FROM rguests_v").await {
+        check("view", format!("{msgs:?}"));
+    }
+}
+
+#[tokio::test]
+async fn psql_shows_masked_values() {
+    let out = psql(
+        veil(),
+        "fd_alice",
+        None,
+        &[
+            "-c",
+            "SELECT phone, name FROM rguests WHERE id < 90 ORDER BY id",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "138****5678|张**\n139****4321|A**** S****\n"
+    );
+}
+
+#[tokio::test]
+async fn corrupted_ciphertext_is_an_error_not_a_panic() {
+    let _ = veil();
+    db().psql(
+        "INSERT INTO rguests (id, phone, note) SELECT 99, set_byte(phone, 20, get_byte(phone, 20) # 1), 'bad' FROM rguests WHERE id = 1",
+    )
+    .unwrap();
+    let c = as_user("mgr_bob").await;
+    let err = c
+        .simple_query("SELECT phone FROM rguests WHERE id = 99")
+        .await
+        .unwrap_err();
+    let db_err = err.as_db_error().expect("error from pgveil");
+    assert_eq!(db_err.code().code(), "XX001", "{}", db_err.message());
+    assert!(db_err.message().contains("phone"), "{}", db_err.message());
+    // The session and others keep working.
+    assert_eq!(
+        text_rows(&c, "SELECT phone FROM rguests WHERE id = 2").await,
+        vec![vec!["13987654321"]]
+    );
+    db().psql("DELETE FROM rguests WHERE id = 99").unwrap();
+}
+
+/// Columns stored in plaintext (`encrypt = "none"`) are masked when read
+/// directly, but a computed or whole-row reference still reaches the server's
+/// plaintext: refusing those needs result-column analysis in the SQL layer.
+#[tokio::test]
+#[ignore = "known gap (issue 5): computed and whole-row references to encrypt = \"none\" columns are not refused yet"]
+async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
+    let c = as_user("fd_alice").await;
+    for sql in [
+        "SELECT g FROM rguests g",
+        "SELECT row_to_json(g) FROM rguests g",
+        "SELECT upper(email) FROM rguests",
+        "SELECT email || '' FROM rguests",
+    ] {
+        if let Ok(msgs) = c.simple_query(sql).await {
+            let text = format!("{msgs:?}");
+            assert!(!text.contains("zhang.san"), "{sql} leaked: {text}");
+        }
+    }
+}
