@@ -178,7 +178,9 @@ impl Target {
         let c = &self.column_sql;
         match &self.keys {
             Keyset::Pk(cols) => {
-                let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
+                // Qualified, so ORDER BY means the column and not the
+                // `::text` output column of the same name.
+                let names: Vec<String> = cols.iter().map(|(n, _)| format!("t.{n}")).collect();
                 let select: Vec<String> = names.iter().map(|n| format!("{n}::text")).collect();
                 let filter = if after_key {
                     let params: Vec<String> = cols
@@ -195,7 +197,7 @@ impl Target {
                     String::new()
                 };
                 format!(
-                    "SELECT {}, {c} FROM {}{filter} ORDER BY {} LIMIT $1{lock}",
+                    "SELECT {}, t.{c} FROM {} AS t{filter} ORDER BY {} LIMIT $1{lock}",
                     select.join(", "),
                     self.table_sql,
                     names.join(", ")
