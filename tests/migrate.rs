@@ -24,12 +24,22 @@ const TYPES: &[(&str, &str, &str, &str)] = &[
     ("c_int2", "int2", "int2", "(i % 30000 - 15000)::int2"),
     ("c_int4", "int4", "int4", "i * 7 - 1000"),
     ("c_int8", "int8", "int8", "i::int8 * 1000000007"),
-    ("c_numeric", "numeric(12,4)", "numeric", "(i / 7.0)::numeric(12,4)"),
+    (
+        "c_numeric",
+        "numeric(12,4)",
+        "numeric",
+        "(i / 7.0)::numeric(12,4)",
+    ),
     ("c_float4", "float4", "float4", "(i / 3.0)::float4"),
     ("c_float8", "float8", "float8", "i * 1.1::float8 / 7"),
     ("c_bool", "bool", "bool", "i % 2 = 0"),
     ("c_date", "date", "date", "date '1990-01-01' + i"),
-    ("c_time", "time", "time", "time '00:00' + i * interval '17.25 second'"),
+    (
+        "c_time",
+        "time",
+        "time",
+        "time '00:00' + i * interval '17.25 second'",
+    ),
     (
         "c_timestamp",
         "timestamp",
@@ -43,8 +53,18 @@ const TYPES: &[(&str, &str, &str, &str)] = &[
         "timestamptz '2020-01-01 00:00+02' + i * interval '37 min'",
     ),
     ("c_uuid", "uuid", "uuid", "md5(i::text)::uuid"),
-    ("c_json", "json", "json", "json_build_object('i', i, 'n', 'x' || i)"),
-    ("c_jsonb", "jsonb", "jsonb", "jsonb_build_object('i', i, 'k', 'y' || i)"),
+    (
+        "c_json",
+        "json",
+        "json",
+        "json_build_object('i', i, 'n', 'x' || i)",
+    ),
+    (
+        "c_jsonb",
+        "jsonb",
+        "jsonb",
+        "jsonb_build_object('i', i, 'k', 'y' || i)",
+    ),
     ("c_bytea", "bytea", "bytea", "decode(md5(i::text), 'hex')"),
 ];
 
@@ -123,11 +143,9 @@ fn text_rows(sql: &str) -> Vec<Vec<Option<String>>> {
             .unwrap()
             .into_iter()
             .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                    (0..r.len())
-                        .map(|i| r.get(i).map(str::to_owned))
-                        .collect(),
-                ),
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
                 _ => None,
             })
             .collect()
@@ -230,7 +248,11 @@ fn every_type_encrypts_and_decrypts_back() {
     ));
     let mut policies = String::new();
     for (i, (c, _, ty, _)) in TYPES.iter().enumerate() {
-        let mode = if i % 2 == 0 { "randomized" } else { "searchable" };
+        let mode = if i % 2 == 0 {
+            "randomized"
+        } else {
+            "searchable"
+        };
         policies.push_str(&policy(table, c, ty, mode));
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -254,7 +276,13 @@ fn every_type_encrypts_and_decrypts_back() {
         assert_decrypts(&cfg, table, c, ty, mode, &before[i]);
     }
     let raw = db().psql(&format!("COPY {table} TO STDOUT")).unwrap();
-    for needle in ["name 1", "v12", "1990-01-0", "\"n\" : \"x1\"", "\"k\": \"y1\""] {
+    for needle in [
+        "name 1",
+        "v12",
+        "1990-01-0",
+        "\"n\" : \"x1\"",
+        "\"k\": \"y1\"",
+    ] {
         assert!(!raw.contains(needle), "plaintext {needle:?} at rest");
     }
     let types_mid = text_rows(&format!(
@@ -327,10 +355,8 @@ fn a_killed_run_resumes_without_loss() {
         ))[0][0]
             .as_deref()
             == Some("bytea");
-        if column_is_bytea {
-            if shaped() >= 1000 {
-                break;
-            }
+        if column_is_bytea && shaped() >= 1000 {
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -359,8 +385,8 @@ fn rotation_then_reencrypt_then_destroy_keeps_every_row() {
     let born = originals(table, "born");
     let keyring = own_keyring();
     let tmp = tempfile::tempdir().unwrap();
-    let policies = policy(table, "name", "text", "randomized")
-        + &policy(table, "born", "date", "searchable");
+    let policies =
+        policy(table, "name", "text", "randomized") + &policy(table, "born", "date", "searchable");
     let (path, cfg) = write_config(tmp.path(), keyring.path(), &policies);
     pgveil::migrate::run(MigrateCommand::Encrypt(args(&path, None, 1000))).unwrap();
     let active_before = Keyring::load(&cfg.keyring).unwrap().active_version();
@@ -405,9 +431,13 @@ fn a_bad_value_stops_the_run_naming_the_row_and_keeping_earlier_batches() {
         &demo_keyring(),
         &policy(table, "n", "int4", "randomized"),
     );
-    let err = pgveil::migrate::run(MigrateCommand::Encrypt(args(&path, Some((table, "n")), 1000)))
-        .unwrap_err()
-        .to_string();
+    let err = pgveil::migrate::run(MigrateCommand::Encrypt(args(
+        &path,
+        Some((table, "n")),
+        1000,
+    )))
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("primary key (\"id\")=(2500)"), "{err}");
     assert!(err.contains("int4"), "{err}");
     assert!(!err.contains("secret"), "value leaked: {err}");

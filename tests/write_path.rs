@@ -682,7 +682,9 @@ async fn non_utf8_statement_touching_protected_columns_is_refused() {
         .collect();
     assert_eq!(codes, ["22021"], "{msgs:?}");
     // Invalid UTF-8 elsewhere is the server's business.
-    s.write_all(&raw::frame(b'Q', b"SELECT '\xff'\0")).await.unwrap();
+    s.write_all(&raw::frame(b'Q', b"SELECT '\xff'\0"))
+        .await
+        .unwrap();
     let msgs = raw::read_until_ready(&mut s).await;
     assert!(msgs.iter().any(|m| m.0 == b'E'), "{msgs:?}");
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'));

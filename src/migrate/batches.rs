@@ -99,8 +99,15 @@ where
         tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             .await
             .map_err(batch_err)?;
-        let rows = match read_batch(&tx, target, &mut cursor, opts.batch_size, &select_first, &select_next)
-            .await
+        let rows = match read_batch(
+            &tx,
+            target,
+            &mut cursor,
+            opts.batch_size,
+            &select_first,
+            &select_next,
+        )
+        .await
         {
             Ok(Some(rows)) => rows,
             Ok(None) => break,
@@ -182,7 +189,11 @@ async fn read_batch(
             let rows = tx.query(next, &params).await?;
             Ok((!rows.is_empty()).then(|| convert(rows)))
         }
-        Cursor::Blocks { next: from, step, end } => loop {
+        Cursor::Blocks {
+            next: from,
+            step,
+            end,
+        } => loop {
             if *from >= *end {
                 // The table may have grown since the pass started.
                 let now = relation_blocks(tx, target.oid).await?;
@@ -237,9 +248,5 @@ async fn block_cursor(
         50.0
     };
     let step = ((f64::from(batch_size) / per_block) as i64).max(1);
-    Ok(Cursor::Blocks {
-        next: 0,
-        step,
-        end,
-    })
+    Ok(Cursor::Blocks { next: 0, step, end })
 }

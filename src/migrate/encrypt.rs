@@ -18,8 +18,7 @@ use super::plan::Target;
 use super::progress::Progress;
 use super::state::{self, State};
 use super::{
-    classify, envelope_shape_sql, legacy_format, reason, report_indexes, Ctx, MigrateError,
-    Stored,
+    classify, envelope_shape_sql, legacy_format, reason, report_indexes, Ctx, MigrateError, Stored,
 };
 use crate::crypto::LogicalType;
 

@@ -71,10 +71,7 @@ pub async fn get(
 ) -> Result<Option<(State, String)>, MigrateError> {
     let err = |e| t.db_error("reading pgveil.migrations", &e);
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('pgveil.migrations') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('pgveil.migrations') IS NOT NULL", &[])
         .await
         .map_err(err)?
         .get(0);

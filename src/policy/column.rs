@@ -75,11 +75,7 @@ impl QualifiedName {
         let (schema, table) = match parts.as_slice() {
             [t] => ("public".to_owned(), t.clone()),
             [s, t] => (s.clone(), t.clone()),
-            _ => {
-                return Err(format!(
-                    "table {table:?} must be `schema.table` or `table`"
-                ))
-            }
+            _ => return Err(format!("table {table:?} must be `schema.table` or `table`")),
         };
         let column = match split_identifiers(column)?.as_slice() {
             [c] => c.clone(),
