@@ -53,6 +53,13 @@ enum Command {
         #[command(subcommand)]
         command: pgveil::crypto::cli::KeyringCommand,
     },
+    /// Encrypt existing plaintext columns online, re-encrypt after a key
+    /// rotation, or decrypt back (roll back). Batched and resumable; see
+    /// docs/MIGRATE.md.
+    Migrate {
+        #[command(subcommand)]
+        command: pgveil::migrate::MigrateCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
             pgveil::crypto::cli::run(&command, &cfg.keyring, &mut std::io::stdout())
                 .map_err(|e| e.to_string())
         }),
+        Command::Migrate { command } => pgveil::migrate::run(command).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,20 +65,21 @@ pub struct QualifiedName {
 impl QualifiedName {
     /// Resolves a policy's table and column names.
     pub fn of(policy: &ColumnPolicy) -> Result<Self, String> {
-        let parts = split_identifiers(policy.table.get_ref())?;
+        Self::parse(policy.table.get_ref(), &policy.column)
+    }
+
+    /// Resolves a table (`schema.table` or `table`) and a column name as
+    /// written on a command line or in a policy.
+    pub fn parse(table: &str, column: &str) -> Result<Self, String> {
+        let parts = split_identifiers(table)?;
         let (schema, table) = match parts.as_slice() {
             [t] => ("public".to_owned(), t.clone()),
             [s, t] => (s.clone(), t.clone()),
-            _ => {
-                return Err(format!(
-                    "table {:?} must be `schema.table` or `table`",
-                    policy.table.get_ref()
-                ))
-            }
+            _ => return Err(format!("table {table:?} must be `schema.table` or `table`")),
         };
-        let column = match split_identifiers(&policy.column)?.as_slice() {
+        let column = match split_identifiers(column)?.as_slice() {
             [c] => c.clone(),
-            _ => return Err(format!("column {:?} must be a single name", policy.column)),
+            _ => return Err(format!("column {column:?} must be a single name")),
         };
         Ok(QualifiedName {
             schema,
