@@ -73,6 +73,12 @@ members = ["auditors"]
 clearance = 0
 columns = { "public.rguests.id_number" = "deny" }
 
+[[roles]]
+name = "analyst"
+members = ["analysts"]
+clearance = 1
+columns = { "public.rguests.name" = "pseudonym", "public.rguests.id_number" = "pseudonym" }
+
 [defaults]
 role = "none"
 "#;
@@ -101,13 +107,14 @@ fn veil() -> SocketAddr {
                    email text, birth_date bytea, vip_level bytea, note text); \
                  GRANT ALL ON rguests TO PUBLIC; \
                  DO $$ BEGIN \
-                   CREATE ROLE frontdesk; CREATE ROLE managers; CREATE ROLE auditors; \
+                   CREATE ROLE frontdesk; CREATE ROLE managers; CREATE ROLE auditors; CREATE ROLE analysts; \
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
                  DO $$ BEGIN \
                    CREATE ROLE fd_alice LOGIN IN ROLE frontdesk; \
                    CREATE ROLE mgr_bob LOGIN IN ROLE managers; \
                    CREATE ROLE aud_carol LOGIN IN ROLE auditors; \
                    CREATE ROLE nobody_dan LOGIN; \
+                   CREATE ROLE ana_erin LOGIN IN ROLE analysts; \
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
             )
             .unwrap();
@@ -430,4 +437,21 @@ async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
             assert!(!text.contains("zhang.san"), "{sql} leaked: {text}");
         }
     }
+}
+
+#[tokio::test]
+async fn analyst_gets_stable_per_column_pseudonyms() {
+    let c = as_user("ana_erin").await;
+    let rows = text_rows(&c, "SELECT name, id_number, phone FROM rguests WHERE id < 90 ORDER BY id").await;
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        for token in &r[..2] {
+            assert!(token.starts_with("pn_") && token.len() == 19, "{token}");
+        }
+    }
+    assert_ne!(rows[0][0], rows[1][0], "different names, different pseudonyms");
+    assert_eq!(rows[0][2], "138****5678");
+    // Stable: the same value gives the same token on another connection.
+    let again = text_rows(&as_user("ana_erin").await, "SELECT name FROM rguests WHERE id = 1").await;
+    assert_eq!(again[0][0], rows[0][0]);
 }

@@ -279,6 +279,28 @@ impl Keyring {
         ColumnCipher::new(column, ty, mode, self.active, &roots)
     }
 
+    /// The HMAC key of the `pseudonym` mask for one column.
+    ///
+    /// Pseudonyms must stay stable across key rotations (analysts count and
+    /// join on them), so the key is derived from the *oldest* live root-key
+    /// version rather than the active one; it changes only when that
+    /// version is destroyed.
+    pub fn pseudonym_key(&self, column: &str) -> Result<ring::hmac::Key> {
+        let root = self
+            .roots
+            .iter()
+            .flatten()
+            .next()
+            .ok_or(CryptoError::Random)?;
+        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"pgveil pseudonym v1")
+            .extract(root.expose());
+        let info = [b"pseudonym\0".as_slice(), column.as_bytes()];
+        let okm = prk
+            .expand(&info, ring::hmac::HMAC_SHA256)
+            .map_err(|_| CryptoError::Random)?;
+        Ok(ring::hmac::Key::from(okm))
+    }
+
     /// The Ed25519 key that signs approval tokens and audit checkpoints.
     pub fn signing_key(&self) -> &Ed25519KeyPair {
         &self.signing

@@ -11,7 +11,7 @@ pub mod copy;
 
 use crate::catalog::Catalog;
 use crate::crypto::{ColumnCipher, Format, Keyring, Mode};
-use crate::policy::mask::MaskSpec;
+use crate::policy::mask::{MaskSpec, PseudonymKey};
 use crate::policy::role::{self, Action, PolicyRole, PolicyRoleEntry};
 use crate::policy::Protection;
 use crate::sql::{self, EditKind, Plan, Prefilter, ProtectedColumn, Refusal, Schema};
@@ -32,6 +32,7 @@ pub struct Snapshot {
     prefilter: Prefilter,
     missing: Option<Prefilter>,
     ciphers: HashMap<String, Arc<ColumnCipher>>,
+    pseudonyms: HashMap<String, Arc<PseudonymKey>>,
     plans: DashMap<Arc<str>, Result<Arc<Plan>, Refusal>>,
     /// Shared answer for statements the pre-filter rules out (no allocation).
     passthrough: Arc<Plan>,
@@ -132,7 +133,10 @@ impl Snapshot {
         policy: Arc<ReadPolicy>,
     ) -> Result<Self, crate::crypto::CryptoError> {
         let mut ciphers = HashMap::new();
+        let mut pseudonyms = HashMap::new();
         for col in catalog.protected_columns() {
+            let key = keyring.pseudonym_key(&col.full_name)?;
+            pseudonyms.insert(col.full_name.clone(), Arc::new(PseudonymKey::from(key)));
             let mode = match col.protection {
                 Protection::None => continue,
                 Protection::Randomized => Mode::Randomized,
@@ -153,6 +157,7 @@ impl Snapshot {
             prefilter,
             missing,
             ciphers,
+            pseudonyms,
             plans: DashMap::new(),
             passthrough: Arc::new(Plan::Passthrough),
             policy,
@@ -172,6 +177,11 @@ impl Snapshot {
             column.level,
             self.policy.masks.get(&column.full_name),
         )
+    }
+
+    /// The key of the `pseudonym` mask for a protected column.
+    pub fn pseudonym_key(&self, column: &ProtectedColumn) -> Option<&Arc<PseudonymKey>> {
+        self.pseudonyms.get(&column.full_name)
     }
 
     /// The cipher of an encrypted column, `None` for plaintext (`none`) columns.

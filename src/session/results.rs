@@ -8,6 +8,7 @@
 //! (over ciphertext, so never plaintext).
 
 use crate::crypto::{transcode, ColumnCipher, Format};
+use crate::policy::mask::PseudonymKey;
 use crate::policy::role::{Action, PolicyRole};
 use crate::proto::cursor::Cursor;
 use crate::rewrite::Snapshot;
@@ -21,6 +22,7 @@ pub(super) struct FieldPlan {
     column: ProtectedColumn,
     action: Action,
     cipher: Option<Arc<ColumnCipher>>,
+    pseudonym: Option<Arc<PseudonymKey>>,
 }
 
 /// The protected fields of one row shape.
@@ -108,6 +110,7 @@ pub(super) fn plan_row_description(
                     column: col.clone(),
                     action,
                     cipher: snapshot.cipher_opt(col).cloned(),
+                    pseudonym: snapshot.pseudonym_key(col).cloned(),
                 }));
             }
             None => {
@@ -261,10 +264,12 @@ fn show(
             decrypt(Format::Text, &mut text)?;
             let text = String::from_utf8_lossy(&text);
             let mut masked = String::new();
-            let shown = mask.apply(&text, None, &mut masked).map_err(|e| RowError {
-                sqlstate: "XX000",
-                message: format!("pgveil: column {}: {e}", field.column.full_name),
-            })?;
+            let shown = mask
+                .apply(&text, field.pseudonym.as_deref(), &mut masked)
+                .map_err(|e| RowError {
+                    sqlstate: "XX000",
+                    message: format!("pgveil: column {}: {e}", field.column.full_name),
+                })?;
             if !shown {
                 return Ok(false);
             }
