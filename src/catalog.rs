@@ -45,6 +45,7 @@ pub type TableColumns = HashMap<(String, String), Vec<(u32, i16, String)>>;
 pub struct Catalog {
     tables: HashMap<(String, String), TableInfo>,
     by_attr: HashMap<(u32, i16), ProtectedColumn>,
+    table_oids: std::collections::HashSet<u32>,
     missing: Vec<String>,
     /// PostgreSQL role → every role it is a member of (itself included).
     memberships: HashMap<String, Vec<String>>,
@@ -92,6 +93,7 @@ impl Catalog {
                 columns: Vec::with_capacity(attrs.len()),
             };
             for (oid, attnum, attname) in attrs {
+                cat.table_oids.insert(*oid);
                 let protected = cols
                     .iter()
                     .find(|(n, _)| &n.column == attname)
@@ -134,6 +136,11 @@ impl Catalog {
     /// Policy tables or columns the database did not have at load time.
     pub fn missing(&self) -> &[String] {
         &self.missing
+    }
+
+    /// Whether a table OID belongs to a protected table.
+    pub fn knows_table(&self, table_oid: u32) -> bool {
+        self.table_oids.contains(&table_oid)
     }
 
     /// The policy of the column a RowDescription field comes from.

@@ -82,6 +82,11 @@ pub struct CatalogConfig {
     pub database: String,
     /// Environment variable holding that user's password, if any.
     pub password_env: Option<String>,
+    /// How often the catalog is reloaded even without DDL through pgveil
+    /// (e.g. `"60s"`); a result from a table OID the catalog does not know
+    /// also triggers a reload.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
 }
 
 impl Default for CatalogConfig {
@@ -90,6 +95,7 @@ impl Default for CatalogConfig {
             user: "postgres".into(),
             database: "postgres".into(),
             password_env: None,
+            refresh: Duration::from_secs(60),
         }
     }
 }

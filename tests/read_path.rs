@@ -442,16 +442,61 @@ async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
 #[tokio::test]
 async fn analyst_gets_stable_per_column_pseudonyms() {
     let c = as_user("ana_erin").await;
-    let rows = text_rows(&c, "SELECT name, id_number, phone FROM rguests WHERE id < 90 ORDER BY id").await;
+    let rows = text_rows(
+        &c,
+        "SELECT name, id_number, phone FROM rguests WHERE id < 90 ORDER BY id",
+    )
+    .await;
     assert_eq!(rows.len(), 2);
     for r in &rows {
         for token in &r[..2] {
             assert!(token.starts_with("pn_") && token.len() == 19, "{token}");
         }
     }
-    assert_ne!(rows[0][0], rows[1][0], "different names, different pseudonyms");
+    assert_ne!(
+        rows[0][0], rows[1][0],
+        "different names, different pseudonyms"
+    );
     assert_eq!(rows[0][2], "138****5678");
     // Stable: the same value gives the same token on another connection.
-    let again = text_rows(&as_user("ana_erin").await, "SELECT name FROM rguests WHERE id = 1").await;
+    let again = text_rows(
+        &as_user("ana_erin").await,
+        "SELECT name FROM rguests WHERE id = 1",
+    )
+    .await;
     assert_eq!(again[0][0], rows[0][0]);
+}
+
+#[tokio::test]
+async fn table_recreated_outside_pgveil_is_picked_up_from_its_new_oid() {
+    let _ = veil(); // roles exist
+    db().psql("DROP TABLE IF EXISTS reborn; CREATE TABLE reborn (id int, phone bytea); GRANT ALL ON reborn TO PUBLIC;")
+        .unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n\
+         [[columns]]\ntable = \"reborn\"\ncolumn = \"phone\"\ntype = \"text\"\nencrypt = \"searchable\"\nlevel = 3\n\
+         [[roles]]\nname = \"manager\"\nmembers = [\"managers\"]\nclearance = 4\n",
+        db().addr(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring").display(),
+        master_key_file().display()
+    );
+    let proxy = start_proxy(Config::parse(&text).unwrap());
+    // Re-created directly on the server: a new OID pgveil has not seen.
+    db().psql("DROP TABLE reborn; CREATE TABLE reborn (id int, phone bytea); GRANT ALL ON reborn TO PUBLIC;")
+        .unwrap();
+    let c = connect_to(proxy.local_addr(), "mgr_bob", None)
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO reborn VALUES (1, '13700001111')")
+        .await
+        .unwrap();
+    let decrypted = eventually(std::time::Duration::from_secs(10), || async {
+        text_rows(&c, "SELECT phone FROM reborn").await == vec![vec!["13700001111".to_owned()]]
+    })
+    .await;
+    assert!(
+        decrypted,
+        "results of the re-created table were never decrypted"
+    );
+    proxy.shutdown();
 }

@@ -45,6 +45,9 @@ pub struct Protector {
     current: RwLock<Arc<Snapshot>>,
     keyring: Keyring,
     policy: Arc<ReadPolicy>,
+    /// Table OIDs seen in results that the catalog did not know; each
+    /// triggers one reload (a protected table may have been re-created).
+    seen_oids: dashmap::DashSet<u32>,
 }
 
 /// The read side of the policy: roles and each column's mask.
@@ -100,6 +103,7 @@ impl Protector {
             current: RwLock::new(Arc::new(snapshot)),
             keyring,
             policy,
+            seen_oids: dashmap::DashSet::new(),
         })
     }
 
@@ -109,6 +113,15 @@ impl Protector {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Records a result table OID the catalog does not know; `true` the
+    /// first time, when the caller should ask for a reload.
+    pub fn note_unknown_oid(&self, oid: u32) -> bool {
+        if self.seen_oids.len() > 100_000 {
+            self.seen_oids.clear();
+        }
+        self.seen_oids.insert(oid)
     }
 
     /// Replaces the catalog (after DDL or a reload).

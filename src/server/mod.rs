@@ -98,14 +98,22 @@ impl Proxy {
 }
 
 /// Reloads the catalog whenever a session signals DDL.
+///
+/// Also reloads every `[catalog] refresh` interval, so DDL run directly on
+/// the server (not through pgveil) is picked up within that time.
 async fn reload_loop(shared: Arc<Shared>, protector: Arc<Protector>, notify: Arc<Notify>) {
+    let every = shared.config.catalog.refresh;
     loop {
-        notify.notified().await;
+        let signalled = tokio::select! {
+            _ = notify.notified() => true,
+            _ = tokio::time::sleep(every) => false,
+        };
         // Let the DDL commit first; several signals in a row coalesce.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         match Catalog::load(&shared.config).await {
             Ok(catalog) => match protector.replace_catalog(catalog) {
-                Ok(()) => info!("catalog reloaded"),
+                Ok(()) if signalled => info!("catalog reloaded"),
+                Ok(()) => debug!("catalog refreshed"),
                 Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),
             },
             Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),

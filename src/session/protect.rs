@@ -120,7 +120,7 @@ impl Session<'_> {
             shared, protect, ..
         } = self;
         match (shared.protector.as_deref(), protect.as_mut()) {
-            (Some(protector), Some(st)) => st.on_server(protector, frame, to_client),
+            (Some(protector), Some(st)) => st.on_server(protector, shared, frame, to_client),
             _ => false,
         }
     }
@@ -390,6 +390,7 @@ impl ProtectState {
     fn on_server(
         &mut self,
         protector: &Protector,
+        shared: &Shared,
         frame: &Frame,
         to_client: &mut BytesMut,
     ) -> bool {
@@ -436,7 +437,15 @@ impl ProtectState {
                     .role
                     .get_or_insert_with(|| snapshot.role_for(""))
                     .clone();
-                let planned = plan_row_description(&snapshot, &role, frame.body());
+                let planned = plan_row_description(&snapshot, &role, frame.body(), |oid| {
+                    // A table the catalog does not know: perhaps a protected
+                    // table re-created outside pgveil. Reload once per OID.
+                    if protector.note_unknown_oid(oid) {
+                        if let Some(reload) = &shared.reload_catalog {
+                            reload.notify_one();
+                        }
+                    }
+                });
                 match self.pending.front() {
                     Some(Pending::DescribeStatement { name, .. }) => {
                         let name = name.clone();

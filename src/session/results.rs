@@ -69,6 +69,7 @@ pub(super) fn plan_row_description(
     snapshot: &Snapshot,
     role: &PolicyRole,
     body: &[u8],
+    mut on_unknown_table: impl FnMut(u32),
 ) -> Option<(Arc<RowPlan>, BytesMut)> {
     let mut c = Cursor::new(body);
     let n = usize::try_from(i16::from_be_bytes(c.take(2)?.try_into().ok()?)).ok()?;
@@ -96,6 +97,9 @@ pub(super) fn plan_row_description(
         let protected = (table_oid != 0)
             .then(|| snapshot.catalog().by_attr(table_oid, attnum))
             .flatten();
+        if table_oid != 0 && protected.is_none() && !snapshot.catalog().knows_table(table_oid) {
+            on_unknown_table(table_oid);
+        }
         match protected {
             Some(col) => {
                 any = true;
