@@ -689,3 +689,34 @@ async fn non_utf8_statement_touching_protected_columns_is_refused() {
     assert!(msgs.iter().any(|m| m.0 == b'E'), "{msgs:?}");
     assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'));
 }
+
+#[tokio::test]
+async fn malformed_bind_for_a_protected_statement_is_never_relayed() {
+    use tokio::io::AsyncWriteExt;
+    let (mut s, _) = raw::login(veil()).await;
+    let mut parse = b"s_bad\0INSERT INTO guests (phone) VALUES ($1)\0".to_vec();
+    parse.extend(0i16.to_be_bytes());
+    // Bind claims 2 parameters but carries one, with a plaintext phone.
+    let mut bind = b"\0s_bad\0".to_vec();
+    bind.extend(0i16.to_be_bytes());
+    bind.extend(2i16.to_be_bytes());
+    bind.extend(11i32.to_be_bytes());
+    bind.extend(b"19900001111");
+    let mut wire = raw::frame(b'P', &parse);
+    wire.extend(raw::frame(b'B', &bind));
+    wire.extend(raw::frame(b'E', b"\0\0\0\0\0"));
+    wire.extend(raw::frame(b'S', b""));
+    s.write_all(&wire).await.unwrap();
+    let msgs = raw::read_until_ready(&mut s).await;
+    let codes: Vec<String> = msgs
+        .iter()
+        .filter(|m| m.0 == b'E')
+        .filter_map(|m| raw::error_field(&m.1, b'C'))
+        .collect();
+    assert_eq!(codes, ["08P01"], "{msgs:?}");
+    assert_not_stored(&["19900001111"]);
+    // The connection goes on.
+    s.write_all(&raw::query("SELECT 1")).await.unwrap();
+    let msgs = raw::read_until_ready(&mut s).await;
+    assert!(msgs.iter().any(|m| m.0 == b'D'), "{msgs:?}");
+}

@@ -185,7 +185,10 @@ impl ProtectState {
             b'Q' => {
                 self.pending.push_back(Pending::Ready);
                 let Some(sql) = extended::query_text(frame.body()) else {
-                    return forward(frame, to_server);
+                    // Never relay what pgveil cannot read: it could carry
+                    // plaintext for a protected column.
+                    write_query(to_server, &refusal_sql(&malformed("Query")));
+                    return Flow::Continue;
                 };
                 let utf8 = std::str::from_utf8(sql).is_ok();
                 let sql = String::from_utf8_lossy(sql);
@@ -213,7 +216,8 @@ impl ProtectState {
             }
             b'P' => {
                 let Some(parse) = Parse::decode(frame.body()) else {
-                    return forward(frame, to_server);
+                    self.refused = Some(malformed("Parse"));
+                    return Flow::Continue;
                 };
                 let snapshot = protector.snapshot();
                 let utf8 = std::str::from_utf8(parse.query).is_ok();
@@ -247,7 +251,8 @@ impl ProtectState {
             }
             b'B' => {
                 let Some(bind) = Bind::decode(frame.body()) else {
-                    return forward(frame, to_server);
+                    self.refused = Some(malformed("Bind"));
+                    return Flow::Continue;
                 };
                 let prepared = self.statements.get(bind.statement).cloned();
                 let portal = bind.portal.to_vec();
@@ -610,6 +615,13 @@ fn forward(frame: &Frame, to_server: &mut BytesMut) -> Flow {
         Flow::Close
     } else {
         Flow::Continue
+    }
+}
+
+fn malformed(what: &str) -> Refusal {
+    Refusal {
+        sqlstate: "08P01",
+        message: format!("pgveil: malformed {what} message; it was not relayed"),
     }
 }
 
