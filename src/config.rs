@@ -143,21 +143,10 @@ impl Default for ProxyConfig {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file; any policy problem is an
+    /// error listing all of them.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config = Self::parse(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut problems = crate::policy::check_static(&config.columns, &text);
-        problems.extend(crate::policy::check::check_roles(
-            &config.roles,
-            &config.columns,
-        ));
+        let (config, _, problems) = Self::load_for_check(path)?;
         if !problems.is_empty() {
             return Err(ConfigError::Policy {
                 path: path.to_owned(),

@@ -14,7 +14,6 @@ use pgveil::crypto::{Format, Keyring, LogicalType, Mode};
 use pgveil::migrate::{MigrateArgs, MigrateCommand};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// Columns of the all-types table: (column, SQL type, logical type, generator over `i`).
 const TYPES: &[(&str, &str, &str, &str)] = &[
@@ -68,20 +67,6 @@ const TYPES: &[(&str, &str, &str, &str)] = &[
     ("c_bytea", "bytea", "bytea", "decode(md5(i::text), 'hex')"),
 ];
 
-/// A 0600 copy of the demo master key (git does not keep file modes).
-fn master_key_file() -> &'static Path {
-    static KEY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &KEY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("master.key");
-        std::fs::write(&path, include_str!("../keyring/demo-master.key")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        (dir, path)
-    })
-    .1
-}
-
 /// A copy of the demo keyring this test may rotate and destroy.
 fn own_keyring() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +85,7 @@ fn write_config(dir: &Path, keyring: &Path, policies: &str) -> (PathBuf, Config)
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n{policies}",
         db().addr(),
         keyring.display(),
-        master_key_file().display()
+        demo_master_key_file().display()
     );
     let path = dir.join("pgveil.toml");
     std::fs::write(&path, &text).unwrap();

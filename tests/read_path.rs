@@ -83,19 +83,6 @@ columns = { "public.rguests.name" = "pseudonym", "public.rguests.id_number" = "p
 role = "none"
 "#;
 
-fn master_key_file() -> std::path::PathBuf {
-    static KEY: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = KEY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("master.key");
-        std::fs::write(&path, include_str!("../keyring/demo-master.key")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        dir
-    });
-    dir.path().join("master.key")
-}
-
 /// The protected proxy, with roles and two guests written through it.
 fn veil() -> SocketAddr {
     static PROXY: OnceLock<Proxy> = OnceLock::new();
@@ -121,8 +108,8 @@ fn veil() -> SocketAddr {
             let text = format!(
                 "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n{POLICY}",
                 db().addr(),
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring").display(),
-                master_key_file().display()
+                demo_keyring_dir().display(),
+                demo_master_key_file().display()
             );
             let proxy = start_proxy(Config::parse(&text).unwrap());
             let addr = proxy.local_addr();
@@ -477,8 +464,8 @@ async fn table_recreated_outside_pgveil_is_picked_up_from_its_new_oid() {
          [[columns]]\ntable = \"reborn\"\ncolumn = \"phone\"\ntype = \"text\"\nencrypt = \"searchable\"\nlevel = 3\n\
          [[roles]]\nname = \"manager\"\nmembers = [\"managers\"]\nclearance = 4\n",
         db().addr(),
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring").display(),
-        master_key_file().display()
+        demo_keyring_dir().display(),
+        demo_master_key_file().display()
     );
     let proxy = start_proxy(Config::parse(&text).unwrap());
     // Re-created directly on the server: a new OID pgveil has not seen.

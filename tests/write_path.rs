@@ -62,26 +62,12 @@ encrypt = "searchable"
 level = 2
 "#;
 
-/// A 0600 copy of the demo master key (git does not keep file modes).
-fn master_key_file() -> &'static std::path::Path {
-    static KEY: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = KEY.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("master.key");
-        std::fs::write(&path, include_str!("../keyring/demo-master.key")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        dir
-    });
-    Box::leak(dir.path().join("master.key").into_boxed_path())
-}
-
 fn protected_config(keyring_dir: &std::path::Path) -> Config {
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n{POLICY}",
         db().addr(),
         keyring_dir.display(),
-        master_key_file().display()
+        demo_master_key_file().display()
     );
     Config::parse(&text).unwrap()
 }
@@ -102,7 +88,7 @@ fn veil() -> SocketAddr {
     PROXY
         .get_or_init(|| {
             setup_schema();
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring");
+            let dir = demo_keyring_dir();
             start_proxy(protected_config(&dir))
         })
         .local_addr()
@@ -627,8 +613,8 @@ async fn policy_table_created_later_is_refused_until_the_catalog_knows_it() {
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n\
          [[columns]]\ntable = \"late_guests\"\ncolumn = \"phone\"\ntype = \"text\"\nencrypt = \"searchable\"\nlevel = 3\n",
         db().addr(),
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring").display(),
-        master_key_file().display()
+        demo_keyring_dir().display(),
+        demo_master_key_file().display()
     );
     let proxy = start_proxy(Config::parse(&text).unwrap());
     let c = connect_to(proxy.local_addr(), "postgres", None)

@@ -52,6 +52,26 @@ pub fn proxy() -> &'static Proxy {
     PROXY.get_or_init(|| start_proxy(config()))
 }
 
+/// A 0600 copy of the demo master key (git does not keep file modes, and
+/// pgveil refuses a key file others can read). Demo key: tests only.
+pub fn demo_master_key_file() -> std::path::PathBuf {
+    static KEY: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = KEY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, include_str!("../../keyring/demo-master.key")).expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        dir
+    });
+    dir.path().join("master.key")
+}
+
+/// The repository's demo keyring directory.
+pub fn demo_keyring_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring")
+}
+
 /// The shared proxy's address.
 pub fn proxy_addr() -> SocketAddr {
     proxy().local_addr()
