@@ -121,34 +121,69 @@ fn demo_serves_the_hotel_fixtures_and_cleans_up() {
     let text = printed.join("\n");
     assert!(text.contains(&format!("port={port}")), "{text}");
     let bindir = pgveil::tempdb::find_bindir().unwrap();
-    let out = Command::new(bindir.join("psql"))
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args([
-            "-c",
-            "select count(*) from guests",
-            "-c",
-            "select count(*) from stays where guest_id <= 3000",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let query = |user: &str, port: u16, sql: &str| {
+        let out = Command::new(bindir.join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                user,
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", sql])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = query("postgres", port, "select count(*) from guests");
+    assert!(ok && text == "3000\n", "{text}");
+    // Guest 1's phone is 13000007919 (fixtures/hotel.sql).
+    let sql = "select phone, birth_date from guests where id = 1";
+    assert_eq!(
+        query("bob", port, sql),
+        (true, "13000007919|1950-02-07\n".into())
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "3000\n8000\n");
+    assert_eq!(
+        query("alice", port, sql),
+        (true, "130****7919|1950-02-07\n".into())
+    );
+    let (ok, text) = query("dave", port, "select id_number from guests where id = 1");
+    assert!(
+        !ok && text.contains("permission denied for column public.guests.id_number"),
+        "{text}"
+    );
+    // Searchable lookup through pgveil.
+    assert_eq!(
+        query(
+            "bob",
+            port,
+            "select id from guests where phone = '13000007919'"
+        ),
+        (true, "1\n".into())
+    );
+    // Directly on the server: only ciphertext.
+    let pg_port: u16 = printed
+        .iter()
+        .filter_map(|l| l.split("port=").nth(1))
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .find(|p| *p != port)
+        .expect("direct port printed");
+    let (ok, raw) = query("postgres", pg_port, "copy guests to stdout");
+    assert!(ok, "{raw}");
+    assert!(
+        !raw.contains("13000007919") && !raw.contains("3133303030303037393139"),
+        "plaintext at rest"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
