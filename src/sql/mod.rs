@@ -23,6 +23,7 @@ mod operand;
 pub mod plan;
 mod prefilter;
 mod query;
+mod read;
 pub mod schema;
 mod scope;
 mod span;
