@@ -17,8 +17,8 @@ use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
 
 use super::error::Refusal;
 use super::operand::param_index;
-use super::read::{output_leak, Leak};
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
+use super::read::{output_leak, Leak};
 use super::schema::{ProtectedColumn, Schema};
 use super::scope::name_parts;
 use super::span::Source;

@@ -62,7 +62,9 @@ impl Ctx<'_> {
         let out = match body {
             SetExpr::Select(s) => return self.select(s, sc, order_by),
             SetExpr::Query(q) => self.query(q, Some(sc))?,
-            SetExpr::SetOperation { left, right, op, .. } => {
+            SetExpr::SetOperation {
+                left, right, op, ..
+            } => {
                 let l = self.set_expr(left, sc, None)?;
                 let r = self.set_expr(right, sc, None)?;
                 if let Some(Leak::Subquery(c)) = output_leak(&l).or_else(|| output_leak(&r)) {
@@ -84,6 +86,10 @@ impl Ctx<'_> {
                     width = width.max(row.content.len());
                     for x in &row.content {
                         self.expr(x, sc, false)?;
+                        // VALUES rows are result columns too.
+                        if let Some(leak) = self.leak(x, sc)? {
+                            return Err(leak.result());
+                        }
                     }
                 }
                 let cols = (1..=width)
@@ -553,6 +559,7 @@ impl Ctx<'_> {
             } => return self.add_from(table_with_joins, sc),
             TableFactor::Table { name, alias, .. } => {
                 self.children(tf, false, sc)?;
+                self.no_leak_in(tf, sc)?;
                 let name = name_parts(name)
                     .and_then(|p| p.last().cloned())
                     .unwrap_or_default();
@@ -562,6 +569,7 @@ impl Ctx<'_> {
             | TableFactor::UNNEST { alias, .. }
             | TableFactor::TableFunction { alias, .. } => {
                 self.children(tf, false, sc)?;
+                self.no_leak_in(tf, sc)?;
                 Relation::unknown(String::new(), false).aliased(alias.as_ref())
             }
             _ => {

@@ -16,7 +16,7 @@
 //! (`CREATE TABLE AS`, `SELECT INTO`, `INSERT ... SELECT` into another
 //! column, `COPY (SELECT ...) TO`), where no result passes pgveil at all.
 
-use sqlparser::ast::{Expr, Query, FunctionArg, FunctionArgExpr, FunctionArguments};
+use sqlparser::ast::{Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Query, Visit};
 
 use super::analyze::Ctx;
 use super::error::Refusal;
@@ -35,7 +35,8 @@ pub(crate) enum Leak {
     Subquery(Option<String>),
 }
 
-const HINT_SELECT: &str = "select the column itself (pgveil decrypts or masks a column only when it is \
+const HINT_SELECT: &str =
+    "select the column itself (pgveil decrypts or masks a column only when it is \
                            read as it is) and compute in the application";
 
 impl Leak {
@@ -207,6 +208,29 @@ impl Ctx<'_> {
             Some(l) => l.clone(),
             None => Some(Leak::Subquery(None)),
         }
+    }
+
+    /// Refuses a node (a function in FROM) whose direct child expressions
+    /// are computed from protected columns: its columns reach the result
+    /// unmapped.
+    pub fn no_leak_in<N: Visit>(&self, node: &N, sc: &Scope<'_>) -> Result<(), Refusal> {
+        for_each_child(node, false, |child| {
+            let found = match child {
+                Child::Expr(x) => match column_ref(x) {
+                    // A bare column passed to a table function is computed on too.
+                    Some(idents) => match sc.resolve(idents)? {
+                        Some(pc) => Some(Leak::Column(pc.full_name)),
+                        None => self.leak(x, sc)?,
+                    },
+                    None => self.leak(x, sc)?,
+                },
+                Child::Query(q) => self.query_leak(q),
+            };
+            match found {
+                Some(leak) => Err(leak.result()),
+                None => Ok(()),
+            }
+        })
     }
 
     fn leak_children(&self, e: &Expr, sc: &Scope<'_>) -> Result<Option<Leak>, Refusal> {

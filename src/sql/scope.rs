@@ -338,10 +338,7 @@ impl<'p> Scope<'p> {
                     .or_else(|| self.parent?.whole_row(parts))
             }
             [q, c] => {
-                let col = self
-                    .rels
-                    .iter()
-                    .any(|r| &r.name == q && r.col(c).is_some());
+                let col = self.rels.iter().any(|r| &r.name == q && r.col(c).is_some());
                 if col {
                     return None;
                 }

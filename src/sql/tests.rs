@@ -1218,16 +1218,40 @@ fn read_computed_from_none_column_refused() {
 fn read_computed_from_encrypted_column_refused() {
     refused("SELECT upper(phone) FROM guests", "public.guests.phone", "");
     refused("SELECT name::text FROM guests", "public.guests.name", "");
-    refused("SELECT max(birth_date) FROM guests", "public.guests.birth_date", "");
-    refused("SELECT coalesce(phone, '000') FROM guests", "public.guests.phone", "000");
+    refused(
+        "SELECT max(birth_date) FROM guests",
+        "public.guests.birth_date",
+        "",
+    );
+    refused(
+        "SELECT coalesce(phone, '000') FROM guests",
+        "public.guests.phone",
+        "000",
+    );
 }
 
 #[test]
 fn read_scalar_subquery_returning_protected_refused() {
-    refused("SELECT (SELECT email FROM guests LIMIT 1)", "public.guests.email", "");
-    refused("SELECT id, (SELECT g2.email FROM guests g2 WHERE g2.id = g.id) FROM guests g", "public.guests.email", "");
-    refused("SELECT upper((SELECT email FROM guests LIMIT 1))", "public.guests.email", "");
-    refused("SELECT ARRAY(SELECT email FROM guests)", "public.guests.email", "");
+    refused(
+        "SELECT (SELECT email FROM guests LIMIT 1)",
+        "public.guests.email",
+        "",
+    );
+    refused(
+        "SELECT id, (SELECT g2.email FROM guests g2 WHERE g2.id = g.id) FROM guests g",
+        "public.guests.email",
+        "",
+    );
+    refused(
+        "SELECT upper((SELECT email FROM guests LIMIT 1))",
+        "public.guests.email",
+        "",
+    );
+    refused(
+        "SELECT ARRAY(SELECT email FROM guests)",
+        "public.guests.email",
+        "",
+    );
     // A subquery used only as a predicate returns no protected value.
     allowed("SELECT EXISTS (SELECT email FROM guests WHERE email = 'a')");
     allowed("SELECT id FROM guests WHERE email IN (SELECT email FROM guests WHERE id = 1)");
@@ -1250,7 +1274,10 @@ fn read_whole_row_references_refused() {
         "SELECT s FROM (SELECT email FROM guests) s",
     ] {
         let msg = refused(sql, "public.guests.", "");
-        assert!(msg.contains("whole-row") || msg.contains("computed"), "{sql}: {msg}");
+        assert!(
+            msg.contains("whole-row") || msg.contains("computed"),
+            "{sql}: {msg}"
+        );
     }
     // sqlparser does not parse `(g).*`: refused as unparsable (fail closed).
     assert!(plan("SELECT (g).* FROM guests g").is_err());
@@ -1337,7 +1364,25 @@ fn read_server_side_copies_refused() {
 }
 
 #[test]
+fn read_values_and_from_functions_over_protected_refused() {
+    for sql in [
+        "SELECT * FROM (VALUES ((SELECT email FROM guests LIMIT 1))) v",
+        "SELECT x FROM guests g, LATERAL upper(g.email) x",
+        "SELECT x FROM guests g, unnest(ARRAY[g.email]) x",
+        "SELECT x FROM guests g CROSS JOIN LATERAL jsonb_each(to_jsonb(g)) x",
+        "SELECT x FROM guests g, LATERAL (SELECT upper(g.email)) x",
+    ] {
+        refused(sql, "public.guests.", "");
+    }
+    allowed("SELECT x FROM guests g, generate_series(1, g.id) x");
+    allowed("SELECT * FROM (VALUES (1, 'a')) v");
+}
+
+#[test]
 fn read_copy_query_predicates_are_rewritten() {
     let t = text("COPY (SELECT id FROM guests WHERE phone = '1') TO STDOUT");
-    assert_eq!(t, "COPY (SELECT id FROM guests WHERE phone = ANY(MATCH(phone,1))) TO STDOUT");
+    assert_eq!(
+        t,
+        "COPY (SELECT id FROM guests WHERE phone = ANY(MATCH(phone,1))) TO STDOUT"
+    );
 }
