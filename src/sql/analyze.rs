@@ -10,7 +10,7 @@
 //! they name a protected table: they carry no protected values, and schema
 //! changes are the DBA's business (the catalog refreshes after DDL).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
@@ -18,6 +18,7 @@ use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
 use super::error::Refusal;
 use super::operand::param_index;
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
+use super::read::{output_leak, Leak};
 use super::schema::{ProtectedColumn, Schema};
 use super::scope::name_parts;
 use super::span::Source;
@@ -32,6 +33,8 @@ pub(crate) struct Ctx<'s> {
     handled: HashSet<usize>,
     touched: Vec<String>,
     pub copy: Option<CopyIn>,
+    /// What each analysed query's result is derived from, by [`query_key`].
+    pub outputs: HashMap<usize, Option<Leak>>,
 }
 
 impl<'s> Ctx<'s> {
@@ -44,6 +47,7 @@ impl<'s> Ctx<'s> {
             handled: HashSet::new(),
             touched: Vec::new(),
             copy: None,
+            outputs: HashMap::new(),
         }
     }
 
@@ -119,6 +123,13 @@ impl<'s> Ctx<'s> {
                 }
                 Ok(())
             }
+            Statement::CreateTable(ct) => match &ct.query {
+                Some(q) => self.server_copy(q, "CREATE TABLE ... AS"),
+                None => Ok(()),
+            },
+            Statement::CreateView(cv) if cv.materialized => {
+                self.server_copy(&cv.query, "CREATE MATERIALIZED VIEW")
+            }
             Statement::Merge(_) => match self.mentions_protected(st) {
                 Some(table) => Err(Refusal::unsupported(format!(
                     "MERGE involving protected table {table} is not supported; use INSERT ... ON CONFLICT or UPDATE"
@@ -126,6 +137,16 @@ impl<'s> Ctx<'s> {
                 None => Ok(()),
             },
             _ => Ok(()),
+        }
+    }
+
+    /// A query whose result the server stores (`CREATE TABLE AS`, a
+    /// materialized view): refused when a result column holds protected data.
+    fn server_copy(&mut self, q: &sqlparser::ast::Query, what: &str) -> Result<(), Refusal> {
+        let out = self.query(q, None)?;
+        match output_leak(&out) {
+            Some(leak) => Err(leak.copy(what)),
+            None => Ok(()),
         }
     }
 

@@ -14,6 +14,7 @@ use sqlparser::ast::{
 use super::analyze::Ctx;
 use super::error::Refusal;
 use super::plan::{CopyFormat, CopyIn};
+use super::read::output_leak;
 use super::schema::ProtectedColumn;
 use super::scope::{name_parts, norm};
 
@@ -51,17 +52,25 @@ impl Ctx<'_> {
         else {
             return Ok(());
         };
-        let CopySource::Table {
-            table_name,
-            columns,
-        } = source
-        else {
-            // COPY (query) TO ...: a read.
-            return Ok(());
+        let (table_name, columns) = match source {
+            CopySource::Table {
+                table_name,
+                columns,
+            } => (table_name, columns),
+            CopySource::Query(q) => {
+                // COPY (query) TO: the output carries no column origin.
+                let out = self.query(q, None)?;
+                return match output_leak(&out) {
+                    Some(leak) => Err(Refusal::unsupported(format!(
+                        "COPY (SELECT ...) TO over {} is not supported: COPY output does not say which \
+                         table a column comes from, so pgveil cannot decrypt or mask it; use \
+                         COPY table [(columns)] TO STDOUT or a SELECT",
+                        leak.describe()
+                    ))),
+                    None => Ok(()),
+                };
+            }
         };
-        if *to {
-            return Ok(());
-        }
         let Some(parts) = name_parts(table_name) else {
             return Ok(());
         };
@@ -71,6 +80,18 @@ impl Ctx<'_> {
             _ => None,
         };
         let Some(info) = info else { return Ok(()) };
+        if *to {
+            // COPY table TO STDOUT is read (decrypted and masked) by the
+            // session; a server file or program would get the stored data.
+            if info.is_protected() && !matches!(target, CopyTarget::Stdout) {
+                return Err(Refusal::unsupported(format!(
+                    "COPY {}.{} TO a server file or program is not supported: it has protected columns \
+                     that pgveil must decrypt or mask; use COPY ... TO STDOUT through pgveil",
+                    info.schema, info.name
+                )));
+            }
+            return Ok(());
+        }
         if !info.columns.iter().any(|c| {
             c.protected
                 .as_ref()

@@ -15,6 +15,7 @@ use super::analyze::Ctx;
 use super::error::Refusal;
 use super::operand::{classify, Operand};
 use super::plan::{EditKind, ParamUsage};
+use super::read::Leak;
 use super::schema::ProtectedColumn;
 use super::scope::{name_parts, ColKind, Output, Relation, Scope};
 
@@ -27,9 +28,28 @@ impl Ctx<'_> {
             ColKind::Protected(pc) if pc.protection.encrypts() => self.write_encrypted(pc, e, sc),
             ColKind::Protected(pc) => {
                 self.touch(pc);
-                self.expr(e, sc, false)
+                self.expr(e, sc, false)?;
+                self.write_copy(Some(pc), e, sc)
             }
-            _ => self.expr(e, sc, false),
+            _ => {
+                self.expr(e, sc, false)?;
+                self.write_copy(None, e, sc)
+            }
+        }
+    }
+
+    /// A value derived from a protected column, written into another
+    /// column (`target`, `None` for a plain one), is a server-side copy.
+    fn write_copy(
+        &self,
+        target: Option<&ProtectedColumn>,
+        e: &Expr,
+        sc: &Scope<'_>,
+    ) -> Result<(), Refusal> {
+        match self.leak(e, sc)? {
+            Some(Leak::Column(c)) if target.is_some_and(|t| t.full_name == c) => Ok(()),
+            Some(leak) => Err(leak.copy("writing it into another column")),
+            None => Ok(()),
         }
     }
 
@@ -150,6 +170,25 @@ impl Ctx<'_> {
                                 "insert literals or $n parameters, or select the same column",
                             ));
                         }
+                    }
+                    // A protected column selected into any other column is
+                    // a copy pgveil cannot decrypt, mask or re-encrypt.
+                    let cols = out.cols.as_deref().unwrap_or_default();
+                    for (i, col) in cols.iter().enumerate() {
+                        let leak = match &col.kind {
+                            ColKind::Protected(src) => match targets.get(i) {
+                                Some(ColKind::Protected(t)) if t.full_name == src.full_name => None,
+                                _ => Some(Leak::Column(src.full_name.clone())),
+                            },
+                            ColKind::Unknown => Some(Leak::Subquery(None)),
+                            ColKind::Plain => None,
+                        };
+                        if let Some(leak) = leak {
+                            return Err(leak.copy("INSERT ... SELECT into another column"));
+                        }
+                    }
+                    if out.cols.is_none() && out.opaque {
+                        return Err(Leak::Subquery(None).copy("INSERT ... SELECT"));
                     }
                 }
             }

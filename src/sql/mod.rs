@@ -10,7 +10,8 @@
 //! The flow: [`Prefilter`] (a substring scan for protected names) lets
 //! most statements skip parsing; the rest are parsed with sqlparser's
 //! PostgreSQL dialect and walked (`analyze` → `query` / `insert` /
-//! `update` / `copy`, expressions in `expr`, names in `scope`), and edits
+//! `update` / `copy`, expressions in `expr`, names in `scope`, result
+//! columns and server-side copies of protected data in `read`), and edits
 //! are expressed as byte ranges of the original text (`span`), so the
 //! statement is never re-printed from the AST.
 
@@ -23,6 +24,7 @@ mod operand;
 pub mod plan;
 mod prefilter;
 mod query;
+mod read;
 pub mod schema;
 mod scope;
 mod span;

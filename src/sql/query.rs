@@ -15,6 +15,7 @@ use super::analyze::Ctx;
 use super::error::Refusal;
 use super::expr::randomized;
 use super::operand::column_ref;
+use super::read::{output_leak, query_key, Leak};
 use super::scope::{name_parts, norm, Col, ColKind, Output, Relation, Scope};
 use crate::policy::Protection;
 
@@ -48,6 +49,7 @@ impl Ctx<'_> {
         if let Some(fetch) = &q.fetch {
             self.children(fetch, false, &sc)?;
         }
+        self.outputs.insert(query_key(q), output_leak(&out));
         Ok(out)
     }
 
@@ -60,9 +62,22 @@ impl Ctx<'_> {
         let out = match body {
             SetExpr::Select(s) => return self.select(s, sc, order_by),
             SetExpr::Query(q) => self.query(q, Some(sc))?,
-            SetExpr::SetOperation { left, right, .. } => {
+            SetExpr::SetOperation {
+                left, right, op, ..
+            } => {
                 let l = self.set_expr(left, sc, None)?;
                 let r = self.set_expr(right, sc, None)?;
+                if let Some(Leak::Subquery(c)) = output_leak(&l).or_else(|| output_leak(&r)) {
+                    let what = match &c {
+                        Some(c) => format!("protected column {c}"),
+                        None => "a column pgveil cannot trace next to protected columns".to_owned(),
+                    };
+                    return Err(Refusal::unsupported(format!(
+                        "{op} over {what} is not supported: PostgreSQL does not say which table a set \
+                         operation's result column comes from, so pgveil cannot decrypt or mask it; \
+                         run the queries separately"
+                    )));
+                }
                 merge(l, r)
             }
             SetExpr::Values(values) => {
@@ -71,6 +86,10 @@ impl Ctx<'_> {
                     width = width.max(row.content.len());
                     for x in &row.content {
                         self.expr(x, sc, false)?;
+                        // VALUES rows are result columns too.
+                        if let Some(leak) = self.leak(x, sc)? {
+                            return Err(leak.result());
+                        }
                     }
                 }
                 let cols = (1..=width)
@@ -231,10 +250,16 @@ impl Ctx<'_> {
         } else {
             Some(items.into_iter().map(|i| i.col).collect())
         };
-        Ok(Output {
-            opaque: opaque || (cols.is_none() && sc_has_encrypted(&sc)),
+        let out = Output {
+            opaque: opaque || (cols.is_none() && sc_has_protected(&sc)),
             cols,
-        })
+        };
+        if s.into.is_some() {
+            if let Some(leak) = output_leak(&out) {
+                return Err(leak.copy("SELECT ... INTO"));
+            }
+        }
+        Ok(out)
     }
 
     /// Checks select-list (or RETURNING) items and lists their output.
@@ -246,6 +271,7 @@ impl Ctx<'_> {
                 | SelectItem::ExprWithAlias { expr: e, .. }
                 | SelectItem::ExprWithAliases { expr: e, .. } => {
                     self.expr(e, sc, true)?;
+                    self.result_item(e, sc)?;
                     let kind = match column_ref(e) {
                         Some(idents) => sc
                             .resolve(idents)?
@@ -289,6 +315,9 @@ impl Ctx<'_> {
                 }
                 SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::Expr(e), _) => {
                     self.expr(e, sc, false)?;
+                    if let Some(leak) = self.leak(e, sc)? {
+                        return Err(leak.result());
+                    }
                     items.push(Item {
                         col: Col {
                             name: "*".into(),
@@ -530,6 +559,7 @@ impl Ctx<'_> {
             } => return self.add_from(table_with_joins, sc),
             TableFactor::Table { name, alias, .. } => {
                 self.children(tf, false, sc)?;
+                self.no_leak_in(tf, sc)?;
                 let name = name_parts(name)
                     .and_then(|p| p.last().cloned())
                     .unwrap_or_default();
@@ -539,6 +569,7 @@ impl Ctx<'_> {
             | TableFactor::UNNEST { alias, .. }
             | TableFactor::TableFunction { alias, .. } => {
                 self.children(tf, false, sc)?;
+                self.no_leak_in(tf, sc)?;
                 Relation::unknown(String::new(), false).aliased(alias.as_ref())
             }
             _ => {
@@ -590,8 +621,8 @@ fn grouping(kind: &ColKind, what: &str) -> Result<(), Refusal> {
     }
 }
 
-fn sc_has_encrypted(sc: &Scope<'_>) -> bool {
-    sc.rels.iter().any(Relation::has_encrypted)
+fn sc_has_protected(sc: &Scope<'_>) -> bool {
+    sc.rels.iter().any(Relation::has_protected)
 }
 
 /// Output of `a UNION b`: a column stays protected only when both sides

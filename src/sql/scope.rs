@@ -129,6 +129,16 @@ impl Relation {
                 .any(|c| c.kind.encrypted().is_some() || c.kind == ColKind::Unknown)
     }
 
+    /// Whether a column is protected (any protection) or might be.
+    pub fn has_protected(&self) -> bool {
+        self.opaque
+            || self
+                .cols
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.kind, ColKind::Protected(_) | ColKind::Unknown))
+    }
+
     fn col(&self, name: &str) -> Option<&Col> {
         self.cols.as_ref()?.iter().find(|c| c.name == name)
     }
@@ -311,6 +321,39 @@ impl<'p> Scope<'p> {
                 None => Err(ambiguous(display)),
             },
         }
+    }
+
+    /// The relation a name used as a value stands for (a whole-row
+    /// reference such as `SELECT g FROM guests g`), when no column of that
+    /// name is in scope: PostgreSQL prefers the column.
+    pub fn whole_row(&self, parts: &[String]) -> Option<&Relation> {
+        match parts {
+            [c] => {
+                if self.rels.iter().any(|r| r.col(c).is_some()) {
+                    return None;
+                }
+                self.rels
+                    .iter()
+                    .find(|r| &r.name == c)
+                    .or_else(|| self.parent?.whole_row(parts))
+            }
+            [q, c] => {
+                let col = self.rels.iter().any(|r| &r.name == q && r.col(c).is_some());
+                if col {
+                    return None;
+                }
+                self.relation(parts)
+            }
+            _ => None,
+        }
+    }
+
+    /// The first relation in scope (this level and outward) with protected columns.
+    pub fn any_protected_rel(&self) -> Option<&Relation> {
+        self.rels
+            .iter()
+            .find(|r| r.has_protected())
+            .or_else(|| self.parent?.any_protected_rel())
     }
 
     /// The relation named `q` (for `q.*`), searching outward.

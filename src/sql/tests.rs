@@ -743,12 +743,14 @@ fn refuse_comparisons_between_different_columns() {
 }
 
 #[test]
-fn none_protection_column_is_never_refused() {
+fn none_protection_column_is_not_refused_in_predicates_and_order() {
+    // Read-path rule: computing on it in the select list is refused (see
+    // `read_*` tests); predicates and ORDER BY on plaintext stay allowed.
     let (t, _, touched) =
-        rewrite("SELECT upper(email) FROM guests WHERE email LIKE '%@x' ORDER BY email");
+        rewrite("SELECT email FROM guests WHERE email LIKE '%@x' ORDER BY lower(email)");
     assert_eq!(
         t,
-        "SELECT upper(email) FROM guests WHERE email LIKE '%@x' ORDER BY email"
+        "SELECT email FROM guests WHERE email LIKE '%@x' ORDER BY lower(email)"
     );
     assert_eq!(touched, vec!["public.guests.email"]);
 }
@@ -896,7 +898,8 @@ fn copy_binary_and_files_refused() {
 #[test]
 fn copy_out_and_plain_tables_pass() {
     passthrough("COPY guests TO STDOUT");
-    passthrough("COPY (SELECT * FROM guests) TO STDOUT WITH (FORMAT csv)");
+    passthrough("COPY (SELECT id FROM stays) TO STDOUT WITH (FORMAT csv)");
+    passthrough("COPY stays TO '/tmp/stays.csv'");
     passthrough("COPY stays FROM STDIN");
 }
 
@@ -1040,8 +1043,8 @@ fn correlated_and_lateral_subqueries_resolve_outer_columns() {
 #[test]
 fn union_of_different_columns_cannot_be_compared() {
     refused("SELECT * FROM (SELECT phone FROM guests UNION SELECT id_number FROM guests) u WHERE u.phone = '1'", "phone", "");
-    let t = text("SELECT * FROM (SELECT phone FROM guests UNION ALL SELECT phone FROM guests) u WHERE u.phone = '1'");
-    assert!(t.ends_with("u.phone = ANY(MATCH(phone,1))"), "{t}");
+    // Set-operation results are not mapped by PostgreSQL: refused even for the same column.
+    refused("SELECT * FROM (SELECT phone FROM guests UNION ALL SELECT phone FROM guests) u WHERE u.phone = '1'", "phone", "'1'");
 }
 
 #[test]
@@ -1140,4 +1143,246 @@ fn unparsable_unicode_identifier_is_refused_without_echoing_text() {
     let r = plan("SELECT * FROM U&\"\\0067uests\" WHERE (((").unwrap_err();
     assert_eq!(r.sqlstate, "0A000");
     assert!(r.message.contains("a protected table"), "{}", r.message);
+}
+
+// ---- read path: result columns and server-side copies ----
+
+/// Asserts the statement is not refused.
+fn allowed(sql: &str) {
+    if let Err(r) = plan(sql) {
+        panic!("expected {sql:?} to be allowed, got {r:?}");
+    }
+}
+
+#[test]
+fn read_plain_columns_stars_and_aliases_allowed() {
+    for sql in [
+        "SELECT email FROM guests",
+        "SELECT email AS e, g.email, guests.email FROM guests, guests g",
+        "SELECT (email) FROM guests",
+        "SELECT public.guests.email FROM public.guests",
+        "SELECT * FROM guests",
+        "SELECT g.* FROM guests g",
+        "SELECT g.*, s.room FROM guests g JOIN stays s ON s.guest_id = g.id",
+        "SELECT name, phone, birth_date FROM guests WHERE phone = '1'",
+        "SELECT upper(room), s FROM stays s",
+        "SELECT row_to_json(s) FROM stays s JOIN guests g ON g.id = s.guest_id",
+        "SELECT id, upper(s.room) FROM guests g JOIN stays s ON s.guest_id = g.id",
+        "SELECT phone || 'x' FROM stays",
+    ] {
+        allowed(sql);
+    }
+}
+
+#[test]
+fn read_count_allowed() {
+    for sql in [
+        "SELECT count(email), count(DISTINCT email), count(*) FROM guests",
+        "SELECT count(g.email) FROM guests g",
+        "SELECT count(phone) OVER () FROM guests",
+        "SELECT count(*) FILTER (WHERE email LIKE '%@x') FROM guests",
+        "SELECT (SELECT count(email) FROM guests)",
+    ] {
+        allowed(sql);
+    }
+}
+
+#[test]
+fn read_computed_from_none_column_refused() {
+    for sql in [
+        "SELECT upper(email) FROM guests",
+        "SELECT email || '' FROM guests",
+        "SELECT email::text FROM guests",
+        "SELECT CAST(email AS varchar) FROM guests",
+        "SELECT coalesce(email, '') FROM guests",
+        "SELECT CASE WHEN true THEN email END FROM guests",
+        "SELECT CASE WHEN email LIKE '%@x' THEN 1 END FROM guests",
+        "SELECT email IS NULL FROM guests",
+        "SELECT id, lower(g.email) AS e FROM guests g",
+        "SELECT min(email) FROM guests",
+        "SELECT max(email) FROM guests",
+        "SELECT string_agg(email, ',') FROM guests",
+        "SELECT array_agg(email) FROM guests",
+        "SELECT count(upper(email)) FROM guests",
+        "SELECT lag(email) OVER (ORDER BY id) FROM guests",
+        "SELECT row_number() OVER (PARTITION BY email) FROM guests",
+        "SELECT ARRAY[email] FROM guests",
+        "SELECT (email, id) FROM guests",
+    ] {
+        let msg = refused(sql, "public.guests.email", "%@x");
+        assert!(msg.contains("select the column itself"), "{sql}: {msg}");
+    }
+}
+
+#[test]
+fn read_computed_from_encrypted_column_refused() {
+    refused("SELECT upper(phone) FROM guests", "public.guests.phone", "");
+    refused("SELECT name::text FROM guests", "public.guests.name", "");
+    refused(
+        "SELECT max(birth_date) FROM guests",
+        "public.guests.birth_date",
+        "",
+    );
+    refused(
+        "SELECT coalesce(phone, '000') FROM guests",
+        "public.guests.phone",
+        "000",
+    );
+}
+
+#[test]
+fn read_scalar_subquery_returning_protected_refused() {
+    refused(
+        "SELECT (SELECT email FROM guests LIMIT 1)",
+        "public.guests.email",
+        "",
+    );
+    refused(
+        "SELECT id, (SELECT g2.email FROM guests g2 WHERE g2.id = g.id) FROM guests g",
+        "public.guests.email",
+        "",
+    );
+    refused(
+        "SELECT upper((SELECT email FROM guests LIMIT 1))",
+        "public.guests.email",
+        "",
+    );
+    refused(
+        "SELECT ARRAY(SELECT email FROM guests)",
+        "public.guests.email",
+        "",
+    );
+    // A subquery used only as a predicate returns no protected value.
+    allowed("SELECT EXISTS (SELECT email FROM guests WHERE email = 'a')");
+    allowed("SELECT id FROM guests WHERE email IN (SELECT email FROM guests WHERE id = 1)");
+}
+
+#[test]
+fn read_whole_row_references_refused() {
+    for sql in [
+        "SELECT g FROM guests g",
+        "SELECT guests FROM guests",
+        "SELECT row_to_json(g) FROM guests g",
+        "SELECT row_to_json(g.*) FROM guests g",
+        "SELECT to_jsonb(g) FROM guests g",
+        "SELECT g::text FROM guests g",
+        "SELECT ROW(g.*) FROM guests g",
+        "SELECT hstore(g) FROM guests g",
+        "SELECT (g).email FROM guests g",
+        "SELECT json_agg(g) FROM guests g",
+        "WITH c AS (SELECT email FROM guests) SELECT c FROM c",
+        "SELECT s FROM (SELECT email FROM guests) s",
+    ] {
+        let msg = refused(sql, "public.guests.", "");
+        assert!(
+            msg.contains("whole-row") || msg.contains("computed"),
+            "{sql}: {msg}"
+        );
+    }
+    // sqlparser does not parse `(g).*`: refused as unparsable (fail closed).
+    assert!(plan("SELECT (g).* FROM guests g").is_err());
+}
+
+#[test]
+fn read_rule_applies_at_every_level() {
+    for sql in [
+        "WITH c AS (SELECT upper(email) AS e FROM guests) SELECT e FROM c",
+        "SELECT x FROM (SELECT lower(email) AS x FROM guests) s",
+        "DECLARE c CURSOR FOR SELECT upper(email) FROM guests",
+        "EXPLAIN ANALYZE SELECT upper(email) FROM guests",
+        "INSERT INTO guests (id) VALUES (1) RETURNING upper(email)",
+        "UPDATE guests SET id = 2 WHERE id = 1 RETURNING email || ''",
+        "DELETE FROM guests g WHERE id = 1 RETURNING g",
+        "SELECT 1 FROM guests WHERE id IN (SELECT length(email) FROM guests)",
+    ] {
+        refused(sql, "public.guests.", "");
+    }
+    for sql in [
+        "WITH c AS (SELECT email FROM guests) SELECT email FROM c",
+        "SELECT e FROM (SELECT email AS e FROM guests) s",
+        "DECLARE c CURSOR FOR SELECT email, g.* FROM guests g",
+        "EXPLAIN ANALYZE SELECT email FROM guests",
+        "INSERT INTO guests (id) VALUES (1) RETURNING email, *",
+        "UPDATE guests SET id = 2 WHERE id = 1 RETURNING email",
+        "DELETE FROM guests g WHERE id = 1 RETURNING g.*",
+    ] {
+        allowed(sql);
+    }
+}
+
+#[test]
+fn read_set_operations_over_protected_refused() {
+    for sql in [
+        "SELECT email FROM guests UNION SELECT 'x'",
+        "SELECT 'x' UNION ALL SELECT email FROM guests",
+        "SELECT email FROM guests INTERSECT SELECT email FROM guests",
+        "SELECT email FROM guests EXCEPT SELECT 'x'",
+        "SELECT * FROM guests UNION SELECT * FROM guests",
+        "SELECT phone FROM guests UNION SELECT phone FROM guests",
+        "SELECT e FROM (SELECT email AS e FROM guests UNION SELECT 'x') u",
+    ] {
+        let msg = refused(sql, "public.guests.", "'x'");
+        assert!(msg.contains("set"), "{sql}: {msg}");
+    }
+    allowed("SELECT id FROM guests UNION SELECT id FROM stays");
+    allowed("SELECT id FROM guests WHERE email = 'a' UNION SELECT guest_id FROM stays");
+}
+
+#[test]
+fn read_server_side_copies_refused() {
+    for sql in [
+        "CREATE TABLE t AS SELECT email FROM guests",
+        "CREATE TABLE t AS SELECT * FROM guests",
+        "CREATE TEMP TABLE t AS TABLE guests",
+        "CREATE MATERIALIZED VIEW mv AS SELECT id, email FROM guests",
+        "SELECT email INTO t FROM guests",
+        "SELECT * INTO TEMP t FROM guests",
+        "INSERT INTO stays (phone) SELECT email FROM guests",
+        "INSERT INTO stays SELECT id, id, 'r', email FROM guests",
+        "INSERT INTO stays (phone) SELECT g.phone FROM guests g",
+        "INSERT INTO stays (phone) VALUES ((SELECT email FROM guests LIMIT 1))",
+        "UPDATE stays s SET phone = g.email FROM guests g WHERE g.id = s.guest_id",
+        "COPY (SELECT email FROM guests) TO STDOUT",
+        "COPY (SELECT * FROM guests) TO STDOUT WITH (FORMAT csv)",
+        "COPY guests TO '/tmp/guests.csv'",
+        "COPY guests (email) TO PROGRAM 'cat'",
+    ] {
+        refused(sql, "public.guests", "/tmp");
+    }
+    for sql in [
+        "CREATE TABLE t AS SELECT id FROM guests WHERE email = 'a'",
+        "SELECT id INTO t FROM guests",
+        "INSERT INTO stays (id) SELECT id FROM guests",
+        "INSERT INTO guests (id, email) SELECT id + 1, email FROM guests",
+        "UPDATE guests SET email = lower(email) WHERE id = 1",
+        "COPY (SELECT id FROM guests) TO STDOUT",
+        "COPY guests TO STDOUT",
+        "COPY guests (email) TO STDOUT WITH (FORMAT csv)",
+    ] {
+        allowed(sql);
+    }
+}
+
+#[test]
+fn read_values_and_from_functions_over_protected_refused() {
+    for sql in [
+        "SELECT * FROM (VALUES ((SELECT email FROM guests LIMIT 1))) v",
+        "SELECT x FROM guests g, LATERAL upper(g.email) x",
+        "SELECT x FROM guests g, unnest(ARRAY[g.email]) x",
+        "SELECT x FROM guests g CROSS JOIN LATERAL jsonb_each(to_jsonb(g)) x",
+        "SELECT x FROM guests g, LATERAL (SELECT upper(g.email)) x",
+    ] {
+        refused(sql, "public.guests.", "");
+    }
+    allowed("SELECT x FROM guests g, generate_series(1, g.id) x");
+    allowed("SELECT * FROM (VALUES (1, 'a')) v");
+}
+
+#[test]
+fn read_copy_query_predicates_are_rewritten() {
+    let t = text("COPY (SELECT id FROM guests WHERE phone = '1') TO STDOUT");
+    assert_eq!(
+        t,
+        "COPY (SELECT id FROM guests WHERE phone = ANY(MATCH(phone,1))) TO STDOUT"
+    );
 }
