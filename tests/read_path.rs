@@ -407,10 +407,9 @@ async fn corrupted_ciphertext_is_an_error_not_a_panic() {
 }
 
 /// Columns stored in plaintext (`encrypt = "none"`) are masked when read
-/// directly, but a computed or whole-row reference still reaches the server's
-/// plaintext: refusing those needs result-column analysis in the SQL layer.
+/// directly; computed and whole-row references to them are refused, since
+/// PostgreSQL would compute them over the plaintext.
 #[tokio::test]
-#[ignore = "known gap (issue 5): computed and whole-row references to encrypt = \"none\" columns are not refused yet"]
 async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
     let c = as_user("fd_alice").await;
     for sql in [
@@ -419,11 +418,27 @@ async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
         "SELECT upper(email) FROM rguests",
         "SELECT email || '' FROM rguests",
     ] {
-        if let Ok(msgs) = c.simple_query(sql).await {
-            let text = format!("{msgs:?}");
-            assert!(!text.contains("zhang.san"), "{sql} leaked: {text}");
-        }
+        let err = c.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}: {}", db.message());
+        assert!(!db.message().contains("zhang.san"), "{}", db.message());
     }
+}
+
+/// COPY TO of a table with protected columns is relayed as stored today:
+/// envelopes for encrypted columns, but plaintext for `encrypt = "none"`.
+#[tokio::test]
+#[ignore = "known gap (issue 5): COPY TO is not masked by role yet"]
+async fn copy_to_is_masked_by_role() {
+    let out = psql(
+        veil(),
+        "fd_alice",
+        None,
+        &["-c", "COPY rguests TO STDOUT"],
+        "",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("zhang.san"), "{text}");
 }
 
 #[tokio::test]
