@@ -32,6 +32,16 @@ struct Options {
     unsupported: bool,
 }
 
+/// A column identifier as the catalog stores it: quoted keeps case,
+/// unquoted folds to lower case.
+fn ident_name(id: &Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
 fn byte(c: char, what: &str, table: &str) -> Result<u8, Refusal> {
     u8::try_from(c).ok().filter(u8::is_ascii).ok_or_else(|| {
         Refusal::unsupported(format!("COPY into {table} with a non-ASCII {what} is not supported; use a single ASCII character"))
@@ -81,13 +91,27 @@ impl Ctx<'_> {
         };
         let Some(info) = info else { return Ok(()) };
         if *to {
-            // COPY table TO STDOUT is read (decrypted and masked) by the
-            // session; a server file or program would get the stored data.
+            // A server file or program would get the stored data.
             if info.is_protected() && !matches!(target, CopyTarget::Stdout) {
                 return Err(Refusal::unsupported(format!(
                     "COPY {}.{} TO a server file or program is not supported: it has protected columns \
                      that pgveil must decrypt or mask; use COPY ... TO STDOUT through pgveil",
                     info.schema, info.name
+                )));
+            }
+            // The session does not yet decrypt and mask a COPY TO stream,
+            // so protected columns may not leave through one (fail closed).
+            let listed: Vec<String> = columns.iter().map(|c| ident_name(c)).collect();
+            let protected = info
+                .columns
+                .iter()
+                .find(|c| c.protected.is_some() && (listed.is_empty() || listed.contains(&c.name)));
+            if let Some(col) = protected {
+                return Err(Refusal::unsupported(format!(
+                    "COPY {}.{} TO STDOUT with protected column {} is not supported yet: pgveil cannot \
+                     mask a COPY stream by role; SELECT the columns instead, or leave it out of the \
+                     column list",
+                    info.schema, info.name, col.name
                 )));
             }
             return Ok(());
