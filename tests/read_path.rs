@@ -153,8 +153,10 @@ async fn text_rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+// Row 99 is a corrupted row that one test inserts and removes; the others
+// leave it out so tests can run in parallel.
 const ALL: &str =
-    "SELECT name, id_number, phone, email, birth_date, vip_level FROM rguests ORDER BY id";
+    "SELECT name, id_number, phone, email, birth_date, vip_level FROM rguests WHERE id < 90 ORDER BY id";
 
 #[tokio::test]
 async fn manager_sees_clear_values_in_text_and_binary() {

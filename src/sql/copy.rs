@@ -101,7 +101,7 @@ impl Ctx<'_> {
             }
             // The session does not yet decrypt and mask a COPY TO stream,
             // so protected columns may not leave through one (fail closed).
-            let listed: Vec<String> = columns.iter().map(|c| ident_name(c)).collect();
+            let listed: Vec<String> = columns.iter().map(ident_name).collect();
             let protected = info
                 .columns
                 .iter()
