@@ -45,31 +45,7 @@ pub(super) fn canon_float8<B: OutBuf + ?Sized>(
     input: &[u8],
     out: &mut B,
 ) -> Result<(), Reason> {
-    let v = match format {
-        Format::Binary => {
-            let raw: [u8; 8] = input
-                .try_into()
-                .map_err(|_| "binary float8 must be 8 bytes")?;
-            f64::from_be_bytes(raw)
-        }
-        Format::Text => {
-            let (s, special) = float_text(input)?;
-            let v: f64 = s.parse().map_err(|_| "not a number")?;
-            if !special && (v.is_infinite() || (v == 0.0 && mantissa_nonzero(s))) {
-                return Err("out of range for type double precision");
-            }
-            v
-        }
-    };
-    let v = if v.is_nan() {
-        f64::NAN
-    } else if v == 0.0 {
-        0.0
-    } else {
-        v
-    };
-    out.extend_from_slice(&v.to_be_bytes());
-    Ok(())
+    canon_float::<f64, B>(format, input, out)
 }
 
 pub(super) fn canon_float4<B: OutBuf + ?Sized>(
@@ -77,43 +53,97 @@ pub(super) fn canon_float4<B: OutBuf + ?Sized>(
     input: &[u8],
     out: &mut B,
 ) -> Result<(), Reason> {
+    canon_float::<f32, B>(format, input, out)
+}
+
+/// Validates a float in either wire format and appends its canonical
+/// big-endian bytes: one NaN, and no negative zero.
+fn canon_float<T: PgFloat, B: OutBuf + ?Sized>(
+    format: Format,
+    input: &[u8],
+    out: &mut B,
+) -> Result<(), Reason> {
     let v = match format {
-        Format::Binary => {
-            let raw: [u8; 4] = input
-                .try_into()
-                .map_err(|_| "binary float4 must be 4 bytes")?;
-            f32::from_be_bytes(raw)
-        }
+        Format::Binary => T::from_be(input).ok_or(T::WRONG_LENGTH)?,
         Format::Text => {
             let (s, special) = float_text(input)?;
-            let v: f32 = s.parse().map_err(|_| "not a number")?;
-            if !special && (v.is_infinite() || (v == 0.0 && mantissa_nonzero(s))) {
-                return Err("out of range for type real");
+            let v: T = s.parse().map_err(|_| "not a number")?;
+            if !special && (v.is_infinite() || (v == T::ZERO && mantissa_nonzero(s))) {
+                return Err(T::OUT_OF_RANGE);
             }
             v
         }
     };
     let v = if v.is_nan() {
-        f32::NAN
-    } else if v == 0.0 {
-        0.0
+        T::NAN
+    } else if v == T::ZERO {
+        T::ZERO // folds -0 into 0
     } else {
         v
     };
-    out.extend_from_slice(&v.to_be_bytes());
+    v.put_be(out);
     Ok(())
 }
 
-/// The two float widths, for PostgreSQL's shortest-digits rule.
+/// The two float widths: PostgreSQL's shortest-digits rule and the
+/// canonical encoding.
 trait PgFloat: Copy + PartialEq + std::fmt::LowerExp + std::str::FromStr {
     /// Significant digits that always round-trip.
     const MAX_DIGITS: usize;
+    /// Positive zero.
+    const ZERO: Self;
+    /// The one NaN stored.
+    const NAN: Self;
+    /// Error for a binary value of the wrong size.
+    const WRONG_LENGTH: Reason;
+    /// Error for a literal outside the type's range.
+    const OUT_OF_RANGE: Reason;
+    /// Reads the binary wire format.
+    fn from_be(b: &[u8]) -> Option<Self>;
+    /// Appends the big-endian bytes.
+    fn put_be<B: OutBuf + ?Sized>(self, out: &mut B);
+    /// Whether the value is NaN.
+    fn is_nan(self) -> bool;
+    /// Whether the value is ±infinity.
+    fn is_infinite(self) -> bool;
 }
 impl PgFloat for f32 {
     const MAX_DIGITS: usize = 9;
+    const ZERO: Self = 0.0;
+    const NAN: Self = f32::NAN;
+    const WRONG_LENGTH: Reason = "binary float4 must be 4 bytes";
+    const OUT_OF_RANGE: Reason = "out of range for type real";
+    fn from_be(b: &[u8]) -> Option<Self> {
+        Some(f32::from_be_bytes(b.try_into().ok()?))
+    }
+    fn put_be<B: OutBuf + ?Sized>(self, out: &mut B) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+    fn is_infinite(self) -> bool {
+        f32::is_infinite(self)
+    }
 }
 impl PgFloat for f64 {
     const MAX_DIGITS: usize = 17;
+    const ZERO: Self = 0.0;
+    const NAN: Self = f64::NAN;
+    const WRONG_LENGTH: Reason = "binary float8 must be 8 bytes";
+    const OUT_OF_RANGE: Reason = "out of range for type double precision";
+    fn from_be(b: &[u8]) -> Option<Self> {
+        Some(f64::from_be_bytes(b.try_into().ok()?))
+    }
+    fn put_be<B: OutBuf + ?Sized>(self, out: &mut B) {
+        out.extend_from_slice(&self.to_be_bytes());
+    }
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    fn is_infinite(self) -> bool {
+        f64::is_infinite(self)
+    }
 }
 
 /// Splits Rust's `{:e}` output (`d.ddde-X`, no sign) into the digits as
