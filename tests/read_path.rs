@@ -102,6 +102,9 @@ fn veil() -> SocketAddr {
                    CREATE ROLE aud_carol LOGIN IN ROLE auditors; \
                    CREATE ROLE nobody_dan LOGIN; \
                    CREATE ROLE ana_erin LOGIN IN ROLE analysts; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 DO $$ BEGIN \
+                   CREATE ROLE mf_gina LOGIN IN ROLE managers, frontdesk; \
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
             )
             .unwrap();
@@ -520,4 +523,169 @@ async fn table_recreated_outside_pgveil_is_picked_up_from_its_new_oid() {
         "results of the re-created table were never decrypted"
     );
     proxy.shutdown();
+}
+
+/// `phone` of guest 1 as `c` sees it.
+async fn phone(c: &tokio_postgres::Client) -> String {
+    text_rows(c, "SELECT phone FROM rguests WHERE id = 1").await[0][0].clone()
+}
+
+const CLEAR: &str = "13812345678";
+const MASKED: &str = "138****5678";
+
+#[tokio::test]
+async fn set_role_changes_the_policy_role_and_reset_restores_it() {
+    let c = as_user("mf_gina").await;
+    assert_eq!(phone(&c).await, CLEAR, "member of managers");
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED, "after SET ROLE frontdesk");
+    // A role the user is not a member of: PostgreSQL refuses, nothing changes.
+    let err = c.simple_query("SET ROLE auditors").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR, "after RESET ROLE");
+    c.simple_query("SET role = 'frontdesk'").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("SET ROLE NONE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+    // Extended protocol: SET ROLE sent as a prepared statement.
+    c.execute("SET ROLE frontdesk", &[]).await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.execute("RESET ROLE", &[]).await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+}
+
+#[tokio::test]
+async fn role_changes_follow_transactions_and_savepoints() {
+    let c = as_user("mf_gina").await;
+    // SET LOCAL ends with the transaction.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SET LOCAL ROLE frontdesk").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR, "SET LOCAL ROLE outlived COMMIT");
+    // A rolled-back SET ROLE is undone.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR, "SET ROLE outlived ROLLBACK");
+    // ROLLBACK TO SAVEPOINT brings back the role in effect at the savepoint.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    c.simple_query("SAVEPOINT a").await.unwrap();
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+    c.simple_query("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    assert_eq!(
+        phone(&c).await,
+        MASKED,
+        "ROLLBACK TO did not restore the role"
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED, "committed SET ROLE was lost");
+    // An error in the transaction, then ROLLBACK: back to the committed role.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+}
+
+#[tokio::test]
+async fn statements_prepared_before_set_role_are_shown_by_the_new_role() {
+    let c = as_user("mf_gina").await;
+    let stmt = c
+        .prepare("SELECT phone FROM rguests WHERE id = $1")
+        .await
+        .unwrap();
+    let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), CLEAR);
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        MASKED,
+        "stale plan after SET ROLE"
+    );
+    c.simple_query("RESET ROLE").await.unwrap();
+    let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), CLEAR);
+}
+
+#[tokio::test]
+async fn role_changes_pgveil_cannot_follow_are_refused() {
+    let c = as_user("mf_gina").await;
+    for sql in [
+        "SELECT set_config('role', 'frontdesk', false)",
+        "SELECT set_config('role', 'frontdesk', true)",
+        "DO $$ BEGIN SET ROLE frontdesk; END $$",
+        "DO $$ BEGIN EXECUTE 'set role frontdesk'; END $$",
+        "SET ROLE frontdesk; SELECT phone FROM rguests WHERE id = 1",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert!(
+            db.message().starts_with("pgveil:"),
+            "{sql}: {}",
+            db.message()
+        );
+        assert!(
+            ["42501", "0A000"].contains(&db.code().code()),
+            "{sql}: {}",
+            db.code().code()
+        );
+        // The server's role did not change behind pgveil's back.
+        let who = text_rows(&c, "SELECT current_user").await;
+        assert_eq!(who, vec![vec!["mf_gina"]], "{sql}");
+    }
+    // Harmless set_config still works.
+    c.simple_query("SELECT set_config('application_name', 'x', false)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn role_set_in_the_startup_packet_is_followed() {
+    let mut cfg = tokio_postgres::Config::new();
+    let addr = veil();
+    cfg.host(addr.ip().to_string())
+        .port(addr.port())
+        .user("mf_gina")
+        .dbname("postgres")
+        .options("-c role=frontdesk");
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+}
+
+#[test]
+fn psql_set_role_then_select_is_masked() {
+    let out = psql(
+        veil(),
+        "mf_gina",
+        None,
+        &[
+            "-c",
+            "SET ROLE frontdesk",
+            "-c",
+            "SELECT phone FROM rguests WHERE id = 1",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(MASKED) && !stdout.contains(CLEAR),
+        "{stdout}"
+    );
 }

@@ -18,6 +18,7 @@
 
 use super::frontend::Flow;
 use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
+use super::roles::RoleTracker;
 use super::Session;
 use crate::net::Frame;
 use crate::policy::role::PolicyRole;
@@ -27,6 +28,7 @@ use crate::rewrite::copy::{CopyEncryptor, CopyKind, CopySpec};
 use crate::rewrite::Protector;
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
+use crate::sql::role::{role_effects, RoleEffect};
 use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, Refusal};
 use bytes::{BufMut, BytesMut};
 use std::collections::{HashMap, VecDeque};
@@ -42,6 +44,8 @@ pub(super) struct Prepared {
     copy: Option<CopyIn>,
     /// The snapshot it was planned with, so Bind encrypts with the same keys.
     snapshot: Option<Arc<Snapshot>>,
+    /// What executing it does to the session's role (SET ROLE, SAVEPOINT…).
+    role_effect: Option<RoleEffect>,
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -56,8 +60,9 @@ enum Pending {
     },
     /// Describe of a portal: RowDescription/NoData with the real formats.
     DescribePortal(Vec<u8>),
-    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery.
-    Execute(Option<Arc<ResultPlan>>),
+    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery,
+    /// and the role effect to apply when it completes.
+    Execute(Option<Arc<ResultPlan>>, Option<RoleEffect>),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
 }
@@ -84,8 +89,17 @@ pub(super) struct ProtectState {
     copy_failed: bool,
     /// The startup ReadyForQuery has been seen.
     ready_seen: bool,
-    /// The session's policy role, once authenticated.
+    /// The session's policy role, decided for `role_generation`.
     role: Option<PolicyRole>,
+    /// The [`RoleTracker::generation`] `role` was decided for.
+    role_generation: u64,
+    /// The PostgreSQL role the session acts as, once authenticated.
+    roles: Option<RoleTracker>,
+    /// Role effects of the current simple query's statements, in order.
+    query_effects: VecDeque<Option<RoleEffect>>,
+    /// Role effects of extended-protocol requests whose replies arrive
+    /// while pgveil suppresses a refused result.
+    orphan_effects: VecDeque<Option<RoleEffect>>,
     /// Row shapes of described statements that return protected columns.
     statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
@@ -130,9 +144,12 @@ impl Session<'_> {
         if let (Some(protector), Some(st)) =
             (self.shared.protector.as_deref(), self.protect.as_mut())
         {
-            let role = protector.snapshot().role_for(&self.user);
-            tracing::info!(user = %self.user, role = %role.name, "policy role");
+            let tracker = RoleTracker::new(&self.user, self.startup_role.take());
+            let role = protector.snapshot().role_for(tracker.current_user());
+            tracing::info!(user = %self.user, pg_role = tracker.current_user(), role = %role.name, "policy role");
             st.role = Some(role);
+            st.role_generation = tracker.generation();
+            st.roles = Some(tracker);
         }
     }
 }
@@ -192,6 +209,16 @@ impl ProtectState {
                 };
                 let utf8 = std::str::from_utf8(sql).is_ok();
                 let sql = String::from_utf8_lossy(sql);
+                match role_effects(&sql) {
+                    Ok(effects) => {
+                        self.query_effects = effects.map(VecDeque::from).unwrap_or_default()
+                    }
+                    Err(refusal) => {
+                        note_refusal(user, &refusal);
+                        write_query(to_server, &refusal_sql(&refusal));
+                        return Flow::Continue;
+                    }
+                }
                 let snapshot = protector.snapshot();
                 let planned = plan_and_render(&snapshot, &sql)
                     .and_then(|p| require_utf8(utf8, p))
@@ -224,12 +251,13 @@ impl ProtectState {
                 let sql = String::from_utf8_lossy(parse.query).into_owned();
                 let name = parse.name.to_vec();
                 self.statement_rows.remove(&name);
-                let planned = plan_and_render_parse(&snapshot, &sql, &parse).and_then(|(p, r)| {
-                    if utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty()) {
-                        Ok((p, r))
-                    } else {
-                        Err(not_utf8())
+                let planned = role_effects(&sql).and_then(|effects| {
+                    let (mut p, r) = plan_and_render_parse(&snapshot, &sql, &parse)?;
+                    if !(utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty())) {
+                        return Err(not_utf8());
                     }
+                    p.role_effect = effects.and_then(|e| e.into_iter().next().flatten());
+                    Ok((p, r))
                 });
                 match planned {
                     Ok((prepared, rewritten)) => {
@@ -324,7 +352,9 @@ impl ProtectState {
                             .get(&p.statement)
                             .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
                     });
-                self.pending.push_back(Pending::Execute(plan.map(Arc::new)));
+                let effect = self.portals.get(portal).and_then(|p| p.role_effect.clone());
+                self.pending
+                    .push_back(Pending::Execute(plan.map(Arc::new), effect));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
@@ -402,9 +432,21 @@ impl ProtectState {
         let tag = frame.tag();
         if self.suppress && !matches!(tag, b'Z' | b'N' | b'A' | b'S') {
             // Replies to requests after a refused result are dropped, as if
-            // the server had skipped them after an error.
-            if tag == b'E' {
-                self.drop_until_sync();
+            // the server had skipped them after an error. The server did
+            // run them, so their role effects still count.
+            match tag {
+                b'E' => {
+                    self.on_server_error();
+                    self.drop_until_sync(false);
+                }
+                b'C' => {
+                    let effect = match self.orphan_effects.pop_front() {
+                        Some(e) => e,
+                        None => self.query_effects.pop_front().flatten(),
+                    };
+                    self.complete(effect, frame.body());
+                }
+                _ => {}
             }
             return true;
         }
@@ -438,19 +480,17 @@ impl ProtectState {
                     .snapshot
                     .get_or_insert_with(|| protector.snapshot())
                     .clone();
-                let role = self
-                    .role
-                    .get_or_insert_with(|| snapshot.role_for(""))
-                    .clone();
-                let planned = plan_row_description(&snapshot, &role, frame.body(), |oid| {
-                    // A table the catalog does not know: perhaps a protected
-                    // table re-created outside pgveil. Reload once per OID.
-                    if protector.note_unknown_oid(oid) {
-                        if let Some(reload) = &shared.reload_catalog {
-                            reload.notify_one();
+                let (role, generation) = self.policy_role(&snapshot);
+                let planned =
+                    plan_row_description(&snapshot, &role, generation, frame.body(), |oid| {
+                        // A table the catalog does not know: perhaps a protected
+                        // table re-created outside pgveil. Reload once per OID.
+                        if protector.note_unknown_oid(oid) {
+                            if let Some(reload) = &shared.reload_catalog {
+                                reload.notify_one();
+                            }
                         }
-                    }
-                });
+                    });
                 match self.pending.front() {
                     Some(Pending::DescribeStatement { name, .. }) => {
                         let name = name.clone();
@@ -502,12 +542,15 @@ impl ProtectState {
             }
             b'D' => {
                 let plan = match self.pending.front() {
-                    Some(Pending::Execute(plan)) => plan.clone(),
+                    Some(Pending::Execute(plan, _)) => plan.clone(),
                     _ => self.current.clone(),
                 };
-                let Some(plan) = plan else {
+                let Some(mut plan) = plan else {
                     return false;
                 };
+                if plan.row.generation != self.generation() {
+                    plan = self.replan(protector, &plan);
+                }
                 if let Some(col) = &plan.row.denied {
                     self.refuse_result(to_client, "42501", &denied_message(col));
                     return true;
@@ -518,16 +561,26 @@ impl ProtectState {
                 true
             }
             b'C' | b'I' | b's' => {
-                if matches!(self.pending.front(), Some(Pending::Execute(_))) {
+                let effect = if let Some(Pending::Execute(_, effect)) = self.pending.front_mut() {
+                    let effect = effect.take();
                     self.pending.pop_front();
+                    effect
                 } else {
                     self.current = None;
+                    match tag {
+                        b'C' => self.query_effects.pop_front().flatten(),
+                        _ => None,
+                    }
+                };
+                if tag == b'C' {
+                    self.complete(effect, frame.body());
                 }
                 false
             }
             b'E' => {
                 self.current = None;
-                self.drop_until_sync();
+                self.on_server_error();
+                self.drop_until_sync(false);
                 false
             }
             b'Z' if !self.ready_seen => {
@@ -538,6 +591,11 @@ impl ProtectState {
             b'Z' => {
                 self.current = None;
                 self.snapshot = None;
+                self.query_effects.clear();
+                self.orphan_effects.clear();
+                if let (Some(t), Some(status)) = (self.roles.as_mut(), frame.body().first()) {
+                    t.on_ready(*status);
+                }
                 while let Some(p) = self.pending.pop_front() {
                     if matches!(p, Pending::Ready) {
                         break;
@@ -559,19 +617,81 @@ impl ProtectState {
     }
 
     /// The server skips the rest of an extended batch after an error: those
-    /// requests get no reply.
-    fn drop_until_sync(&mut self) {
+    /// requests get no reply. When pgveil itself refused a result, the
+    /// server goes on running them, so `keep_effects` keeps their role
+    /// effects for the replies pgveil will swallow.
+    fn drop_until_sync(&mut self, keep_effects: bool) {
         while matches!(
             self.pending.front(),
             Some(
                 Pending::ParseOrBind { .. }
                     | Pending::DescribeStatement { .. }
                     | Pending::DescribePortal(_)
-                    | Pending::Execute(_)
+                    | Pending::Execute(..)
             )
         ) {
-            self.pending.pop_front();
+            if let Some(Pending::Execute(_, effect)) = self.pending.pop_front() {
+                if keep_effects {
+                    self.orphan_effects.push_back(effect);
+                }
+            }
         }
+    }
+
+    /// A statement completed: apply its role effect, or the end of the
+    /// transaction its tag announces.
+    fn complete(&mut self, effect: Option<RoleEffect>, body: &[u8]) {
+        let Some(tracker) = self.roles.as_mut() else {
+            return;
+        };
+        match effect {
+            Some(e) => tracker.apply(&e),
+            None => {
+                let tag = body.strip_suffix(&[0]).unwrap_or(body);
+                tracker.on_command_tag(tag);
+            }
+        }
+    }
+
+    fn on_server_error(&mut self) {
+        self.query_effects.clear();
+        if let Some(t) = self.roles.as_mut() {
+            t.on_error();
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.roles.as_ref().map_or(0, RoleTracker::generation)
+    }
+
+    /// The policy role for the PostgreSQL role the session acts as now.
+    fn policy_role(&mut self, snapshot: &Snapshot) -> (PolicyRole, u64) {
+        let generation = self.generation();
+        if self.role_generation != generation || self.role.is_none() {
+            let user = self.roles.as_ref().map_or("", RoleTracker::current_user);
+            let role = snapshot.role_for(user);
+            tracing::info!(pg_role = user, role = %role.name, "policy role changed");
+            self.role = Some(role);
+            self.role_generation = generation;
+        }
+        let role = self.role.get_or_insert_with(|| snapshot.role_for(""));
+        (role.clone(), generation)
+    }
+
+    /// A result planned before the role changed, decided again for the
+    /// current role; the new plan replaces the old for the rest of the result.
+    fn replan(&mut self, protector: &Protector, plan: &ResultPlan) -> Arc<ResultPlan> {
+        let snapshot = self
+            .snapshot
+            .get_or_insert_with(|| protector.snapshot())
+            .clone();
+        let (role, generation) = self.policy_role(&snapshot);
+        let plan = Arc::new(plan.for_role(&snapshot, &role, generation));
+        match self.pending.front_mut() {
+            Some(Pending::Execute(p, _)) => *p = Some(plan.clone()),
+            _ => self.current = Some(plan.clone()),
+        }
+        plan
     }
 
     /// Replaces the rest of a result with one ErrorResponse.
@@ -585,7 +705,7 @@ impl ProtectState {
         );
         self.current = None;
         self.suppress = true;
-        self.drop_until_sync();
+        self.drop_until_sync(true);
     }
 }
 
@@ -701,6 +821,7 @@ fn plan_and_render_parse(
                 targets: Vec::new(),
                 copy: Some(copy.clone()),
                 snapshot: Some(snapshot.clone()),
+                role_effect: None,
             },
             None,
         )),
@@ -725,6 +846,7 @@ fn plan_and_render_parse(
                     targets: rw.params.clone(),
                     copy: None,
                     snapshot: Some(snapshot.clone()),
+                    role_effect: None,
                 },
                 Some(out),
             ))

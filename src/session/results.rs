@@ -33,6 +33,41 @@ pub(super) struct RowPlan {
     pub(super) denied: Option<String>,
     /// Format codes as the RowDescription stated them.
     pub(super) described_formats: Vec<i16>,
+    /// The role generation the actions were decided for (see
+    /// `RoleTracker::generation`); a plan from before a `SET ROLE` is
+    /// re-decided before it shows a row.
+    pub(super) generation: u64,
+}
+
+impl RowPlan {
+    /// The same row shape with every action decided again for `role`.
+    pub(super) fn for_role(&self, snapshot: &Snapshot, role: &PolicyRole, generation: u64) -> Self {
+        let mut denied = None;
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| {
+                f.as_ref().map(|f| {
+                    let action = snapshot.action(role, &f.column);
+                    if action == Action::Deny && denied.is_none() {
+                        denied = Some(f.column.full_name.clone());
+                    }
+                    FieldPlan {
+                        column: f.column.clone(),
+                        action,
+                        cipher: f.cipher.clone(),
+                        pseudonym: f.pseudonym.clone(),
+                    }
+                })
+            })
+            .collect();
+        RowPlan {
+            fields,
+            denied,
+            described_formats: self.described_formats.clone(),
+            generation,
+        }
+    }
 }
 
 /// A row shape with the formats the cells actually come in.
@@ -47,6 +82,14 @@ impl ResultPlan {
     pub(super) fn described(row: Arc<RowPlan>) -> Self {
         let formats = row.described_formats.clone();
         ResultPlan { row, formats }
+    }
+
+    /// The same result with its actions decided again for `role`.
+    pub(super) fn for_role(&self, snapshot: &Snapshot, role: &PolicyRole, generation: u64) -> Self {
+        ResultPlan {
+            row: Arc::new(self.row.for_role(snapshot, role, generation)),
+            formats: self.formats.clone(),
+        }
     }
 
     /// Uses Bind's result-format codes (0, 1 or one per column).
@@ -68,6 +111,7 @@ impl ResultPlan {
 pub(super) fn plan_row_description(
     snapshot: &Snapshot,
     role: &PolicyRole,
+    generation: u64,
     body: &[u8],
     mut on_unknown_table: impl FnMut(u32),
 ) -> Option<(Arc<RowPlan>, BytesMut)> {
@@ -136,6 +180,7 @@ pub(super) fn plan_row_description(
             fields,
             denied,
             described_formats,
+            generation,
         }),
         out,
     ))
