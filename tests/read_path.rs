@@ -105,7 +105,11 @@ fn veil() -> SocketAddr {
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
                  DO $$ BEGIN \
                    CREATE ROLE mf_gina LOGIN IN ROLE managers, frontdesk; \
-                 EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 CREATE VIEW rguests_pv AS SELECT id, phone, name AS guest_name, note FROM rguests; \
+                 CREATE VIEW rguests_vv AS SELECT id, phone AS tel FROM rguests_pv; \
+                 CREATE VIEW rguests_cv AS SELECT id, note, encode(phone, 'hex') AS phone_hex FROM rguests; \
+                 GRANT SELECT ON rguests_pv, rguests_vv, rguests_cv TO PUBLIC;",
             )
             .unwrap();
             let text = format!(
@@ -687,5 +691,72 @@ fn psql_set_role_then_select_is_masked() {
     assert!(
         stdout.contains(MASKED) && !stdout.contains(CLEAR),
         "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn views_exposing_protected_columns_are_decrypted_and_masked_by_role() {
+    let mgr = as_user("mgr_bob").await;
+    let fd = as_user("fd_alice").await;
+    let sql = "SELECT phone, guest_name, note FROM rguests_pv WHERE id = 1";
+    assert_eq!(text_rows(&mgr, sql).await, vec![vec![CLEAR, "张三丰", "a"]]);
+    assert_eq!(text_rows(&fd, sql).await, vec![vec![MASKED, "张**", "a"]]);
+    // A view of a view.
+    let sql = "SELECT tel FROM rguests_vv WHERE id = 1";
+    assert_eq!(text_rows(&mgr, sql).await, vec![vec![CLEAR]]);
+    assert_eq!(text_rows(&fd, sql).await, vec![vec![MASKED]]);
+    // Equality on the view's column is encrypted like on the table's, in
+    // the simple and the extended protocol.
+    assert_eq!(
+        text_rows(
+            &mgr,
+            "SELECT id FROM rguests_pv WHERE phone = '13812345678'"
+        )
+        .await,
+        vec![vec!["1"]]
+    );
+    let rows = mgr
+        .query(
+            "SELECT guest_name FROM rguests_vv JOIN rguests_pv USING (id) WHERE tel = $1",
+            &[&CLEAR],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "张三丰");
+    // Transforming the view's protected column is refused like on the table.
+    let err = fd
+        .simple_query("SELECT upper(phone) FROM rguests_pv")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().starts_with("pgveil:")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn view_columns_computed_from_protected_columns_are_refused() {
+    let mgr = as_user("mgr_bob").await;
+    for sql in [
+        "SELECT phone_hex FROM rguests_cv",
+        "SELECT * FROM rguests_cv WHERE id = 1",
+    ] {
+        let err = mgr.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("public.rguests_cv.phone_hex"),
+            "{}",
+            db.message()
+        );
+        let err = mgr.query(sql, &[]).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{sql}: {err}");
+    }
+    // Its other columns still read normally.
+    assert_eq!(
+        text_rows(&mgr, "SELECT id, note FROM rguests_cv WHERE id = 1").await,
+        vec![vec!["1", "a"]]
     );
 }

@@ -516,8 +516,8 @@ impl ProtectState {
                             .as_ref()
                             .map(|(row, _)| Arc::new(ResultPlan::described(row.clone())));
                         if let Some((row, _)) = &planned {
-                            if let Some(col) = &row.denied {
-                                self.refuse_result(to_client, "42501", &denied_message(col));
+                            if let Some((code, message)) = row.refusal() {
+                                self.refuse_result(to_client, code, &message);
                                 return true;
                             }
                         }
@@ -551,8 +551,8 @@ impl ProtectState {
                 if plan.row.generation != self.generation() {
                     plan = self.replan(protector, &plan);
                 }
-                if let Some(col) = &plan.row.denied {
-                    self.refuse_result(to_client, "42501", &denied_message(col));
+                if let Some((code, message)) = plan.row.refusal() {
+                    self.refuse_result(to_client, code, &message);
                     return true;
                 }
                 if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client) {
@@ -707,13 +707,6 @@ impl ProtectState {
         self.suppress = true;
         self.drop_until_sync(true);
     }
-}
-
-fn denied_message(column: &str) -> String {
-    format!(
-        "pgveil: permission denied for column {column}: your policy role may not read it; \
-         leave it out of the query or ask for a role that may"
-    )
 }
 
 /// Bind's result-format codes (count, then codes).

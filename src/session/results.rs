@@ -31,6 +31,9 @@ pub(super) struct RowPlan {
     fields: Vec<Option<FieldPlan>>,
     /// A column the role may not receive: the result is refused.
     pub(super) denied: Option<String>,
+    /// A view column that may be computed from a protected column: the
+    /// result is refused for every role.
+    computed: Option<String>,
     /// Format codes as the RowDescription stated them.
     pub(super) described_formats: Vec<i16>,
     /// The role generation the actions were decided for (see
@@ -64,9 +67,33 @@ impl RowPlan {
         RowPlan {
             fields,
             denied,
+            computed: self.computed.clone(),
             described_formats: self.described_formats.clone(),
             generation,
         }
+    }
+
+    /// Why no row of this result may be shown: SQLSTATE and message.
+    pub(super) fn refusal(&self) -> Option<(&'static str, String)> {
+        if let Some(col) = &self.computed {
+            return Some((
+                "0A000",
+                format!(
+                    "pgveil: view column {col} may be computed from a protected column, which the \
+                     database only holds as ciphertext; select the protected column itself \
+                     through the view or the table"
+                ),
+            ));
+        }
+        self.denied.as_ref().map(|col| {
+            (
+                "42501",
+                format!(
+                    "pgveil: permission denied for column {col}: your policy role may not read it; \
+                     leave it out of the query or ask for a role that may"
+                ),
+            )
+        })
     }
 }
 
@@ -124,6 +151,7 @@ pub(super) fn plan_row_description(
     out.put_u32(0); // length, patched below
     out.put_i16(n as i16);
     let mut denied = None;
+    let mut computed = None;
     let mut any = false;
     for _ in 0..n {
         let name = c.cstr()?;
@@ -162,6 +190,13 @@ pub(super) fn plan_row_description(
                 }));
             }
             None => {
+                if let Some(name) = (table_oid != 0)
+                    .then(|| snapshot.catalog().computed(table_oid, attnum))
+                    .flatten()
+                {
+                    any = true;
+                    computed.get_or_insert_with(|| name.to_owned());
+                }
                 out.put_u32(type_oid);
                 out.put_i16(typlen);
                 out.put_i32(typmod);
@@ -179,6 +214,7 @@ pub(super) fn plan_row_description(
         Arc::new(RowPlan {
             fields,
             denied,
+            computed,
             described_formats,
             generation,
         }),
