@@ -760,3 +760,26 @@ async fn view_columns_computed_from_protected_columns_are_refused() {
         vec![vec!["1", "a"]]
     );
 }
+
+#[tokio::test]
+async fn returning_shows_protected_columns_by_role() {
+    let mgr = as_user("mgr_bob").await;
+    let fd = as_user("fd_alice").await;
+    let rows = text_rows(
+        &mgr,
+        "INSERT INTO rguests (id, name, phone) VALUES (95, '王五', '13700001111') RETURNING id, phone, name",
+    )
+    .await;
+    assert_eq!(rows, vec![vec!["95", "13700001111", "王五"]]);
+    let rows = fd
+        .query(
+            "UPDATE rguests SET phone = $1 WHERE id = 95 RETURNING phone, name",
+            &[&"13700002222"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "137****2222");
+    assert_eq!(rows[0].get::<_, String>(1), "王*");
+    let rows = text_rows(&fd, "DELETE FROM rguests WHERE id = 95 RETURNING phone").await;
+    assert_eq!(rows, vec![vec!["137****2222"]]);
+}
