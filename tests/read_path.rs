@@ -56,6 +56,38 @@ type = "int4"
 encrypt = "searchable"
 level = 2
 
+[[columns]]
+table = "rcopy"
+column = "name"
+type = "text"
+encrypt = "randomized"
+level = 3
+mask = "name"
+
+[[columns]]
+table = "rcopy"
+column = "phone"
+type = "text"
+encrypt = "searchable"
+level = 3
+mask = "phone"
+
+[[columns]]
+table = "rcopy"
+column = "id_number"
+type = "text"
+encrypt = "randomized"
+level = 4
+mask = "cn_id"
+
+[[columns]]
+table = "rcopy"
+column = "email"
+type = "text"
+encrypt = "none"
+level = 3
+mask = "email"
+
 [[roles]]
 name = "frontdesk"
 members = ["frontdesk"]
@@ -71,7 +103,7 @@ clearance = 4
 name = "auditor"
 members = ["auditors"]
 clearance = 0
-columns = { "public.rguests.id_number" = "deny" }
+columns = { "public.rguests.id_number" = "deny", "public.rcopy.id_number" = "deny" }
 
 [[roles]]
 name = "analyst"
@@ -109,7 +141,10 @@ fn veil() -> SocketAddr {
                  CREATE VIEW rguests_pv AS SELECT id, phone, name AS guest_name, note FROM rguests; \
                  CREATE VIEW rguests_vv AS SELECT id, phone AS tel FROM rguests_pv; \
                  CREATE VIEW rguests_cv AS SELECT id, note, encode(phone, 'hex') AS phone_hex FROM rguests; \
-                 GRANT SELECT ON rguests_pv, rguests_vv, rguests_cv TO PUBLIC;",
+                 GRANT SELECT ON rguests_pv, rguests_vv, rguests_cv TO PUBLIC; \
+                 DROP TABLE IF EXISTS rcopy; \
+                 CREATE TABLE rcopy (id int PRIMARY KEY, name bytea, phone bytea, id_number bytea, email text, note text); \
+                 GRANT ALL ON rcopy TO PUBLIC;",
             )
             .unwrap();
             let text = format!(
@@ -127,6 +162,13 @@ fn veil() -> SocketAddr {
                         "INSERT INTO rguests VALUES \
                          (1, '张三丰', '110105194912310021', '13812345678', 'zhang.san@example.com', '1949-12-31', 42, 'a'), \
                          (2, 'Alice Smith', '310101199001010012', '13987654321', 'alice@example.com', '1990-05-17', NULL, 'b')",
+                    )
+                    .await
+                    .unwrap();
+                    c.batch_execute(
+                        "INSERT INTO rcopy VALUES \
+                         (1, '张三丰', '13812345678', '110105194912310021', 'zhang.san@example.com', 'tab\there'), \
+                         (2, 'Back\\slash', NULL, NULL, NULL, NULL)",
                     )
                     .await
                     .unwrap();
@@ -436,35 +478,78 @@ async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
 
 /// COPY TO STDOUT is not masked by role yet, so protected columns may not
 /// leave through it: refused; plain columns of the same table still can.
+/// `COPY` through psql as `user`; stdout, or the error text.
+fn psql_copy(user: &str, sql: &str) -> Result<String, String> {
+    let out = psql(veil(), user, None, &["-c", sql], "");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stdout + &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
 #[tokio::test]
-async fn copy_to_of_protected_columns_is_refused() {
-    let out = psql(
-        veil(),
-        "fd_alice",
-        None,
-        &["-c", "COPY rguests TO STDOUT"],
-        "",
+async fn copy_to_stdout_is_decrypted_and_masked_by_role() {
+    let _ = veil();
+    // Text format: clear for the manager, with COPY's escapes intact.
+    assert_eq!(
+        psql_copy("mgr_bob", "COPY rcopy TO STDOUT").unwrap(),
+        "1\t张三丰\t13812345678\t110105194912310021\tzhang.san@example.com\ttab\\there\n\
+         2\tBack\\\\slash\t\\N\t\\N\t\\N\t\\N\n"
     );
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    // Masked for the front desk, NULLs stay NULL.
+    assert_eq!(
+        psql_copy(
+            "fd_alice",
+            "COPY rcopy (id, phone, name, email, id_number) TO STDOUT"
+        )
+        .unwrap(),
+        "1\t138****5678\t张**\tz********@example.com\t110105********0021\n\
+         2\t\\N\tB*********\t\\N\t\\N\n"
+    );
+    // CSV with a header and a custom delimiter.
+    assert_eq!(
+        psql_copy(
+            "fd_alice",
+            "COPY rcopy (id, phone) TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';')"
+        )
+        .unwrap(),
+        "id;phone\n1;138****5678\n2;\n"
+    );
+    // The auditor may not see ID numbers: refused, no row sent.
+    let err = psql_copy("aud_carol", "COPY rcopy TO STDOUT").unwrap_err();
     assert!(
-        text.contains("is not supported yet") && !text.contains("zhang.san"),
-        "{text}"
+        err.contains("public.rcopy.id_number") && !err.contains("张"),
+        "{err}"
     );
-    let out = psql(
-        veil(),
-        "fd_alice",
-        None,
-        &["-c", "COPY rguests (id, note) TO STDOUT"],
-        "",
+    assert_eq!(
+        psql_copy("aud_carol", "COPY rcopy (id, phone) TO STDOUT").unwrap(),
+        "1\t138****5678\n2\t\\N\n"
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Binary format cannot be masked: refused.
+    let err = psql_copy("mgr_bob", "COPY rcopy TO STDOUT WITH (FORMAT binary)").unwrap_err();
+    assert!(err.contains("binary"), "{err}");
+    // Plain columns of the table pass as they are.
+    assert_eq!(
+        psql_copy("fd_alice", "COPY rcopy (id, note) TO STDOUT").unwrap(),
+        "1\ttab\\there\n2\t\\N\n"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1\ta"));
+}
+
+#[tokio::test]
+async fn copy_to_stdout_through_the_extended_protocol_is_masked() {
+    use futures_util::TryStreamExt;
+    let c = as_user("fd_alice").await;
+    let stream = c
+        .copy_out("COPY rcopy (id, phone) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b)).collect();
+    assert_eq!(text, "1\t138****5678\n2\t\\N\n");
+    // The session goes on normally afterwards.
+    assert_eq!(phone(&c).await, MASKED);
 }
 
 #[tokio::test]

@@ -17,14 +17,19 @@
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
 use super::frontend::Flow;
-use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
+use super::results::{
+    copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, FieldPlan,
+    ResultPlan, RowPlan,
+};
 use super::roles::RoleTracker;
 use super::Session;
 use crate::net::Frame;
 use crate::policy::role::PolicyRole;
 use crate::proto::extended::{self, Bind, Parse};
 use crate::rewrite::bind::{client_param_types, encrypt_bind, server_param_types};
-use crate::rewrite::copy::{CopyEncryptor, CopyKind, CopySpec};
+use crate::rewrite::copy::{
+    CopyEncryptor, CopyError, CopyKind, CopyLayout, CopyOutRewriter, CopySpec,
+};
 use crate::rewrite::Protector;
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
@@ -46,6 +51,8 @@ pub(super) struct Prepared {
     snapshot: Option<Arc<Snapshot>>,
     /// What executing it does to the session's role (SET ROLE, SAVEPOINT…).
     role_effect: Option<RoleEffect>,
+    /// Set when executing it starts a COPY TO STDOUT of protected columns.
+    copy_out: Option<CopyIn>,
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -60,9 +67,10 @@ enum Pending {
     },
     /// Describe of a portal: RowDescription/NoData with the real formats.
     DescribePortal(Vec<u8>),
-    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery,
-    /// and the role effect to apply when it completes.
-    Execute(Option<Arc<ResultPlan>>, Option<RoleEffect>),
+    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery;
+    /// the portal's statement says what else its reply means (a role
+    /// effect, a COPY TO stream to mask).
+    Execute(Option<Arc<ResultPlan>>, Option<Arc<Prepared>>),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
 }
@@ -73,6 +81,13 @@ struct PortalRows {
     statement: Vec<u8>,
     formats: Vec<i16>,
     described: Option<Arc<RowPlan>>,
+}
+
+/// A COPY TO STDOUT stream on its way to the client.
+#[derive(Debug)]
+pub(super) struct CopyOutState {
+    rewriter: CopyOutRewriter,
+    fields: Vec<Option<FieldPlan>>,
 }
 
 /// Per-session protection state.
@@ -100,6 +115,10 @@ pub(super) struct ProtectState {
     /// Role effects of extended-protocol requests whose replies arrive
     /// while pgveil suppresses a refused result.
     orphan_effects: VecDeque<Option<RoleEffect>>,
+    /// The current simple query is a COPY TO STDOUT of protected columns.
+    query_copy_out: Option<CopyIn>,
+    /// A COPY TO stream being decrypted and masked.
+    copy_out: Option<CopyOutState>,
     /// Row shapes of described statements that return protected columns.
     statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
@@ -226,6 +245,7 @@ impl ProtectState {
                         Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
                         Planned::Same => Ok(Ready::Same),
                         Planned::Text(t) => Ok(Ready::Text(t)),
+                        Planned::CopyOut(copy) => Ok(Ready::CopyOut(copy)),
                     });
                 match planned {
                     Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
@@ -233,6 +253,10 @@ impl ProtectState {
                     Ok(Ready::Copy(enc)) => {
                         to_server.extend_from_slice(frame.as_bytes());
                         self.copy = Some(enc);
+                    }
+                    Ok(Ready::CopyOut(copy)) => {
+                        to_server.extend_from_slice(frame.as_bytes());
+                        self.query_copy_out = Some(copy);
                     }
                     Err(refusal) => {
                         note_refusal(user, &refusal);
@@ -352,9 +376,13 @@ impl ProtectState {
                             .get(&p.statement)
                             .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
                     });
-                let effect = self.portals.get(portal).and_then(|p| p.role_effect.clone());
+                let prepared = self
+                    .portals
+                    .get(portal)
+                    .filter(|p| p.role_effect.is_some() || p.copy_out.is_some())
+                    .cloned();
                 self.pending
-                    .push_back(Pending::Execute(plan.map(Arc::new), effect));
+                    .push_back(Pending::Execute(plan.map(Arc::new), prepared));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
@@ -451,6 +479,18 @@ impl ProtectState {
             return true;
         }
         match tag {
+            b'H' => self.start_copy_out(protector, to_client),
+            b'd' if self.copy_out.is_some() => {
+                self.copy_out_data(frame.body(), to_client, false);
+                true
+            }
+            b'c' if self.copy_out.is_some() => {
+                if self.copy_out_data(&[], to_client, true) {
+                    to_client.extend_from_slice(frame.as_bytes());
+                }
+                self.copy_out = None;
+                true
+            }
             b'1' | b'2' => {
                 if let Some(Pending::ParseOrBind { injected }) = self.pending.front() {
                     let injected = *injected;
@@ -561,8 +601,8 @@ impl ProtectState {
                 true
             }
             b'C' | b'I' | b's' => {
-                let effect = if let Some(Pending::Execute(_, effect)) = self.pending.front_mut() {
-                    let effect = effect.take();
+                let effect = if let Some(Pending::Execute(_, prepared)) = self.pending.front() {
+                    let effect = prepared.as_ref().and_then(|p| p.role_effect.clone());
                     self.pending.pop_front();
                     effect
                 } else {
@@ -579,6 +619,7 @@ impl ProtectState {
             }
             b'E' => {
                 self.current = None;
+                self.copy_out = None;
                 self.on_server_error();
                 self.drop_until_sync(false);
                 false
@@ -593,6 +634,8 @@ impl ProtectState {
                 self.snapshot = None;
                 self.query_effects.clear();
                 self.orphan_effects.clear();
+                self.query_copy_out = None;
+                self.copy_out = None;
                 if let (Some(t), Some(status)) = (self.roles.as_mut(), frame.body().first()) {
                     t.on_ready(*status);
                 }
@@ -630,10 +673,82 @@ impl ProtectState {
                     | Pending::Execute(..)
             )
         ) {
-            if let Some(Pending::Execute(_, effect)) = self.pending.pop_front() {
+            if let Some(Pending::Execute(_, prepared)) = self.pending.pop_front() {
                 if keep_effects {
-                    self.orphan_effects.push_back(effect);
+                    self.orphan_effects
+                        .push_back(prepared.and_then(|p| p.role_effect.clone()));
                 }
+            }
+        }
+    }
+
+    /// CopyOutResponse: when the COPY is one of protected columns, start
+    /// masking its stream by role (or refuse it for a denied column).
+    /// Returns `true` when the frame was swallowed.
+    fn start_copy_out(&mut self, protector: &Protector, to_client: &mut BytesMut) -> bool {
+        let copy = match self.pending.front() {
+            Some(Pending::Execute(_, Some(p))) => p.copy_out.clone(),
+            Some(Pending::Execute(..)) => None,
+            _ => self.query_copy_out.take(),
+        };
+        let Some(copy) = copy else {
+            return false;
+        };
+        let snapshot = self
+            .snapshot
+            .get_or_insert_with(|| protector.snapshot())
+            .clone();
+        let (role, _) = self.policy_role(&snapshot);
+        let (fields, denied) = copy_field_plans(&snapshot, &role, &copy.fields);
+        if let Some(col) = denied {
+            let message = format!(
+                "pgveil: permission denied for column {col}: your policy role may not read it; \
+                 leave it out of the COPY column list or ask for a role that may"
+            );
+            self.refuse_result(to_client, "42501", &message);
+            return true;
+        }
+        let selected = fields.iter().map(Option::is_some).collect();
+        self.copy_out = Some(CopyOutState {
+            rewriter: CopyOutRewriter::new(copy_layout(&copy), selected),
+            fields,
+        });
+        false
+    }
+
+    /// Masks CopyData (or, at `done`, the last unterminated row) into
+    /// `to_client`. On failure the rest of the COPY is replaced by one
+    /// error; returns whether the stream is still good.
+    fn copy_out_data(&mut self, data: &[u8], to_client: &mut BytesMut, done: bool) -> bool {
+        let Some(state) = self.copy_out.as_mut() else {
+            return false;
+        };
+        let CopyOutState { rewriter, fields } = state;
+        let mut show = |i: usize, value: &[u8], out: &mut Vec<u8>| match fields
+            .get(i)
+            .and_then(Option::as_ref)
+        {
+            Some(field) => show_copy_field(field, value, out).map_err(|e| CopyError::Field {
+                row: 0,
+                sqlstate: e.sqlstate,
+                message: e.message,
+            }),
+            None => {
+                out.extend_from_slice(value);
+                Ok(true)
+            }
+        };
+        let result = if done {
+            rewriter.finish(to_client, &mut show)
+        } else {
+            rewriter.feed(data, to_client, &mut show)
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.copy_out = None;
+                self.refuse_result(to_client, e.sqlstate(), &e.to_string());
+                false
             }
         }
     }
@@ -779,6 +894,7 @@ enum Ready {
     Same,
     Text(String),
     Copy(CopyEncryptor),
+    CopyOut(CopyIn),
 }
 
 /// What a statement becomes.
@@ -789,6 +905,8 @@ enum Planned {
     Text(String),
     /// Relay as is, then encrypt the COPY stream.
     Copy(CopyIn),
+    /// Relay as is, then decrypt and mask the COPY TO stream.
+    CopyOut(CopyIn),
 }
 
 fn plan_and_render(snapshot: &Snapshot, sql: &str) -> Result<Planned, Refusal> {
@@ -797,6 +915,7 @@ fn plan_and_render(snapshot: &Snapshot, sql: &str) -> Result<Planned, Refusal> {
         Plan::Rewrite(rw) if rw.edits.is_empty() => Ok(Planned::Same),
         Plan::Rewrite(rw) => snapshot.render(sql, &rw.edits).map(Planned::Text),
         Plan::CopyIn(copy) => Ok(Planned::Copy(copy.clone())),
+        Plan::CopyOut(copy) => Ok(Planned::CopyOut(copy.clone())),
     }
 }
 
@@ -815,6 +934,14 @@ fn plan_and_render_parse(
                 copy: Some(copy.clone()),
                 snapshot: Some(snapshot.clone()),
                 role_effect: None,
+                copy_out: None,
+            },
+            None,
+        )),
+        Plan::CopyOut(copy) => Ok((
+            Prepared {
+                copy_out: Some(copy.clone()),
+                ..Prepared::default()
             },
             None,
         )),
@@ -840,6 +967,7 @@ fn plan_and_render_parse(
                     copy: None,
                     snapshot: Some(snapshot.clone()),
                     role_effect: None,
+                    copy_out: None,
                 },
                 Some(out),
             ))
@@ -857,6 +985,13 @@ fn copy_encryptor(snapshot: &Snapshot, copy: &CopyIn) -> Result<CopyEncryptor, R
     }
     Ok(CopyEncryptor::new(CopySpec {
         fields,
+        layout: copy_layout(copy),
+    }))
+}
+
+/// The stream layout a COPY statement asked for.
+fn copy_layout(copy: &CopyIn) -> CopyLayout {
+    CopyLayout {
         kind: match copy.format {
             CopyFormat::Text => CopyKind::Text,
             CopyFormat::Csv => CopyKind::Csv,
@@ -866,7 +1001,7 @@ fn copy_encryptor(snapshot: &Snapshot, copy: &CopyIn) -> Result<CopyEncryptor, R
         quote: copy.quote,
         escape: copy.escape,
         header: copy.header,
-    }))
+    }
 }
 
 fn write_query(out: &mut BytesMut, sql: &str) {

@@ -222,6 +222,45 @@ pub(super) fn plan_row_description(
     ))
 }
 
+/// What a role may see of each field of a `COPY table TO STDOUT` stream,
+/// in stream order (`None` for unprotected fields), and the first column
+/// the role is denied, if any.
+pub(super) fn copy_field_plans(
+    snapshot: &Snapshot,
+    role: &PolicyRole,
+    fields: &[Option<ProtectedColumn>],
+) -> (Vec<Option<FieldPlan>>, Option<String>) {
+    let mut denied = None;
+    let plans = fields
+        .iter()
+        .map(|f| {
+            f.as_ref().map(|col| {
+                let action = snapshot.action(role, col);
+                if action == Action::Deny && denied.is_none() {
+                    denied = Some(col.full_name.clone());
+                }
+                FieldPlan {
+                    column: col.clone(),
+                    action,
+                    cipher: snapshot.cipher_opt(col).cloned(),
+                    pseudonym: snapshot.pseudonym_key(col).cloned(),
+                }
+            })
+        })
+        .collect();
+    (plans, denied)
+}
+
+/// What the role sees of one COPY field, given its value in text form (as
+/// a text-format DataRow cell would carry it); `false` = NULL.
+pub(super) fn show_copy_field(
+    field: &FieldPlan,
+    value: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, RowError> {
+    show(field, value, Format::Text, out)
+}
+
 /// Why a row could not be shown; never carries a value.
 #[derive(Debug)]
 pub(super) struct RowError {

@@ -33,6 +33,8 @@ pub(crate) struct Ctx<'s> {
     handled: HashSet<usize>,
     touched: Vec<String>,
     pub copy: Option<CopyIn>,
+    /// Set by `COPY table TO STDOUT` with protected columns.
+    pub copy_out: Option<CopyIn>,
     /// What each analysed query's result is derived from, by [`query_key`].
     pub outputs: HashMap<usize, Option<Leak>>,
 }
@@ -47,6 +49,7 @@ impl<'s> Ctx<'s> {
             handled: HashSet::new(),
             touched: Vec::new(),
             copy: None,
+            copy_out: None,
             outputs: HashMap::new(),
         }
     }
@@ -188,6 +191,14 @@ impl<'s> Ctx<'s> {
                 ));
             }
             return Ok(Plan::CopyIn(copy));
+        }
+        if let Some(copy) = self.copy_out.take() {
+            if statements.len() > 1 {
+                return Err(Refusal::unsupported(
+                    "COPY ... TO STDOUT of protected columns must be sent as a statement of its own",
+                ));
+            }
+            return Ok(Plan::CopyOut(copy));
         }
         self.check_plain_params(statements)?;
         if self.edits.is_empty() && self.params.is_empty() && self.touched.is_empty() {

@@ -18,6 +18,10 @@ pub enum Plan {
     Rewrite(Rewrite),
     /// COPY ... FROM STDIN into a table with protected columns.
     CopyIn(CopyIn),
+    /// `COPY table TO STDOUT` with protected columns: relay the statement,
+    /// then decrypt and mask the COPY stream by role. `fields` marks every
+    /// protected column, encrypted or not.
+    CopyOut(CopyIn),
 }
 
 /// How to rewrite a statement text before relaying it.

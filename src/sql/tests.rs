@@ -897,16 +897,44 @@ fn copy_binary_and_files_refused() {
 
 #[test]
 fn copy_out_and_plain_tables_pass() {
-    // Plain columns of a protected table may leave through COPY TO STDOUT;
-    // protected ones may not until the session masks COPY streams.
+    // Plain columns of a protected table leave through COPY TO STDOUT as
+    // they are; protected ones are masked by the session.
     passthrough("COPY guests (id, note) TO STDOUT");
-    let msg = refused("COPY guests TO STDOUT", "public.guests", "STDOUT x");
-    assert!(msg.contains("protected column"), "{msg}");
-    refused(
-        "COPY guests (id, email) TO STDOUT (FORMAT csv)",
-        "email",
-        "csv x",
+    let out = match plan("COPY guests TO STDOUT") {
+        Ok(Plan::CopyOut(c)) => c,
+        other => panic!("expected CopyOut, got {other:?}"),
+    };
+    assert_eq!(out.format, CopyFormat::Text);
+    let names: Vec<Option<&str>> = out.fields.iter().map(|f| f.as_ref().map(short)).collect();
+    assert_eq!(
+        names,
+        vec![
+            None,
+            Some("name"),
+            Some("phone"),
+            Some("id_number"),
+            Some("email"),
+            Some("birth_date")
+        ],
+        "every protected column, encrypted or not"
     );
+    match plan("COPY guests (id, email) TO STDOUT (FORMAT csv, HEADER)") {
+        Ok(Plan::CopyOut(c)) => {
+            assert_eq!(
+                (c.format, c.header, c.fields.len()),
+                (CopyFormat::Csv, true, 2)
+            );
+            assert!(c.fields[0].is_none() && c.fields[1].is_some());
+        }
+        other => panic!("expected CopyOut, got {other:?}"),
+    }
+    let msg = refused(
+        "COPY guests TO STDOUT WITH (FORMAT binary)",
+        "public.guests",
+        "",
+    );
+    assert!(msg.contains("binary"), "{msg}");
+    refused("COPY guests TO STDOUT; SELECT 1", "COPY", "");
     passthrough("COPY (SELECT id FROM stays) TO STDOUT WITH (FORMAT csv)");
     passthrough("COPY stays TO '/tmp/stays.csv'");
     passthrough("COPY stays FROM STDIN");
