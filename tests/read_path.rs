@@ -868,3 +868,46 @@ async fn returning_shows_protected_columns_by_role() {
     let rows = text_rows(&fd, "DELETE FROM rguests WHERE id = 95 RETURNING phone").await;
     assert_eq!(rows, vec![vec!["137****2222"]]);
 }
+
+#[tokio::test]
+async fn union_of_the_same_protected_columns_is_decrypted_and_masked() {
+    let mgr = as_user("mgr_bob").await;
+    let fd = as_user("fd_alice").await;
+    let sql = "SELECT id, phone, name FROM rguests WHERE id = 1 \
+               UNION ALL SELECT id, phone, name FROM rguests WHERE id = 2 ORDER BY id";
+    assert_eq!(
+        text_rows(&mgr, sql).await,
+        vec![
+            vec!["1", CLEAR, "张三丰"],
+            vec!["2", "13987654321", "Alice Smith"]
+        ]
+    );
+    assert_eq!(
+        text_rows(&fd, sql).await,
+        vec![
+            vec!["1", MASKED, "张**"],
+            vec!["2", "139****4321", "A**** S****"]
+        ]
+    );
+    // Extended protocol with binary results, and a subquery over the union.
+    let rows = fd
+        .query(
+            "SELECT u.phone FROM (SELECT phone FROM rguests WHERE id = $1 \
+             UNION SELECT phone FROM rguests WHERE id = $1) u",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "UNION over a searchable column deduplicates");
+    assert_eq!(rows[0].get::<_, String>(0), MASKED);
+    // Without ALL over a randomized column, or over different columns: refused.
+    for sql in [
+        "SELECT name FROM rguests UNION SELECT name FROM rguests",
+        "SELECT phone FROM rguests UNION ALL SELECT id_number FROM rguests",
+        "SELECT phone FROM rguests UNION ALL SELECT 'x'",
+    ] {
+        let err = mgr.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}: {}", db.message());
+    }
+}

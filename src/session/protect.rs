@@ -34,7 +34,7 @@ use crate::rewrite::Protector;
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
 use crate::sql::role::{role_effects, RoleEffect};
-use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, Refusal};
+use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, ProtectedColumn, Refusal};
 use bytes::{BufMut, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,6 +53,9 @@ pub(super) struct Prepared {
     role_effect: Option<RoleEffect>,
     /// Set when executing it starts a COPY TO STDOUT of protected columns.
     copy_out: Option<CopyIn>,
+    /// The protected column behind each result column, when analysis
+    /// knows more than the RowDescription will say (set operations).
+    results: Option<Arc<[Option<ProtectedColumn>]>>,
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -117,6 +120,8 @@ pub(super) struct ProtectState {
     orphan_effects: VecDeque<Option<RoleEffect>>,
     /// The current simple query is a COPY TO STDOUT of protected columns.
     query_copy_out: Option<CopyIn>,
+    /// Result columns of the current simple query, per SQL analysis.
+    query_results: Option<Arc<[Option<ProtectedColumn>]>>,
     /// A COPY TO stream being decrypted and masked.
     copy_out: Option<CopyOutState>,
     /// Row shapes of described statements that return protected columns.
@@ -239,7 +244,7 @@ impl ProtectState {
                     }
                 }
                 let snapshot = protector.snapshot();
-                let planned = plan_and_render(&snapshot, &sql)
+                let planned = plan_and_render(&snapshot, &sql, &mut self.query_results)
                     .and_then(|p| require_utf8(utf8, p))
                     .and_then(|p| match p {
                         Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
@@ -521,8 +526,23 @@ impl ProtectState {
                     .get_or_insert_with(|| protector.snapshot())
                     .clone();
                 let (role, generation) = self.policy_role(&snapshot);
-                let planned =
-                    plan_row_description(&snapshot, &role, generation, frame.body(), |oid| {
+                let results = match self.pending.front() {
+                    Some(Pending::DescribeStatement { prepared, .. }) => {
+                        prepared.as_ref().and_then(|p| p.results.clone())
+                    }
+                    Some(Pending::DescribePortal(name)) => {
+                        self.portals.get(name).and_then(|p| p.results.clone())
+                    }
+                    _ => self.query_results.take(),
+                };
+                let results = results.as_deref().unwrap_or_default();
+                let planned = plan_row_description(
+                    &snapshot,
+                    &role,
+                    generation,
+                    frame.body(),
+                    results,
+                    |oid| {
                         // A table the catalog does not know: perhaps a protected
                         // table re-created outside pgveil. Reload once per OID.
                         if protector.note_unknown_oid(oid) {
@@ -530,7 +550,8 @@ impl ProtectState {
                                 reload.notify_one();
                             }
                         }
-                    });
+                    },
+                );
                 match self.pending.front() {
                     Some(Pending::DescribeStatement { name, .. }) => {
                         let name = name.clone();
@@ -909,8 +930,17 @@ enum Planned {
     CopyOut(CopyIn),
 }
 
-fn plan_and_render(snapshot: &Snapshot, sql: &str) -> Result<Planned, Refusal> {
-    match &*snapshot.plan(sql)? {
+fn plan_and_render(
+    snapshot: &Snapshot,
+    sql: &str,
+    results: &mut Option<Arc<[Option<ProtectedColumn>]>>,
+) -> Result<Planned, Refusal> {
+    let plan = snapshot.plan(sql)?;
+    *results = match &*plan {
+        Plan::Rewrite(rw) if !rw.results.is_empty() => Some(rw.results.clone()),
+        _ => None,
+    };
+    match &*plan {
         Plan::Passthrough => Ok(Planned::Same),
         Plan::Rewrite(rw) if rw.edits.is_empty() => Ok(Planned::Same),
         Plan::Rewrite(rw) => snapshot.render(sql, &rw.edits).map(Planned::Text),
@@ -935,6 +965,7 @@ fn plan_and_render_parse(
                 snapshot: Some(snapshot.clone()),
                 role_effect: None,
                 copy_out: None,
+                results: None,
             },
             None,
         )),
@@ -946,8 +977,15 @@ fn plan_and_render_parse(
             None,
         )),
         Plan::Rewrite(rw) => {
+            let results = (!rw.results.is_empty()).then(|| rw.results.clone());
             if rw.edits.is_empty() && rw.params.is_empty() {
-                return Ok((Prepared::default(), None));
+                return Ok((
+                    Prepared {
+                        results,
+                        ..Prepared::default()
+                    },
+                    None,
+                ));
             }
             let text = if rw.edits.is_empty() {
                 sql.to_owned()
@@ -968,6 +1006,7 @@ fn plan_and_render_parse(
                     snapshot: Some(snapshot.clone()),
                     role_effect: None,
                     copy_out: None,
+                    results,
                 },
                 Some(out),
             ))

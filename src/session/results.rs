@@ -140,6 +140,7 @@ pub(super) fn plan_row_description(
     role: &PolicyRole,
     generation: u64,
     body: &[u8],
+    results: &[Option<ProtectedColumn>],
     mut on_unknown_table: impl FnMut(u32),
 ) -> Option<(Arc<RowPlan>, BytesMut)> {
     let mut c = Cursor::new(body);
@@ -153,7 +154,7 @@ pub(super) fn plan_row_description(
     let mut denied = None;
     let mut computed = None;
     let mut any = false;
-    for _ in 0..n {
+    for i in 0..n {
         let name = c.cstr()?;
         let table_oid = c.i32()? as u32;
         let attnum = i16::from_be_bytes(c.take(2)?.try_into().ok()?);
@@ -166,9 +167,16 @@ pub(super) fn plan_row_description(
         out.put_u8(0);
         out.put_u32(table_oid);
         out.put_i16(attnum);
-        let protected = (table_oid != 0)
-            .then(|| snapshot.catalog().by_attr(table_oid, attnum))
-            .flatten();
+        let protected = if table_oid != 0 {
+            snapshot.catalog().by_attr(table_oid, attnum)
+        } else {
+            // No origin (a set operation's column): SQL analysis may know
+            // it; an encrypted column must then arrive as bytea.
+            results
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|pc| !pc.protection.encrypts() || type_oid == 17)
+        };
         if table_oid != 0 && protected.is_none() && !snapshot.catalog().knows_table(table_oid) {
             on_unknown_table(table_oid);
         }

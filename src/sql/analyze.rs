@@ -20,7 +20,7 @@ use super::operand::param_index;
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
 use super::read::{output_leak, Leak};
 use super::schema::{ProtectedColumn, Schema};
-use super::scope::name_parts;
+use super::scope::{name_parts, ColKind};
 use super::span::Source;
 
 /// Analysis state for one statement text.
@@ -37,6 +37,9 @@ pub(crate) struct Ctx<'s> {
     pub copy_out: Option<CopyIn>,
     /// What each analysed query's result is derived from, by [`query_key`].
     pub outputs: HashMap<usize, Option<Leak>>,
+    /// The protected column behind each result column of the last
+    /// top-level query (see [`Rewrite::results`]).
+    results: Vec<Option<ProtectedColumn>>,
 }
 
 impl<'s> Ctx<'s> {
@@ -51,6 +54,7 @@ impl<'s> Ctx<'s> {
             copy: None,
             copy_out: None,
             outputs: HashMap::new(),
+            results: Vec::new(),
         }
     }
 
@@ -101,7 +105,19 @@ impl<'s> Ctx<'s> {
     /// Analyses one statement.
     pub fn statement(&mut self, st: &Statement) -> Result<(), Refusal> {
         match st {
-            Statement::Query(q) => self.query(q, None).map(drop),
+            Statement::Query(q) => {
+                let out = self.query(q, None)?;
+                self.results = out
+                    .cols
+                    .iter()
+                    .flatten()
+                    .map(|c| match &c.kind {
+                        ColKind::Protected(pc) => Some(pc.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(())
+            }
             Statement::Insert(i) => self.insert(i, None).map(drop),
             Statement::Update(u) => self.update(u, None).map(drop),
             Statement::Delete(d) => self.delete(d, None).map(drop),
@@ -222,10 +238,16 @@ impl<'s> Ctx<'s> {
                 usage,
             })
             .collect();
+        let results = if statements.len() == 1 && self.results.iter().any(Option::is_some) {
+            self.results.into()
+        } else {
+            Vec::new().into()
+        };
         Ok(Plan::Rewrite(Rewrite {
             edits: self.edits,
             params,
             touched: self.touched,
+            results,
         }))
     }
 
