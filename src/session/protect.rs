@@ -18,8 +18,8 @@
 
 use super::frontend::Flow;
 use super::results::{
-    copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, FieldPlan,
-    ResultPlan, RowPlan,
+    copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, CellBuffers,
+    FieldPlan, ResultPlan, RowPlan,
 };
 use super::roles::RoleTracker;
 use super::Session;
@@ -124,6 +124,8 @@ pub(super) struct ProtectState {
     query_results: Option<Arc<[Option<ProtectedColumn>]>>,
     /// A COPY TO stream being decrypted and masked.
     copy_out: Option<CopyOutState>,
+    /// Reused for every protected cell of every result.
+    cells: CellBuffers,
     /// Row shapes of described statements that return protected columns.
     statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
@@ -616,7 +618,7 @@ impl ProtectState {
                     self.refuse_result(to_client, code, &message);
                     return true;
                 }
-                if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client) {
+                if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client, &mut self.cells) {
                     self.refuse_result(to_client, e.sqlstate, &e.message);
                 }
                 true
@@ -745,15 +747,18 @@ impl ProtectState {
             return false;
         };
         let CopyOutState { rewriter, fields } = state;
+        let cells = &mut self.cells;
         let mut show = |i: usize, value: &[u8], out: &mut Vec<u8>| match fields
             .get(i)
             .and_then(Option::as_ref)
         {
-            Some(field) => show_copy_field(field, value, out).map_err(|e| CopyError::Field {
-                row: 0,
-                sqlstate: e.sqlstate,
-                message: e.message,
-            }),
+            Some(field) => {
+                show_copy_field(field, value, out, cells).map_err(|e| CopyError::Field {
+                    row: 0,
+                    sqlstate: e.sqlstate,
+                    message: e.message,
+                })
+            }
             None => {
                 out.extend_from_slice(value);
                 Ok(true)

@@ -230,6 +230,20 @@ pub(super) fn plan_row_description(
     ))
 }
 
+/// Buffers one session reuses for every protected cell, so decrypting and
+/// masking allocates only while they grow to the largest value seen.
+#[derive(Debug, Default)]
+pub(super) struct CellBuffers {
+    /// The cell as the client will see it.
+    shown: Vec<u8>,
+    /// The decrypted value in text form, before masking.
+    text: Vec<u8>,
+    /// The mask's output.
+    masked: String,
+    /// A text-format envelope decoded from hex.
+    envelope: Vec<u8>,
+}
+
 /// What a role may see of each field of a `COPY table TO STDOUT` stream,
 /// in stream order (`None` for unprotected fields), and the first column
 /// the role is denied, if any.
@@ -265,8 +279,9 @@ pub(super) fn show_copy_field(
     field: &FieldPlan,
     value: &[u8],
     out: &mut Vec<u8>,
+    bufs: &mut CellBuffers,
 ) -> Result<bool, RowError> {
-    show(field, value, Format::Text, out)
+    show(field, value, Format::Text, out, bufs)
 }
 
 /// Why a row could not be shown; never carries a value.
@@ -283,16 +298,22 @@ pub(super) fn rewrite_data_row(
     plan: &ResultPlan,
     body: &[u8],
     out: &mut BytesMut,
+    bufs: &mut CellBuffers,
 ) -> Result<(), RowError> {
     let start = out.len();
-    let result = write_data_row(plan, body, out);
+    let result = write_data_row(plan, body, out, bufs);
     if result.is_err() {
         out.truncate(start); // never a half-written row
     }
     result
 }
 
-fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<(), RowError> {
+fn write_data_row(
+    plan: &ResultPlan,
+    body: &[u8],
+    out: &mut BytesMut,
+    bufs: &mut CellBuffers,
+) -> Result<(), RowError> {
     let bad = || RowError {
         sqlstate: "08P01",
         message: "pgveil: the server sent a malformed DataRow".into(),
@@ -306,7 +327,27 @@ fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<
     out.put_u8(b'D');
     out.put_u32(0);
     out.put_i16(n as i16);
-    let mut scratch = Vec::new();
+    let mut shown = std::mem::take(&mut bufs.shown);
+    let result = write_cells(plan, &mut c, n, out, &mut shown, bufs);
+    bufs.shown = shown;
+    result?;
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn write_cells(
+    plan: &ResultPlan,
+    c: &mut Cursor<'_>,
+    n: usize,
+    out: &mut BytesMut,
+    shown: &mut Vec<u8>,
+    bufs: &mut CellBuffers,
+) -> Result<(), RowError> {
+    let bad = || RowError {
+        sqlstate: "08P01",
+        message: "pgveil: the server sent a malformed DataRow".into(),
+    };
     for i in 0..n {
         let len = c.i32().ok_or_else(bad)?;
         let cell = if len < 0 {
@@ -324,14 +365,12 @@ fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<
         } else {
             Format::Text
         };
-        scratch.clear();
-        match show(field, cell, format, &mut scratch)? {
-            true => put_cell(out, Some(&scratch)),
+        shown.clear();
+        match show(field, cell, format, shown, bufs)? {
+            true => put_cell(out, Some(shown)),
             false => put_cell(out, None),
         }
     }
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
@@ -351,23 +390,30 @@ fn show(
     cell: &[u8],
     format: Format,
     out: &mut Vec<u8>,
+    bufs: &mut CellBuffers,
 ) -> Result<bool, RowError> {
+    let CellBuffers {
+        text,
+        masked,
+        envelope,
+        ..
+    } = bufs;
     let ty = field.column.logical_type;
     if field.action == Action::Null {
         return Ok(false);
     }
     // The value in text form: decrypted, or as stored for `none` columns.
-    let decrypt = |fmt: Format, out: &mut Vec<u8>| -> Result<(), RowError> {
+    let mut decrypt = |fmt: Format, out: &mut Vec<u8>| -> Result<(), RowError> {
         match &field.cipher {
             Some(cipher) => {
-                let env = envelope_bytes(cell, format).ok_or_else(|| RowError {
+                let env = envelope_bytes(cell, format, envelope).ok_or_else(|| RowError {
                     sqlstate: "XX001",
                     message: format!(
                         "pgveil: column {} holds a value that is not a pgveil envelope",
                         field.column.full_name
                     ),
                 })?;
-                cipher.decrypt(&env, fmt, out).map_err(|e| RowError {
+                cipher.decrypt(env, fmt, out).map_err(|e| RowError {
                     sqlstate: e.sqlstate(),
                     message: e.to_string(),
                 })
@@ -392,12 +438,12 @@ fn show(
             Ok(true)
         }
         Action::Mask(mask) => {
-            let mut text = Vec::new();
-            decrypt(Format::Text, &mut text)?;
-            let text = String::from_utf8_lossy(&text);
-            let mut masked = String::new();
+            text.clear();
+            decrypt(Format::Text, text)?;
+            let text = String::from_utf8_lossy(text);
+            masked.clear();
             let shown = mask
-                .apply(&text, field.pseudonym.as_deref(), &mut masked)
+                .apply(&text, field.pseudonym.as_deref(), masked)
                 .map_err(|e| RowError {
                     sqlstate: "XX000",
                     message: format!("pgveil: column {}: {e}", field.column.full_name),
@@ -432,21 +478,22 @@ fn show(
 }
 
 /// The envelope inside a bytea cell: raw in binary, `\x` hex in text.
-fn envelope_bytes(cell: &[u8], format: Format) -> Option<std::borrow::Cow<'_, [u8]>> {
+fn envelope_bytes<'a>(cell: &'a [u8], format: Format, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     match format {
-        Format::Binary => Some(std::borrow::Cow::Borrowed(cell)),
+        Format::Binary => Some(cell),
         Format::Text => {
             let hex = cell.strip_prefix(b"\\x")?;
             if hex.len() % 2 != 0 {
                 return None;
             }
-            let mut out = Vec::with_capacity(hex.len() / 2);
+            buf.clear();
+            buf.reserve(hex.len() / 2);
             for pair in hex.chunks(2) {
                 let hi = (pair[0] as char).to_digit(16)?;
                 let lo = (pair[1] as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
+                buf.push((hi * 16 + lo) as u8);
             }
-            Some(std::borrow::Cow::Owned(out))
+            Some(buf)
         }
     }
 }
