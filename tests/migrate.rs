@@ -528,3 +528,89 @@ fn writers_through_pgveil_during_encrypt_lose_nothing() {
     assert_decrypts(&cfg, table, "phone", "text", Mode::Searchable, &expected);
     proxy.shutdown();
 }
+
+#[test]
+fn pgveil_reads_legacy_plaintext_only_while_a_column_is_migrating() {
+    let table = "mig_mixed";
+    db().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, phone text, born date); \
+         INSERT INTO {table} SELECT i, '139' || lpad(i::text, 8, '0'), date '1990-01-01' + i \
+           FROM generate_series(1, 50) i;"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n";
+    let (path, cfg) = write_config(
+        tmp.path(),
+        &demo_keyring(),
+        &(policy(table, "phone", "text", "searchable")
+            + &policy(table, "born", "date", "randomized")
+            + roles),
+    );
+    pgveil::migrate::run(MigrateCommand::Encrypt(args(&path, None, 20))).unwrap();
+    // The state of a run that is still going: rows 51.. are not encrypted yet.
+    db().psql(&format!(
+        "INSERT INTO {table} VALUES (51, convert_to('13900000051', 'UTF8'), convert_to('1990-02-21', 'UTF8')); \
+         UPDATE pgveil.migrations SET state = 'encrypting' WHERE table_name = '{table}';"
+    ))
+    .unwrap();
+    let proxy = start_proxy(cfg.clone());
+    rt().block_on(async {
+        let c = connect_to(proxy.local_addr(), "postgres", None)
+            .await
+            .unwrap();
+        for id in [1i32, 50, 51] {
+            // Text format (simple protocol) and binary (extended).
+            let sql = format!("SELECT phone, born FROM {table} WHERE id = {id}");
+            let msgs = c.simple_query(&sql).await.unwrap();
+            let row = msgs
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((r.get(0).map(str::to_owned), r.get(1).map(str::to_owned)))
+                    }
+                    _ => None,
+                })
+                .unwrap();
+            let phone = format!("139{id:08}");
+            assert_eq!(row.0.as_deref(), Some(phone.as_str()), "row {id}");
+            let rows = c
+                .query(
+                    &format!("SELECT phone, born FROM {table} WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            assert_eq!(rows[0].get::<_, String>(0), phone, "row {id} binary");
+            let born = match id {
+                1 => "1990-01-02",
+                50 => "1990-02-20",
+                _ => "1990-02-21",
+            };
+            assert_eq!(row.1.as_deref(), Some(born), "row {id} date");
+        }
+    });
+    // Once the column is recorded as encrypted, the same legacy value is an
+    // error again (never shown as plaintext by guesswork).
+    db().psql(&format!(
+        "UPDATE pgveil.migrations SET state = 'encrypted' WHERE table_name = '{table}';"
+    ))
+    .unwrap();
+    proxy.shutdown();
+    let proxy = start_proxy(cfg);
+    rt().block_on(async {
+        let c = connect_to(proxy.local_addr(), "postgres", None)
+            .await
+            .unwrap();
+        let err = c
+            .simple_query(&format!("SELECT phone FROM {table} WHERE id = 51"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("XX001"), "{err}");
+        let ok = c
+            .simple_query(&format!("SELECT phone FROM {table} WHERE id = 5"))
+            .await;
+        assert!(ok.is_ok(), "{ok:?}");
+    });
+    proxy.shutdown();
+}

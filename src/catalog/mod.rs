@@ -55,6 +55,9 @@ pub struct Catalog {
     /// View columns that may be computed from a protected column:
     /// `(view OID, attnum)` → `schema.view.column`.
     computed: HashMap<(u32, i16), String>,
+    /// Columns `pgveil migrate` is encrypting or decrypting right now, by
+    /// full name: their values may still be legacy plaintext.
+    migrating: std::collections::HashSet<String>,
 }
 
 impl Catalog {
@@ -142,6 +145,17 @@ impl Catalog {
     /// Policy tables or columns the database did not have at load time.
     pub fn missing(&self) -> &[String] {
         &self.missing
+    }
+
+    /// Whether `pgveil migrate` is converting the column, so a stored value
+    /// that is not one of its envelopes is legacy plaintext, not an error.
+    pub fn is_migrating(&self, full_name: &str) -> bool {
+        self.migrating.contains(full_name)
+    }
+
+    /// Records the columns being migrated (loaded with the catalog).
+    pub fn set_migrating(&mut self, columns: impl IntoIterator<Item = String>) {
+        self.migrating = columns.into_iter().collect();
     }
 
     /// The name of a view column that may be computed from a protected
@@ -284,6 +298,23 @@ impl Catalog {
         catalog.set_memberships(memberships);
         let views = load_views(&client).await.map_err(err)?;
         catalog.add_views(&views);
+        let migrating = client
+            .query(
+                "SELECT m.table_schema || '.' || m.table_name || '.' || m.column_name \
+                   FROM pgveil.migrations m WHERE m.state IN ('encrypting', 'decrypting') \
+                    AND to_regclass('pgveil.migrations') IS NOT NULL",
+                &[],
+            )
+            .await;
+        // The table exists only once `pgveil migrate` has run.
+        let migrating = match migrating {
+            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                Vec::new()
+            }
+            Err(e) => return Err(err(e)),
+        };
+        catalog.set_migrating(migrating);
         Ok(catalog)
     }
 }

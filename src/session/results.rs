@@ -23,6 +23,9 @@ pub(super) struct FieldPlan {
     action: Action,
     cipher: Option<Arc<ColumnCipher>>,
     pseudonym: Option<Arc<PseudonymKey>>,
+    /// The column is being migrated: a value that is not one of its
+    /// envelopes is legacy plaintext.
+    legacy: bool,
 }
 
 /// The protected fields of one row shape.
@@ -60,6 +63,7 @@ impl RowPlan {
                         action,
                         cipher: f.cipher.clone(),
                         pseudonym: f.pseudonym.clone(),
+                        legacy: f.legacy,
                     }
                 })
             })
@@ -195,6 +199,7 @@ pub(super) fn plan_row_description(
                     action,
                     cipher: snapshot.cipher_opt(col).cloned(),
                     pseudonym: snapshot.pseudonym_key(col).cloned(),
+                    legacy: snapshot.catalog().is_migrating(&col.full_name),
                 }));
             }
             None => {
@@ -266,6 +271,7 @@ pub(super) fn copy_field_plans(
                     action,
                     cipher: snapshot.cipher_opt(col).cloned(),
                     pseudonym: snapshot.pseudonym_key(col).cloned(),
+                    legacy: snapshot.catalog().is_migrating(&col.full_name),
                 }
             })
         })
@@ -405,6 +411,33 @@ fn show(
     // The value in text form: decrypted, or as stored for `none` columns.
     let mut decrypt = |fmt: Format, out: &mut Vec<u8>| -> Result<(), RowError> {
         match &field.cipher {
+            Some(cipher) if field.legacy => {
+                let raw = envelope_bytes(cell, format, envelope).ok_or_else(|| RowError {
+                    sqlstate: "XX001",
+                    message: format!(
+                        "pgveil: column {} holds a value that is not bytea",
+                        field.column.full_name
+                    ),
+                })?;
+                let start = out.len();
+                match crate::migrate::classify(cipher, raw, fmt, out) {
+                    Ok(crate::migrate::Stored::Envelope { .. }) => Ok(()),
+                    Ok(crate::migrate::Stored::Legacy) => {
+                        out.truncate(start);
+                        legacy_value(ty, raw, fmt, out).map_err(|reason| RowError {
+                            sqlstate: "XX000",
+                            message: format!(
+                                "pgveil: column {} (being migrated): {reason}",
+                                field.column.full_name
+                            ),
+                        })
+                    }
+                    Err(reason) => Err(RowError {
+                        sqlstate: "XX001",
+                        message: format!("pgveil: column {}: {reason}", field.column.full_name),
+                    }),
+                }
+            }
             Some(cipher) => {
                 let env = envelope_bytes(cell, format, envelope).ok_or_else(|| RowError {
                     sqlstate: "XX001",
@@ -477,7 +510,23 @@ fn show(
     }
 }
 
-/// The envelope inside a bytea cell: raw in binary, `\x` hex in text.
+/// A legacy plaintext value of a column being migrated, in `fmt`: stored
+/// as raw bytes for `bytea`, as the UTF-8 text form for other types.
+fn legacy_value(
+    ty: crate::crypto::LogicalType,
+    raw: &[u8],
+    fmt: Format,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let stored = crate::migrate::legacy_format(ty);
+    if stored == fmt {
+        out.extend_from_slice(raw);
+        return Ok(());
+    }
+    transcode(ty, stored, raw, fmt, out).map_err(|e| e.to_string())
+}
+
+/// The envelope in a bytea cell: raw in binary, `\x` hex in text.
 fn envelope_bytes<'a>(cell: &'a [u8], format: Format, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     match format {
         Format::Binary => Some(cell),
