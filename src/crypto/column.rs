@@ -298,7 +298,8 @@ impl ColumnCipher {
         let mut all = Vec::new();
         for slot in self.slots.iter().rev() {
             let Slot::Live(keys) = slot else { continue };
-            let mut env = Vec::with_capacity(canonical.len() + envelope::overhead(Mode::Searchable));
+            let mut env =
+                Vec::with_capacity(canonical.len() + envelope::overhead(Mode::Searchable));
             env.extend_from_slice(&envelope::aad_header(Mode::Searchable, keys.version));
             env.extend_from_slice(&canonical);
             self.seal_at(keys, Mode::Searchable, &mut env, 0)?;
