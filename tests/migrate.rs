@@ -325,7 +325,7 @@ fn a_killed_run_resumes_without_loss() {
     };
     let shaped = || {
         text_rows(&format!(
-            "SELECT count(*) FROM {table} WHERE phone::text LIKE '\\\\x010200%'"
+            "SELECT count(*) FROM {table} WHERE phone::text LIKE '\\\\x010300%'"
         ))
         .first()
         .and_then(|r| r[0].clone())
