@@ -15,12 +15,13 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
 
+use super::bulk::{BulkRead, ReadKind};
 use super::error::Refusal;
 use super::operand::param_index;
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
 use super::read::{output_leak, Leak};
 use super::schema::{ProtectedColumn, Schema};
-use super::scope::name_parts;
+use super::scope::{name_parts, norm};
 use super::span::Source;
 
 /// Analysis state for one statement text.
@@ -35,6 +36,8 @@ pub(crate) struct Ctx<'s> {
     pub copy: Option<CopyIn>,
     /// What each analysed query's result is derived from, by [`query_key`].
     pub outputs: HashMap<usize, Option<Leak>>,
+    /// Statements returning protected columns, for the bulk-read guard.
+    pub reads: Vec<BulkRead>,
 }
 
 impl<'s> Ctx<'s> {
@@ -48,6 +51,7 @@ impl<'s> Ctx<'s> {
             touched: Vec::new(),
             copy: None,
             outputs: HashMap::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -98,7 +102,11 @@ impl<'s> Ctx<'s> {
     /// Analyses one statement.
     pub fn statement(&mut self, st: &Statement) -> Result<(), Refusal> {
         match st {
-            Statement::Query(q) => self.query(q, None).map(drop),
+            Statement::Query(q) => {
+                let out = self.query(q, None)?;
+                self.note_read(ReadKind::Select, q, &out);
+                Ok(())
+            }
             Statement::Insert(i) => self.insert(i, None).map(drop),
             Statement::Update(u) => self.update(u, None).map(drop),
             Statement::Delete(d) => self.delete(d, None).map(drop),
@@ -118,7 +126,9 @@ impl<'s> Ctx<'s> {
             Statement::Declare { stmts, .. } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
-                        self.query(q, None)?;
+                        let out = self.query(q, None)?;
+                        let name = d.names.first().map(norm).unwrap_or_default();
+                        self.note_read(ReadKind::Cursor(name), q, &out);
                     }
                 }
                 Ok(())
