@@ -16,6 +16,8 @@
 //!   of the batch are dropped and the failing statement is injected before
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
+mod guarded;
+
 use super::frontend::Flow;
 use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
 use super::Session;
@@ -42,6 +44,8 @@ pub(super) struct Prepared {
     copy: Option<CopyIn>,
     /// The snapshot it was planned with, so Bind encrypts with the same keys.
     snapshot: Option<Arc<Snapshot>>,
+    /// What the bulk-read guard checks its Executes against (capped roles).
+    guard: Option<guarded::PreparedGuard>,
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -56,10 +60,14 @@ enum Pending {
     },
     /// Describe of a portal: RowDescription/NoData with the real formats.
     DescribePortal(Vec<u8>),
-    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery.
-    Execute(Option<Arc<ResultPlan>>),
+    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery;
+    /// with the bulk-read guard's decision for capped roles.
+    Execute(Option<Arc<ResultPlan>>, Option<Box<guarded::ExecGuard>>),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
+    /// A simple Query of a capped role, with the guard's decision for its
+    /// results: answered by ReadyForQuery like `Ready`.
+    Query(Box<guarded::QueryGuard>),
 }
 
 /// What pgveil knows about a portal's result.
@@ -96,6 +104,8 @@ pub(super) struct ProtectState {
     suppress: bool,
     /// The snapshot results are planned with.
     snapshot: Option<Arc<Snapshot>>,
+    /// Bulk-read guard state (idle for roles without limits).
+    guard: guarded::GuardState,
 }
 
 impl Session<'_> {
@@ -133,6 +143,7 @@ impl Session<'_> {
             let role = protector.snapshot().role_for(&self.user);
             tracing::info!(user = %self.user, role = %role.name, "policy role");
             st.role = Some(role);
+            st.guard_authenticated(&self.user);
         }
     }
 }
@@ -192,7 +203,17 @@ impl ProtectState {
                 };
                 let utf8 = std::str::from_utf8(sql).is_ok();
                 let sql = String::from_utf8_lossy(sql);
+                // Bulk-read guard: the approval SET, then the precheck.
+                if let Some(text) = self.intercept_approval(protector.guard(), &sql) {
+                    write_query(to_server, &text);
+                    return Flow::Continue;
+                }
                 let snapshot = protector.snapshot();
+                if let Err(refusal) = self.guard_query(protector.guard(), &snapshot, &sql) {
+                    note_refusal(user, &refusal);
+                    write_query(to_server, &refusal_sql(&refusal));
+                    return Flow::Continue;
+                }
                 let planned = plan_and_render(&snapshot, &sql)
                     .and_then(|p| require_utf8(utf8, p))
                     .and_then(|p| match p {
@@ -232,7 +253,8 @@ impl ProtectState {
                     }
                 });
                 match planned {
-                    Ok((prepared, rewritten)) => {
+                    Ok((mut prepared, rewritten)) => {
+                        self.guard_prepare(&snapshot, &sql, &mut prepared);
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
                         match rewritten {
@@ -268,6 +290,7 @@ impl ProtectState {
                 }
                 self.pending
                     .push_back(Pending::ParseOrBind { injected: false });
+                self.guard_bind(&portal);
                 self.portal_rows.insert(
                     portal.clone(),
                     PortalRows {
@@ -314,6 +337,15 @@ impl ProtectState {
                         }
                     }
                 }
+                let guarded =
+                    match self.guard_execute(protector.guard(), &protector.snapshot(), portal) {
+                        Ok(g) => g,
+                        Err(refusal) => {
+                            note_refusal(user, &refusal);
+                            self.refused = Some(refusal);
+                            return Flow::Continue;
+                        }
+                    };
                 let plan = self
                     .portal_rows
                     .get(portal)
@@ -324,7 +356,8 @@ impl ProtectState {
                             .get(&p.statement)
                             .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
                     });
-                self.pending.push_back(Pending::Execute(plan.map(Arc::new)));
+                self.pending
+                    .push_back(Pending::Execute(plan.map(Arc::new), guarded));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
@@ -475,9 +508,12 @@ impl ProtectState {
                         self.current = planned
                             .as_ref()
                             .map(|(row, _)| Arc::new(ResultPlan::described(row.clone())));
-                        if let Some((row, _)) = &planned {
+                        if let Some((row, rewritten)) = &planned {
                             if let Some(col) = &row.denied {
                                 self.refuse_result(to_client, "42501", &denied_message(col));
+                                return true;
+                            }
+                            if self.guard_hold_description(protector.guard(), row, rewritten) {
                                 return true;
                             }
                         }
@@ -502,7 +538,7 @@ impl ProtectState {
             }
             b'D' => {
                 let plan = match self.pending.front() {
-                    Some(Pending::Execute(plan)) => plan.clone(),
+                    Some(Pending::Execute(plan, _)) => plan.clone(),
                     _ => self.current.clone(),
                 };
                 let Some(plan) = plan else {
@@ -512,13 +548,21 @@ impl ProtectState {
                     self.refuse_result(to_client, "42501", &denied_message(col));
                     return true;
                 }
+                if let Some(done) =
+                    self.guard_row(protector.guard(), shared, &plan, frame.body(), to_client)
+                {
+                    return done;
+                }
                 if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client) {
                     self.refuse_result(to_client, e.sqlstate, &e.message);
                 }
                 true
             }
             b'C' | b'I' | b's' => {
-                if matches!(self.pending.front(), Some(Pending::Execute(_))) {
+                if self.guard_end(protector.guard(), tag, to_client) {
+                    return true;
+                }
+                if matches!(self.pending.front(), Some(Pending::Execute(..))) {
                     self.pending.pop_front();
                 } else {
                     self.current = None;
@@ -527,6 +571,7 @@ impl ProtectState {
             }
             b'E' => {
                 self.current = None;
+                self.guard_error();
                 self.drop_until_sync();
                 false
             }
@@ -539,7 +584,7 @@ impl ProtectState {
                 self.current = None;
                 self.snapshot = None;
                 while let Some(p) = self.pending.pop_front() {
-                    if matches!(p, Pending::Ready) {
+                    if matches!(p, Pending::Ready | Pending::Query(_)) {
                         break;
                     }
                 }
@@ -567,7 +612,7 @@ impl ProtectState {
                 Pending::ParseOrBind { .. }
                     | Pending::DescribeStatement { .. }
                     | Pending::DescribePortal(_)
-                    | Pending::Execute(_)
+                    | Pending::Execute(..)
             )
         ) {
             self.pending.pop_front();
@@ -701,6 +746,7 @@ fn plan_and_render_parse(
                 targets: Vec::new(),
                 copy: Some(copy.clone()),
                 snapshot: Some(snapshot.clone()),
+                guard: None,
             },
             None,
         )),
@@ -725,6 +771,7 @@ fn plan_and_render_parse(
                     targets: rw.params.clone(),
                     copy: None,
                     snapshot: Some(snapshot.clone()),
+                    guard: None,
                 },
                 Some(out),
             ))

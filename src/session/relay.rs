@@ -156,7 +156,13 @@ impl Relay {
                     Poll::Pending => {}
                 }
             }
-            if self.to_client.len() < HIGH_WATER {
+            // The bulk-read guard holds server replies while a refused
+            // result's cancel is on its way (see session/protect/guarded.rs).
+            if session.server_paused() && session.poll_resume(cx).is_ready() {
+                self.drain_server(session)?;
+                progressed = true;
+            }
+            if self.to_client.len() < HIGH_WATER && !session.server_paused() {
                 self.server_in
                     .reserve(read_hint(&self.server_in, self.max_message));
                 match poll_read_buf(Pin::new(&mut *server), cx, &mut self.server_in) {
@@ -190,9 +196,12 @@ impl Relay {
 
     /// Handles every complete server frame buffered so far.
     fn drain_server(&mut self, session: &mut Session<'_>) -> Result<(), SessionError> {
-        while let Some(frame) =
-            next_frame(&mut self.server_in, self.max_message).map_err(SessionError::ServerFrame)?
-        {
+        while !session.server_paused() {
+            let Some(frame) = next_frame(&mut self.server_in, self.max_message)
+                .map_err(SessionError::ServerFrame)?
+            else {
+                break;
+            };
             session.on_server_frame(&frame, &mut self.to_client)?;
         }
         Ok(())

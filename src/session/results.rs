@@ -33,6 +33,10 @@ pub(super) struct RowPlan {
     pub(super) denied: Option<String>,
     /// Format codes as the RowDescription stated them.
     pub(super) described_formats: Vec<i16>,
+    /// Tables (`schema.table`) of the protected columns the role sees in
+    /// some form (clear, mask, pseudonym): its rows count against the
+    /// bulk-read limits. Empty when every protected field is NULL to it.
+    pub(super) visible: Vec<String>,
 }
 
 /// A row shape with the formats the cells actually come in.
@@ -80,6 +84,7 @@ pub(super) fn plan_row_description(
     out.put_u32(0); // length, patched below
     out.put_i16(n as i16);
     let mut denied = None;
+    let mut visible: Vec<String> = Vec::new();
     let mut any = false;
     for _ in 0..n {
         let name = c.cstr()?;
@@ -106,6 +111,12 @@ pub(super) fn plan_row_description(
                 let action = snapshot.action(role, col);
                 if action == Action::Deny && denied.is_none() {
                     denied = Some(col.full_name.clone());
+                }
+                if matches!(action, Action::Clear | Action::Mask(_)) {
+                    let table = crate::sql::bulk::table_of(&col.full_name);
+                    if !visible.iter().any(|t| t == table) {
+                        visible.push(table.to_owned());
+                    }
                 }
                 out.put_u32(col.logical_type.oid());
                 out.put_i16(col.logical_type.typlen());
@@ -136,6 +147,7 @@ pub(super) fn plan_row_description(
             fields,
             denied,
             described_formats,
+            visible,
         }),
         out,
     ))
