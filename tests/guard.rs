@@ -22,7 +22,7 @@ use tokio_postgres::SimpleQueryMessage;
 /// Front-desk members, one per test that counts rows.
 const CLERKS: &[&str] = &[
     "alice", "fd_exec", "fd_page", "fd_copy", "fd_cursor", "fd_portal", "fd_appr", "fd_once",
-    "fd_late", "fd_forge", "fd_owner", "fd_thief", "fd_table", "fd_psql", "fd_tx",
+    "fd_late", "fd_forge", "fd_owner", "fd_thief", "fd_table", "fd_psql", "fd_tx", "fd_slow",
 ];
 
 struct Veil {
@@ -50,6 +50,9 @@ fn setup() -> Veil {
          CREATE ROLE bob LOGIN IN ROLE managers; CREATE ROLE carol LOGIN IN ROLE analysts;\n\
          CREATE ROLE dave LOGIN IN ROLE auditors;\n\
          CREATE TABLE probe_log (n int); GRANT ALL ON probe_log TO PUBLIC;\n\
+         CREATE TABLE slow_log (n int); GRANT ALL ON slow_log TO PUBLIC;\n\
+         CREATE FUNCTION slow_probe() RETURNS int LANGUAGE sql VOLATILE \
+           AS 'SELECT pg_sleep(0.002); INSERT INTO slow_log VALUES (1) RETURNING 1';\n\
          CREATE FUNCTION probe() RETURNS int LANGUAGE sql VOLATILE \
            AS 'INSERT INTO probe_log VALUES (1) RETURNING 1';\n",
     );
@@ -295,6 +298,25 @@ async fn results_over_the_cap_are_refused_with_no_row_delivered() {
         .await
         .unwrap();
     assert_eq!(ok.len(), 50);
+}
+
+#[tokio::test]
+async fn crossing_the_cap_cancels_the_query_upstream() {
+    // Each row takes the server ~2 ms and logs itself: uncancelled, the
+    // statement would run for ~6 s and commit 3,000 log rows. Cancelled,
+    // it is aborted and its log rows are rolled back.
+    let c = as_user("fd_slow").await;
+    refused(
+        rows(&c, "SELECT id, phone, slow_probe() FROM guests WHERE id > 0 ORDER BY id").await,
+        &["max_rows = 100"],
+    );
+    // The next statement on the connection runs after the refused one has
+    // ended on the server, and was not hit by the cancel.
+    assert_eq!(
+        rows(&c, "SELECT phone FROM guests WHERE id = 5").await.unwrap().len(),
+        1
+    );
+    assert_eq!(db().psql("SELECT count(*) FROM slow_log").unwrap().trim(), "0");
 }
 
 #[tokio::test]
