@@ -327,7 +327,26 @@ async fn refused_result_fails_the_transaction_and_the_session_recovers() {
         rows(&c, "SELECT phone FROM guests WHERE id > 0").await,
         &["max_rows = 100"],
     );
-    c.batch_execute("ROLLBACK").await.unwrap();
+    // As after any error, the transaction block is aborted on the server
+    // too, whether the cancel reached the query or it had already ended.
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
+    let msgs = c.simple_query("COMMIT").await.unwrap();
+    assert!(
+        msgs.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        "{msgs:?}"
+    );
+    // Extended protocol, a row-limited portal in a transaction.
+    let mut c2 = as_user("fd_tx").await;
+    let tx = c2.transaction().await.unwrap();
+    let err = tx
+        .query("SELECT phone FROM guests WHERE id > $1", &[&0i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    let err = tx.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
+    tx.rollback().await.unwrap();
     assert_eq!(
         rows(&c, "SELECT phone FROM guests WHERE id < 11").await.unwrap().len(),
         10

@@ -68,6 +68,10 @@ enum Pending {
     /// A simple Query of a capped role, with the guard's decision for its
     /// results: answered by ReadyForQuery like `Ready`.
     Query(Box<guarded::QueryGuard>),
+    /// A statement pgveil sent on its own to fail the server's transaction
+    /// after refusing a result in it; its ErrorResponse and ReadyForQuery
+    /// are swallowed.
+    Injected,
 }
 
 /// What pgveil knows about a portal's result.
@@ -106,6 +110,9 @@ pub(super) struct ProtectState {
     snapshot: Option<Arc<Snapshot>>,
     /// Bulk-read guard state (idle for roles without limits).
     guard: guarded::GuardState,
+    /// Bytes pgveil sends the server on its own, queued by the backend
+    /// handler (which only writes to the client) for the relay to send.
+    inject: BytesMut,
 }
 
 impl Session<'_> {
@@ -132,6 +139,33 @@ impl Session<'_> {
         match (shared.protector.as_deref(), protect.as_mut()) {
             (Some(protector), Some(st)) => st.on_server(protector, shared, frame, to_client),
             _ => false,
+        }
+    }
+
+    /// Whether client frames must wait: a result was refused and the
+    /// server's ReadyForQuery that ends it is still to come. Until then a
+    /// late cancel could hit, and the statement that fails the server's
+    /// transaction could be overtaken by, the client's next statement. A
+    /// batch not yet ended by Sync is not waited on (the Sync must pass).
+    #[inline]
+    pub(super) fn client_paused(&self) -> bool {
+        self.protect.as_ref().is_some_and(|p| {
+            p.suppress
+                && p
+                    .pending
+                    .iter()
+                    .any(|x| matches!(x, Pending::Ready | Pending::Query(_)))
+        })
+    }
+
+    /// Moves what the backend handler queued for the server into `to_server`.
+    #[inline]
+    pub(super) fn take_injected(&mut self, to_server: &mut BytesMut) {
+        if let Some(p) = self.protect.as_mut() {
+            if !p.inject.is_empty() {
+                to_server.extend_from_slice(&p.inject);
+                p.inject.clear();
+            }
         }
     }
 
@@ -433,6 +467,16 @@ impl ProtectState {
         to_client: &mut BytesMut,
     ) -> bool {
         let tag = frame.tag();
+        if matches!(self.pending.front(), Some(Pending::Injected)) {
+            match tag {
+                b'Z' => {
+                    self.pending.pop_front();
+                    return true;
+                }
+                b'E' | b'C' => return true,
+                _ => {}
+            }
+        }
         if self.suppress && !matches!(tag, b'Z' | b'N' | b'A' | b'S') {
             // Replies to requests after a refused result are dropped, as if
             // the server had skipped them after an error.
@@ -593,6 +637,17 @@ impl ProtectState {
                     // The client was told of an error: inside a transaction
                     // block it must see the block as failed.
                     if frame.body() == b"T" {
+                        // The statement ended on the server (the cancel, if
+                        // any, came too late): fail the server's transaction
+                        // too, so it matches what the client was told.
+                        write_query(
+                            &mut self.inject,
+                            &refusal_sql(&Refusal {
+                                sqlstate: "25P02",
+                                message: "pgveil: a result in this transaction was refused".into(),
+                            }),
+                        );
+                        self.pending.push_back(Pending::Injected);
                         to_client.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
                         return true;
                     }
