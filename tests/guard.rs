@@ -21,8 +21,22 @@ use tokio_postgres::SimpleQueryMessage;
 
 /// Front-desk members, one per test that counts rows.
 const CLERKS: &[&str] = &[
-    "alice", "fd_exec", "fd_page", "fd_copy", "fd_cursor", "fd_portal", "fd_appr", "fd_once",
-    "fd_late", "fd_forge", "fd_owner", "fd_thief", "fd_table", "fd_psql", "fd_tx", "fd_slow",
+    "alice",
+    "fd_exec",
+    "fd_page",
+    "fd_copy",
+    "fd_cursor",
+    "fd_portal",
+    "fd_appr",
+    "fd_once",
+    "fd_late",
+    "fd_forge",
+    "fd_owner",
+    "fd_thief",
+    "fd_table",
+    "fd_psql",
+    "fd_tx",
+    "fd_slow",
 ];
 
 struct Veil {
@@ -34,11 +48,7 @@ struct Veil {
 
 fn veil() -> &'static Veil {
     static VEIL: OnceLock<Veil> = OnceLock::new();
-    VEIL.get_or_init(|| {
-        std::thread::spawn(setup)
-            .join()
-            .expect("guard test setup")
-    })
+    VEIL.get_or_init(|| std::thread::spawn(setup).join().expect("guard test setup"))
 }
 
 fn setup() -> Veil {
@@ -111,10 +121,7 @@ async fn as_user(user: &str) -> tokio_postgres::Client {
 }
 
 /// Rows of a simple query, or its error as (SQLSTATE, message).
-async fn rows(
-    c: &tokio_postgres::Client,
-    sql: &str,
-) -> Result<Vec<Vec<String>>, (String, String)> {
+async fn rows(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<String>>, (String, String)> {
     match c.simple_query(sql).await {
         Ok(msgs) => Ok(msgs
             .iter()
@@ -247,11 +254,16 @@ async fn full_table_reads_are_refused_before_execution() {
     assert_eq!(rows(&c, "SELECT id FROM guests").await.unwrap().len(), 3000);
     // The session stays usable; a lookup is shown masked.
     assert_eq!(
-        rows(&c, "SELECT phone FROM guests WHERE id = 1").await.unwrap(),
+        rows(&c, "SELECT phone FROM guests WHERE id = 1")
+            .await
+            .unwrap(),
         vec![vec!["130****7919".to_owned()]]
     );
     assert_eq!(
-        rows(&c, "SELECT phone FROM guests ORDER BY id LIMIT 3").await.unwrap().len(),
+        rows(&c, "SELECT phone FROM guests ORDER BY id LIMIT 3")
+            .await
+            .unwrap()
+            .len(),
         3
     );
 }
@@ -294,7 +306,10 @@ async fn results_over_the_cap_are_refused_with_no_row_delivered() {
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
     let ok = c
-        .query("SELECT phone FROM guests WHERE id BETWEEN $1 AND $2", &[&1i32, &50i32])
+        .query(
+            "SELECT phone FROM guests WHERE id BETWEEN $1 AND $2",
+            &[&1i32, &50i32],
+        )
         .await
         .unwrap();
     assert_eq!(ok.len(), 50);
@@ -307,16 +322,26 @@ async fn crossing_the_cap_cancels_the_query_upstream() {
     // it is aborted and its log rows are rolled back.
     let c = as_user("fd_slow").await;
     refused(
-        rows(&c, "SELECT id, phone, slow_probe() FROM guests WHERE id > 0 ORDER BY id").await,
+        rows(
+            &c,
+            "SELECT id, phone, slow_probe() FROM guests WHERE id > 0 ORDER BY id",
+        )
+        .await,
         &["max_rows = 100"],
     );
     // The next statement on the connection runs after the refused one has
     // ended on the server, and was not hit by the cancel.
     assert_eq!(
-        rows(&c, "SELECT phone FROM guests WHERE id = 5").await.unwrap().len(),
+        rows(&c, "SELECT phone FROM guests WHERE id = 5")
+            .await
+            .unwrap()
+            .len(),
         1
     );
-    assert_eq!(db().psql("SELECT count(*) FROM slow_log").unwrap().trim(), "0");
+    assert_eq!(
+        db().psql("SELECT count(*) FROM slow_log").unwrap().trim(),
+        "0"
+    );
 }
 
 #[tokio::test]
@@ -333,7 +358,8 @@ async fn refused_result_fails_the_transaction_and_the_session_recovers() {
     assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
     let msgs = c.simple_query("COMMIT").await.unwrap();
     assert!(
-        msgs.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        msgs.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
         "{msgs:?}"
     );
     // Extended protocol, a row-limited portal in a transaction.
@@ -348,7 +374,10 @@ async fn refused_result_fails_the_transaction_and_the_session_recovers() {
     assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err}");
     tx.rollback().await.unwrap();
     assert_eq!(
-        rows(&c, "SELECT phone FROM guests WHERE id < 11").await.unwrap().len(),
+        rows(&c, "SELECT phone FROM guests WHERE id < 11")
+            .await
+            .unwrap()
+            .len(),
         10
     );
 }
@@ -368,14 +397,21 @@ async fn paging_is_caught_by_the_window_across_connections() {
         assert_eq!(rows(c, &sql).await.unwrap().len(), 20, "page {page}");
     }
     let msg = refused(
-        rows(&b, "SELECT id, phone FROM guests ORDER BY id LIMIT 20 OFFSET 400").await,
+        rows(
+            &b,
+            "SELECT id, phone FROM guests ORDER BY id LIMIT 20 OFFSET 400",
+        )
+        .await,
         &[
             "user fd_page may receive 400 protected rows per 10m",
             "has received 400",
             "frees up",
         ],
     );
-    assert!(msg.contains("none of this result's rows were sent"), "{msg}");
+    assert!(
+        msg.contains("none of this result's rows were sent"),
+        "{msg}"
+    );
     // Also on a fresh connection, and for a single row.
     let c = as_user("fd_page").await;
     refused(
@@ -385,7 +421,10 @@ async fn paging_is_caught_by_the_window_across_connections() {
     // Other clerks have their own window.
     let other = as_user("fd_psql").await;
     assert_eq!(
-        rows(&other, "SELECT phone FROM guests WHERE id = 1").await.unwrap().len(),
+        rows(&other, "SELECT phone FROM guests WHERE id = 1")
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -393,15 +432,27 @@ async fn paging_is_caught_by_the_window_across_connections() {
 #[tokio::test]
 async fn roles_without_limits_are_unaffected() {
     let bob = as_user("bob").await;
-    let all = rows(&bob, "SELECT id, phone FROM guests ORDER BY id").await.unwrap();
+    let all = rows(&bob, "SELECT id, phone FROM guests ORDER BY id")
+        .await
+        .unwrap();
     assert_eq!(all.len(), 3000);
     assert_eq!(all[0][1], "13000007919");
     let dave = as_user("dave").await;
     let masked = rows(&dave, "SELECT phone FROM guests").await.unwrap();
     assert_eq!(masked.len(), 3000);
     assert_eq!(masked[0][0].len(), "130****7919".len());
-    let out = psql(veil().addr, "bob", None, &["-c", "SELECT phone FROM guests"], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(
+        veil().addr,
+        "bob",
+        None,
+        &["-c", "SELECT phone FROM guests"],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3000);
 }
 
@@ -423,7 +474,13 @@ async fn copy_to_is_capped() {
     }
     // For a role without limits COPY TO of protected columns is still
     // refused, because COPY streams are not masked yet.
-    let out = psql(veil().addr, "bob", None, &["-c", "COPY guests TO STDOUT"], "");
+    let out = psql(
+        veil().addr,
+        "bob",
+        None,
+        &["-c", "COPY guests TO STDOUT"],
+        "",
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
 }
@@ -440,9 +497,11 @@ async fn cursors_count_every_fetch() {
         &["cursor's query", "no WHERE clause"],
     );
     c.batch_execute("ROLLBACK").await.unwrap();
-    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT phone FROM guests WHERE id > 0 ORDER BY id")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "BEGIN; DECLARE c CURSOR FOR SELECT phone FROM guests WHERE id > 0 ORDER BY id",
+    )
+    .await
+    .unwrap();
     assert_eq!(rows(&c, "FETCH 60 FROM c").await.unwrap().len(), 60);
     refused(
         rows(&c, "FETCH 60 FROM c").await,
@@ -474,12 +533,18 @@ async fn row_limited_portals_count_across_executes() {
     assert_eq!(tx.query_portal(&portal, 60).await.unwrap().len(), 60);
     let err = tx.query_portal(&portal, 60).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
-    let msg = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(msg.contains("every Execute of the portal"), "{msg}");
     drop(tx);
     // Rolled back; the connection is fine.
     assert_eq!(
-        rows(&c, "SELECT phone FROM guests WHERE id = 3").await.unwrap().len(),
+        rows(&c, "SELECT phone FROM guests WHERE id = 3")
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -487,7 +552,9 @@ async fn row_limited_portals_count_across_executes() {
 #[tokio::test]
 async fn max_bytes_caps_results() {
     let c = as_user("carol").await;
-    let small = rows(&c, "SELECT name, id_number FROM guests WHERE id <= 10").await.unwrap();
+    let small = rows(&c, "SELECT name, id_number FROM guests WHERE id <= 10")
+        .await
+        .unwrap();
     assert!(small[0][0].starts_with("pn_"), "{small:?}");
     refused(
         rows(&c, "SELECT name, id_number FROM guests WHERE id <= 200").await,
@@ -499,13 +566,19 @@ async fn max_bytes_caps_results() {
 async fn approval_lifts_the_cap_for_its_tables() {
     let t = token("fd_appr", "public.guests", "5000", "2h");
     let c = as_user("fd_appr").await;
-    refused(rows(&c, "SELECT phone FROM guests").await, &["no WHERE clause"]);
+    refused(
+        rows(&c, "SELECT phone FROM guests").await,
+        &["no WHERE clause"],
+    );
     // Answered like a SET; then the whole table is readable, masked.
     let msgs = c
         .simple_query(&format!("SET pgveil.approval = '{t}'"))
         .await
         .unwrap();
-    assert!(matches!(msgs.as_slice(), [SimpleQueryMessage::CommandComplete(0)]));
+    assert!(matches!(
+        msgs.as_slice(),
+        [SimpleQueryMessage::CommandComplete(0)]
+    ));
     let all = rows(&c, "SELECT phone FROM guests").await.unwrap();
     assert_eq!(all.len(), 3000);
     assert_eq!(all[0][0].len(), "130****7919".len());
@@ -513,8 +586,16 @@ async fn approval_lifts_the_cap_for_its_tables() {
     // transaction's status), and through the extended protocol.
     let mut c = c;
     let tx = c.transaction().await.unwrap();
-    tx.batch_execute(&format!("SET pgveil.approval = '{t}'")).await.unwrap();
-    assert_eq!(tx.query("SELECT phone FROM guests WHERE id > $1", &[&0i32]).await.unwrap().len(), 3000);
+    tx.batch_execute(&format!("SET pgveil.approval = '{t}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tx.query("SELECT phone FROM guests WHERE id > $1", &[&0i32])
+            .await
+            .unwrap()
+            .len(),
+        3000
+    );
     tx.commit().await.unwrap();
     // Not above its own max_rows.
     refused(
@@ -523,7 +604,10 @@ async fn approval_lifts_the_cap_for_its_tables() {
     );
     // RESET drops it.
     c.batch_execute("RESET pgveil.approval").await.unwrap();
-    refused(rows(&c, "SELECT phone FROM guests").await, &["no WHERE clause"]);
+    refused(
+        rows(&c, "SELECT phone FROM guests").await,
+        &["no WHERE clause"],
+    );
     // psql: SET then the export on the same connection.
     let t = token("fd_psql", "guests", "1000", "10m");
     let out = psql(
@@ -538,18 +622,36 @@ async fn approval_lifts_the_cap_for_its_tables() {
         ],
         "",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains('*')).count(), 500);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains('*'))
+            .count(),
+        500
+    );
 }
 
 #[tokio::test]
 async fn single_use_approval_is_consumed_and_cannot_be_replayed() {
     let t = token("fd_once", "public.guests", "5000", "0");
     let a = as_user("fd_once").await;
-    a.batch_execute(&format!("SET pgveil.approval = '{t}'")).await.unwrap();
-    assert_eq!(rows(&a, "SELECT phone FROM guests").await.unwrap().len(), 3000);
+    a.batch_execute(&format!("SET pgveil.approval = '{t}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&a, "SELECT phone FROM guests").await.unwrap().len(),
+        3000
+    );
     // Consumed by that statement.
-    refused(rows(&a, "SELECT phone FROM guests").await, &["no WHERE clause"]);
+    refused(
+        rows(&a, "SELECT phone FROM guests").await,
+        &["no WHERE clause"],
+    );
     // Replayed on another connection: refused when set.
     let b = as_user("fd_once").await;
     refused(
@@ -568,7 +670,10 @@ async fn expired_approval_is_refused() {
         rows(&c, &format!("SET pgveil.approval = '{t}'")).await,
         &["expired at"],
     );
-    refused(rows(&c, "SELECT phone FROM guests").await, &["no WHERE clause"]);
+    refused(
+        rows(&c, "SELECT phone FROM guests").await,
+        &["no WHERE clause"],
+    );
 }
 
 #[tokio::test]
@@ -589,7 +694,10 @@ async fn forged_approval_is_refused() {
         rows(&c, "SET pgveil.approval = 'not-a-token'").await,
         &["not a pgveil approval token"],
     );
-    refused(rows(&c, "SELECT phone FROM guests").await, &["no WHERE clause"]);
+    refused(
+        rows(&c, "SELECT phone FROM guests").await,
+        &["no WHERE clause"],
+    );
 }
 
 #[tokio::test]
@@ -606,7 +714,9 @@ async fn approval_for_another_user_is_refused() {
 async fn approval_for_another_table_is_refused() {
     let t = token("fd_table", "public.stays", "10000", "2h");
     let c = as_user("fd_table").await;
-    c.batch_execute(&format!("SET pgveil.approval = '{t}'")).await.unwrap();
+    c.batch_execute(&format!("SET pgveil.approval = '{t}'"))
+        .await
+        .unwrap();
     refused(
         rows(&c, "SELECT phone FROM guests").await,
         &["covers public.stays, not public.guests"],
@@ -616,7 +726,10 @@ async fn approval_for_another_table_is_refused() {
         &["max_rows = 100", "covers public.stays, not public.guests"],
     );
     // It does lift the cap on the table it names.
-    assert_eq!(rows(&c, "SELECT notes FROM stays").await.unwrap().len(), 8000);
+    assert_eq!(
+        rows(&c, "SELECT notes FROM stays").await.unwrap().len(),
+        8000
+    );
 }
 
 #[test]
@@ -646,8 +759,18 @@ fn approve_refuses_self_approval_and_unlisted_approvers() {
         assert!(err.contains(expect), "{err}");
     }
     let out = approve(&[
-        "--requester", "alice", "--approver", "bob", "--tables", "public.stays_typo",
-        "--max-rows", "10", "--ttl", "1h", "--reason", "r",
+        "--requester",
+        "alice",
+        "--approver",
+        "bob",
+        "--tables",
+        "public.stays_typo",
+        "--max-rows",
+        "10",
+        "--ttl",
+        "1h",
+        "--reason",
+        "r",
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no protected columns"));

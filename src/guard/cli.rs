@@ -134,7 +134,9 @@ pub fn request(args: &ApproveArgs, cfg: &Config) -> Result<Approval, GuardError>
     let ttl = match args.ttl.trim() {
         "0" => None,
         t => Some(humantime::parse_duration(t).map_err(|e| {
-            GuardError::Argument(format!("--ttl {t:?}: {e} (e.g. 30m, 2h, or 0 for a single use)"))
+            GuardError::Argument(format!(
+                "--ttl {t:?}: {e} (e.g. 30m, 2h, or 0 for a single use)"
+            ))
         })?),
     };
     let issued = now_unix_ms();
@@ -188,9 +190,11 @@ mod tests {
         assert!(!a.single_use);
         assert_eq!(a.expires_unix_ms - a.issued_unix_ms, 2 * 3600 * 1000);
         assert_eq!(a.id.len(), 32);
-        assert!(request(&args("alice", "bob", &["guests"], "0"), &cfg())
-            .unwrap()
-            .single_use);
+        assert!(
+            request(&args("alice", "bob", &["guests"], "0"), &cfg())
+                .unwrap()
+                .single_use
+        );
         assert!(matches!(
             request(&args("bob", "bob", &["guests"], "2h"), &cfg()),
             Err(GuardError::SelfApproval(_))

@@ -128,7 +128,9 @@ pub enum GuardError {
         how: String,
     },
     /// The result grew past a cap while pgveil held it.
-    #[error("pgveil: bulk read refused: the result exceeded {cap}; none of its rows were sent; {how}")]
+    #[error(
+        "pgveil: bulk read refused: the result exceeded {cap}; none of its rows were sent; {how}"
+    )]
     Exceeded {
         /// The cap, described.
         cap: String,
@@ -137,26 +139,12 @@ pub enum GuardError {
     },
     /// The user's rolling window has no room for the result.
     #[error(
-        "pgveil: bulk read refused: user {user} may receive {limit} protected rows per {period} \
-         (window_rows of policy role {role}) and has received {used} in the current window; none of \
-         this result's rows were sent; {frees}; {how}"
+        "pgveil: bulk read refused: user {} may receive {} protected rows per {} (window_rows of \
+         policy role {}) and has received {} in the current window; none of this result's rows \
+         were sent; {}; {}",
+        .0.user, .0.limit, .0.period, .0.role, .0.used, .0.frees, .0.how
     )]
-    Window {
-        /// Login user.
-        user: String,
-        /// Policy role name.
-        role: String,
-        /// `window_rows`.
-        limit: u64,
-        /// `window`, human-readable.
-        period: String,
-        /// Rows already received within the window.
-        used: u64,
-        /// When the window frees up, in words.
-        frees: String,
-        /// How to get an approval.
-        how: String,
-    },
+    Window(Box<WindowRefusal>),
     /// An approval token was refused.
     #[error(transparent)]
     Approval(#[from] ApprovalError),
@@ -195,6 +183,25 @@ impl GuardError {
             message: self.to_string(),
         }
     }
+}
+
+/// What a window refusal says.
+#[derive(Debug)]
+pub struct WindowRefusal {
+    /// Login user.
+    pub user: String,
+    /// Policy role name.
+    pub role: String,
+    /// `window_rows`.
+    pub limit: u64,
+    /// `window`, human-readable.
+    pub period: String,
+    /// Rows already received within the window.
+    pub used: u64,
+    /// When the window frees up, in words.
+    pub frees: String,
+    /// How to get an approval.
+    pub how: String,
 }
 
 /// The hint every bulk-read refusal ends with: how to get a second

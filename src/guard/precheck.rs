@@ -201,9 +201,18 @@ mod tests {
             Err(GuardError::Unbounded { .. })
         ));
         // A column the role does not see at all is no bulk read.
-        assert_eq!(check(&[read(true, None)], caller, none).unwrap(), Verdict::Unguarded);
-        assert_eq!(check(&[read(true, Some(20))], caller, all).unwrap(), Verdict::Limits);
-        assert_eq!(check(&[read(false, None)], caller, all).unwrap(), Verdict::Limits);
+        assert_eq!(
+            check(&[read(true, None)], caller, none).unwrap(),
+            Verdict::Unguarded
+        );
+        assert_eq!(
+            check(&[read(true, Some(20))], caller, all).unwrap(),
+            Verdict::Limits
+        );
+        assert_eq!(
+            check(&[read(false, None)], caller, all).unwrap(),
+            Verdict::Limits
+        );
         assert!(matches!(
             check(&[read(false, Some(101))], caller, all),
             Err(GuardError::LimitAbove { limit: 101, .. })
@@ -213,7 +222,10 @@ mod tests {
             approval: Some(&a),
             ..caller
         };
-        assert_eq!(check(&[read(true, None)], approved, all).unwrap(), Verdict::Approved);
+        assert_eq!(
+            check(&[read(true, None)], approved, all).unwrap(),
+            Verdict::Approved
+        );
         assert!(matches!(
             check(&[read(true, Some(501))], approved, all),
             Err(GuardError::LimitAbove { limit: 501, .. })
@@ -225,7 +237,9 @@ mod tests {
         };
         assert!(matches!(
             check(&[read(true, None)], wrong, all),
-            Err(GuardError::Approval(super::super::ApprovalError::WrongTable { .. }))
+            Err(GuardError::Approval(
+                super::super::ApprovalError::WrongTable { .. }
+            ))
         ));
     }
 }

@@ -106,9 +106,7 @@ impl Windows {
         let join = period / MAX_ENTRIES;
         let full = log.entries.len() >= MAX_ENTRIES as usize;
         match log.entries.back_mut() {
-            Some(last)
-                if now.saturating_duration_since(last.0) < join || full =>
-            {
+            Some(last) if now.saturating_duration_since(last.0) < join || full => {
                 *last = (now.max(last.0), last.1 + rows);
             }
             _ => log.entries.push_back((now, rows)),
@@ -168,14 +166,14 @@ mod tests {
         assert_eq!(full.used, 45);
         // The first 30 rows leave at t0 + 600 s, 480 s after the attempt.
         assert_eq!(full.frees_in, Some(Duration::from_secs(480)));
-        assert_eq!(
-            w.charge("alice", 60, 50, p, t0).unwrap_err().frees_in,
-            None
-        );
+        assert_eq!(w.charge("alice", 60, 50, p, t0).unwrap_err().frees_in, None);
         // After the period the rows have left.
         w.charge("alice", 50, 50, p, t0 + Duration::from_secs(700))
             .unwrap();
-        assert_eq!(w.remaining("alice", 50, p, t0 + Duration::from_secs(700)), 0);
+        assert_eq!(
+            w.remaining("alice", 50, p, t0 + Duration::from_secs(700)),
+            0
+        );
     }
 
     #[test]

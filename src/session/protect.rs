@@ -151,8 +151,7 @@ impl Session<'_> {
     pub(super) fn client_paused(&self) -> bool {
         self.protect.as_ref().is_some_and(|p| {
             p.suppress
-                && p
-                    .pending
+                && p.pending
                     .iter()
                     .any(|x| matches!(x, Pending::Ready | Pending::Query(_)))
         })

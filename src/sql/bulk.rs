@@ -236,9 +236,7 @@ impl<'q> Walk<'_, '_, 'q> {
 /// (the smaller when both are written).
 fn query_limit(q: &Query) -> Option<u64> {
     let limit = match &q.limit_clause {
-        Some(LimitClause::LimitOffset {
-            limit: Some(e), ..
-        }) => number(e),
+        Some(LimitClause::LimitOffset { limit: Some(e), .. }) => number(e),
         Some(LimitClause::OffsetCommaLimit { limit, .. }) => number(limit),
         _ => None,
     };

@@ -1435,7 +1435,8 @@ fn bulk_read_facts_are_recorded_per_statement() {
 
 #[test]
 fn bulk_read_facts_for_cursors_and_copy() {
-    let r = reads("BEGIN; DECLARE \"Cur\" CURSOR FOR SELECT name FROM guests; FETCH 5 FROM \"Cur\"");
+    let r =
+        reads("BEGIN; DECLARE \"Cur\" CURSOR FOR SELECT name FROM guests; FETCH 5 FROM \"Cur\"");
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].kind, ReadKind::Cursor("Cur".into()));
     assert_eq!(r[0].unfiltered, ["public.guests"]);

@@ -126,7 +126,11 @@ impl Session<'_> {
     /// Ready once the pending cancel has been delivered (or failed); the
     /// caller then resumes reading the server.
     pub(in crate::session) fn poll_resume(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(wait) = self.protect.as_mut().and_then(|p| p.guard.cancel_wait.as_mut()) else {
+        let Some(wait) = self
+            .protect
+            .as_mut()
+            .and_then(|p| p.guard.cancel_wait.as_mut())
+        else {
             return Poll::Ready(());
         };
         match std::pin::Pin::new(wait).poll(cx) {
@@ -477,9 +481,10 @@ impl ProtectState {
         let window = self.limits().and_then(|l| l.window);
         if let (None, Some(w)) = (&held.approval, window) {
             let now = Instant::now();
-            if let Err(full) = guard
-                .windows
-                .charge(&self.guard.user, held.rows, w.rows, w.period, now)
+            if let Err(full) =
+                guard
+                    .windows
+                    .charge(&self.guard.user, held.rows, w.rows, w.period, now)
             {
                 let err = self.window_error(&held, full);
                 tracing::info!(user = %self.guard.user, reason = %err, "bulk read refused by the window");
@@ -608,7 +613,7 @@ impl ProtectState {
             }
             None => "this result alone is larger than the whole window".to_owned(),
         };
-        GuardError::Window {
+        GuardError::Window(Box::new(crate::guard::WindowRefusal {
             user: self.guard.user.clone(),
             role: role.to_owned(),
             limit: w.map_or(0, |w| w.rows),
@@ -618,7 +623,7 @@ impl ProtectState {
             used: full.used,
             frees,
             how: self.how(&held.tables),
-        }
+        }))
     }
 }
 
@@ -724,8 +729,14 @@ mod tests {
             approval_statement("SET pgveil.approval TO DEFAULT"),
             Some(Reset(false))
         );
-        assert_eq!(approval_statement("SET pgveil.approval=''"), Some(Reset(false)));
-        assert_eq!(approval_statement("RESET pgveil.approval;"), Some(Reset(true)));
+        assert_eq!(
+            approval_statement("SET pgveil.approval=''"),
+            Some(Reset(false))
+        );
+        assert_eq!(
+            approval_statement("RESET pgveil.approval;"),
+            Some(Reset(true))
+        );
         assert_eq!(
             approval_statement("SET LOCAL pgveil.approval = 'x'"),
             Some(Invalid)
