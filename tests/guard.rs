@@ -59,6 +59,7 @@ fn setup() -> Veil {
          CREATE ROLE analysts NOLOGIN; CREATE ROLE auditors NOLOGIN;\n\
          CREATE ROLE bob LOGIN IN ROLE managers; CREATE ROLE carol LOGIN IN ROLE analysts;\n\
          CREATE ROLE dave LOGIN IN ROLE auditors;\n\
+         CREATE ROLE reviewers NOLOGIN; CREATE ROLE erin LOGIN IN ROLE reviewers;\n\
          CREATE TABLE probe_log (n int); GRANT ALL ON probe_log TO PUBLIC;\n\
          CREATE TABLE slow_log (n int); GRANT ALL ON slow_log TO PUBLIC;\n\
          CREATE FUNCTION slow_probe() RETURNS int LANGUAGE sql VOLATILE \
@@ -80,6 +81,10 @@ fn setup() -> Veil {
             "members = [\"analysts\"]\nclearance = 1\nmax_rows = 1000\nmax_bytes = 3000\n",
         );
     assert!(policy.contains("max_bytes = 3000") && policy.contains("window_rows = 400"));
+    let policy = format!(
+        "{policy}\n[[roles]]\nname = \"reviewer\"\nmembers = [\"reviewers\"]\nclearance = 2\n\
+         max_rows = 100\nprecheck = \"explain\"\n"
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pgveil.toml");
     std::fs::write(
@@ -427,6 +432,55 @@ async fn paging_is_caught_by_the_window_across_connections() {
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn explain_precheck_refuses_by_the_servers_estimate() {
+    let c = as_user("erin").await;
+    // The estimate (about 3,000 rows) is above the cap: refused before the
+    // query runs, although it has a WHERE clause.
+    refused(
+        rows(&c, "SELECT phone FROM guests WHERE id > 0").await,
+        &[
+            "before execution",
+            "the server estimates",
+            "precheck = \"explain\"",
+        ],
+    );
+    // Under the cap by estimate (a primary-key lookup): runs, masked.
+    assert_eq!(
+        rows(&c, "SELECT phone FROM guests WHERE id = 1")
+            .await
+            .unwrap(),
+        vec![vec!["130****7919".to_owned()]]
+    );
+    assert_eq!(
+        rows(&c, "SELECT phone FROM guests WHERE id IN (1, 2, 3)")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // In a transaction the EXPLAIN does not disturb the block.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        rows(&c, "SELECT phone FROM guests WHERE id IN (4, 5, 6)")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    refused(
+        rows(&c, "SELECT phone FROM guests WHERE id > 0").await,
+        &["the server estimates"],
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // The extended protocol is not explained; counting still applies.
+    let err = c
+        .query("SELECT phone FROM guests WHERE id > $1", &[&0i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
 }
 
 #[tokio::test]

@@ -127,6 +127,21 @@ pub enum GuardError {
         /// How to get an approval (or narrow the query).
         how: String,
     },
+    /// `precheck = "explain"`: the server's row estimate is above the cap.
+    #[error(
+        "pgveil: bulk read refused before execution: the server estimates {estimate} rows, above the \
+         {cap} rows one statement may return for policy role {role} (precheck = \"explain\"); {how}"
+    )]
+    Estimate {
+        /// The root plan node's row estimate.
+        estimate: u64,
+        /// The cap.
+        cap: u64,
+        /// Policy role name.
+        role: String,
+        /// How to get an approval.
+        how: String,
+    },
     /// The result grew past a cap while pgveil held it.
     #[error(
         "pgveil: bulk read refused: the result exceeded {cap}; none of its rows were sent; {how}"

@@ -68,6 +68,9 @@ enum Pending {
     /// A simple Query of a capped role, with the guard's decision for its
     /// results: answered by ReadyForQuery like `Ready`.
     Query(Box<guarded::QueryGuard>),
+    /// `EXPLAIN` of a capped read (`precheck = "explain"`): its replies are
+    /// swallowed and decide whether the read itself is sent.
+    Explain,
     /// A statement pgveil sent on its own to fail the server's transaction
     /// after refusing a result in it; its ErrorResponse and ReadyForQuery
     /// are swallowed.
@@ -143,17 +146,19 @@ impl Session<'_> {
     }
 
     /// Whether client frames must wait: a result was refused and the
-    /// server's ReadyForQuery that ends it is still to come. Until then a
+    /// server's ReadyForQuery that ends it is still to come, or an
+    /// `EXPLAIN` precheck decides whether the statement before them runs. Until then a
     /// late cancel could hit, and the statement that fails the server's
     /// transaction could be overtaken by, the client's next statement. A
     /// batch not yet ended by Sync is not waited on (the Sync must pass).
     #[inline]
     pub(super) fn client_paused(&self) -> bool {
         self.protect.as_ref().is_some_and(|p| {
-            p.suppress
+            (p.suppress
                 && p.pending
                     .iter()
-                    .any(|x| matches!(x, Pending::Ready | Pending::Query(_)))
+                    .any(|x| matches!(x, Pending::Ready | Pending::Query(_))))
+                || p.guard_explaining()
         })
     }
 
@@ -255,8 +260,16 @@ impl ProtectState {
                         Planned::Text(t) => Ok(Ready::Text(t)),
                     });
                 match planned {
-                    Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
-                    Ok(Ready::Text(text)) => write_query(to_server, &text),
+                    Ok(Ready::Same) => {
+                        if !self.guard_explain(&sql, Some(frame.as_bytes()), to_server) {
+                            to_server.extend_from_slice(frame.as_bytes());
+                        }
+                    }
+                    Ok(Ready::Text(text)) => {
+                        if !self.guard_explain(&text, None, to_server) {
+                            write_query(to_server, &text);
+                        }
+                    }
                     Ok(Ready::Copy(enc)) => {
                         to_server.extend_from_slice(frame.as_bytes());
                         self.copy = Some(enc);
@@ -466,6 +479,11 @@ impl ProtectState {
         to_client: &mut BytesMut,
     ) -> bool {
         let tag = frame.tag();
+        if matches!(self.pending.front(), Some(Pending::Explain)) {
+            if let Some(handled) = self.on_explain_reply(frame) {
+                return handled;
+            }
+        }
         if matches!(self.pending.front(), Some(Pending::Injected)) {
             match tag {
                 b'Z' => {

@@ -28,7 +28,7 @@ use super::super::Session;
 use super::{Pending, Prepared, ProtectState};
 use crate::guard::held::{Caps, Crossed, Held, Target};
 use crate::guard::precheck::{self, Caller, Verdict};
-use crate::guard::{cancel, how_to_approve, Approval, Guard, GuardError, Limits};
+use crate::guard::{cancel, how_to_approve, Approval, Guard, GuardError, Limits, Precheck};
 use crate::policy::role::Action;
 use crate::proto::keydata::CancelKey;
 use crate::rewrite::{refusal_sql, Snapshot};
@@ -63,6 +63,23 @@ pub(in crate::session) struct GuardState {
     portals: HashMap<Vec<u8>, Counted>,
     /// A refused result's cancel, until the server has taken it.
     cancel_wait: Option<oneshot::Receiver<()>>,
+    /// `precheck = "explain"`: the cap the next rendered Query's estimate
+    /// is compared with, decided by `guard_query`.
+    explain_cap: Option<(u64, Vec<String>)>,
+    /// The Query waiting for its EXPLAIN's verdict.
+    explain: Option<Explaining>,
+}
+
+/// A read held back until the server's row estimate is known.
+#[derive(Debug)]
+struct Explaining {
+    /// The Query frame to send if the estimate is within the cap.
+    query: BytesMut,
+    cap: u64,
+    /// Tables of the protected columns it reads, for the message.
+    tables: Vec<String>,
+    /// The root plan node's `Plan Rows`, once seen.
+    estimate: Option<u64>,
 }
 
 /// Cumulative counts of a cursor or portal.
@@ -199,6 +216,7 @@ impl ProtectState {
         snapshot: &Snapshot,
         sql: &str,
     ) -> Result<(), Refusal> {
+        self.guard.explain_cap = None;
         let Some(limits) = self.limits() else {
             return Ok(());
         };
@@ -208,6 +226,9 @@ impl ProtectState {
         let fetches = (!self.guard.cursors.is_empty() && contains_ci(sql, b"fetch"))
             .then(|| bulk::fetch_cursors(sql))
             .flatten();
+        if limits.precheck == Precheck::Explain && approval.is_none() {
+            self.guard.explain_cap = explain_cap(&analysis.reads, &limits, sql);
+        }
         if let Some(back) = self.pending.back_mut() {
             if matches!(back, Pending::Ready) {
                 *back = Pending::Query(Box::new(QueryGuard {
@@ -218,6 +239,79 @@ impl ProtectState {
             }
         }
         Ok(())
+    }
+
+    /// Whether a Query waits for its EXPLAIN (client frames wait too).
+    pub(super) fn guard_explaining(&self) -> bool {
+        self.guard.explain.is_some()
+    }
+
+    /// `precheck = "explain"`: sends `EXPLAIN (FORMAT JSON) sql` instead of
+    /// the Query and keeps the Query (`original`, or `sql` rendered) until
+    /// the estimate is known. `false` when no EXPLAIN applies.
+    pub(super) fn guard_explain(
+        &mut self,
+        sql: &str,
+        original: Option<&[u8]>,
+        to_server: &mut BytesMut,
+    ) -> bool {
+        let Some((cap, tables)) = self.guard.explain_cap.take() else {
+            return false;
+        };
+        let mut query = BytesMut::new();
+        match original {
+            Some(bytes) => query.extend_from_slice(bytes),
+            None => super::write_query(&mut query, sql),
+        }
+        super::write_query(to_server, &format!("EXPLAIN (FORMAT JSON) {sql}"));
+        // Its replies come before those of the Query (the last entry).
+        let at = self.pending.len().saturating_sub(1);
+        self.pending.insert(at, Pending::Explain);
+        self.guard.explain = Some(Explaining {
+            query,
+            cap,
+            tables,
+            estimate: None,
+        });
+        true
+    }
+
+    /// A reply to the EXPLAIN: swallowed; at its ReadyForQuery the held
+    /// Query, or its refusal, is queued for the server. `None` for frames
+    /// that are not the EXPLAIN's (notices, parameter status).
+    pub(super) fn on_explain_reply(&mut self, frame: &crate::net::Frame) -> Option<bool> {
+        match frame.tag() {
+            b'D' => {
+                if let Some(e) = self.guard.explain.as_mut() {
+                    if e.estimate.is_none() {
+                        e.estimate = plan_rows(frame.body());
+                    }
+                }
+                Some(true)
+            }
+            b'T' | b'C' | b'E' | b'I' => Some(true),
+            b'Z' => {
+                self.pending.pop_front();
+                let Some(e) = self.guard.explain.take() else {
+                    return Some(true);
+                };
+                match e.estimate.filter(|n| *n > e.cap) {
+                    Some(estimate) => {
+                        let err = GuardError::Estimate {
+                            estimate,
+                            cap: e.cap,
+                            role: self.role.as_ref().map_or(String::new(), |r| r.name.clone()),
+                            how: how_to_approve(&self.guard.user, &e.tables),
+                        };
+                        tracing::info!(user = %self.guard.user, reason = %err, "bulk read refused by the row estimate");
+                        super::write_query(&mut self.inject, &refusal_sql(&err.refusal()));
+                    }
+                    None => self.inject.extend_from_slice(&e.query),
+                }
+                Some(true)
+            }
+            _ => None,
+        }
     }
 
     /// Records what a Parse's Executes must be checked against.
@@ -625,6 +719,40 @@ impl ProtectState {
             how: self.how(&held.tables),
         }))
     }
+}
+
+/// The cap an EXPLAIN estimate is compared with, when the text is one
+/// plain SELECT that reads protected data under the role's limits.
+fn explain_cap(reads: &[BulkRead], limits: &Limits, sql: &str) -> Option<(u64, Vec<String>)> {
+    let [read] = reads else { return None };
+    if read.kind != ReadKind::Select {
+        return None;
+    }
+    // One statement only: EXPLAIN takes one (a `;` inside a literal just
+    // skips the EXPLAIN; counting still applies).
+    if sql.trim().trim_end_matches(';').contains(';') {
+        return None;
+    }
+    let mut tables: Vec<String> = Vec::new();
+    for t in read.tables() {
+        if !tables.iter().any(|x| x == t) {
+            tables.push(t.to_owned());
+        }
+    }
+    Some((limits.statement_rows()?, tables))
+}
+
+/// The root plan node's `"Plan Rows"` in an `EXPLAIN (FORMAT JSON)` row.
+fn plan_rows(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"Plan Rows\":";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits: String = body[at..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .map(|b| char::from(*b))
+        .collect();
+    digits.parse().ok()
 }
 
 /// Whether `hay` contains `needle` (ASCII case-insensitive).
