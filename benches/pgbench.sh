@@ -239,6 +239,7 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-read p
     printf "%-16s %14s %16s %16s %18s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil"
     for (i = 1; i <= nw; i++) {
       w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
+      if (!v) continue
       printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
     }
     r = tps["guests-read" SUBSEP "pgveil-read"]; c = tps["guests-read" SUBSEP "pgveil-capped"]

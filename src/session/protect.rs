@@ -383,15 +383,14 @@ impl ProtectState {
                         }
                     }
                 }
-                let guarded =
-                    match self.guard_execute(protector.guard(), &protector.snapshot(), portal) {
-                        Ok(g) => g,
-                        Err(refusal) => {
-                            note_refusal(user, &refusal);
-                            self.refused = Some(refusal);
-                            return Flow::Continue;
-                        }
-                    };
+                let guarded = match self.guard_execute(protector, portal) {
+                    Ok(g) => g,
+                    Err(refusal) => {
+                        note_refusal(user, &refusal);
+                        self.refused = Some(refusal);
+                        return Flow::Continue;
+                    }
+                };
                 let plan = self
                     .portal_rows
                     .get(portal)

@@ -339,8 +339,7 @@ impl ProtectState {
     /// Judges an Execute before it is relayed.
     pub(super) fn guard_execute(
         &mut self,
-        guard: &Guard,
-        snapshot: &Snapshot,
+        protector: &crate::rewrite::Protector,
         portal: &[u8],
     ) -> Result<Option<Box<ExecGuard>>, Refusal> {
         let Some(limits) = self.limits() else {
@@ -350,7 +349,8 @@ impl ProtectState {
         let mut approval = None;
         let mut cursor = None;
         if let Some(p) = prepared {
-            approval = self.decide(guard, snapshot, &limits, &p.reads.reads)?;
+            let snapshot = protector.snapshot();
+            approval = self.decide(protector.guard(), &snapshot, &limits, &p.reads.reads)?;
             self.register_cursors(&p.reads.reads, &approval);
             cursor = p.fetch.filter(|c| self.guard.cursors.contains_key(c));
         }
