@@ -241,6 +241,19 @@ impl ProtectState {
         Ok(())
     }
 
+    /// The id of the approval the result being released runs under, or
+    /// else of the approval set on the session: what the audit trail
+    /// records next to a statement (never the token itself).
+    #[allow(dead_code)] // for the audit trail (issue 7)
+    pub(in crate::session) fn approval_id(&self) -> Option<&str> {
+        self.guard
+            .held
+            .as_ref()
+            .and_then(|h| h.approval.as_deref())
+            .or(self.guard.approval.as_deref())
+            .map(|a| a.id.as_str())
+    }
+
     /// Whether a Query waits for its EXPLAIN (client frames wait too).
     pub(super) fn guard_explaining(&self) -> bool {
         self.guard.explain.is_some()
