@@ -8,6 +8,7 @@
 #
 # Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds)
 #   CLIENTS=8 DURATION=10 ROUNDS=2 SCALE=10 WORKLOADS="select-simple ..." benches/pgbench.sh
+#   WORKLOADS="guests-read guests-guard" benches/pgbench.sh   (read mixes: roles; bulk-read guard)
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # postgresql pgbouncer). Run as root or as a normal user.
 set -euo pipefail
@@ -18,7 +19,7 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
-WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write guests-read"}
+WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write guests-read guests-guard"}
 TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
 # The guests workload (benches/guests.sql) compares PgBouncer and pgveil on
 # a plain table with pgveil encrypting three columns of the same table.
@@ -29,6 +30,9 @@ GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc"}
 # desk (masked).
 READ_TARGETS=${READ_TARGETS:-"pgveil pgveil-manager pgveil-frontdesk"}
 READ_ROWS=${READ_ROWS:-10000}
+# The guard mix (benches/guests-guard.sql) compares the same policy role with
+# and without bulk-read limits (max_rows, window_rows) on the encrypted table.
+GUARD_TARGETS=${GUARD_TARGETS:-"pgveil-read pgveil-capped"}
 PGVEIL_WORKERS=${PGVEIL_WORKERS:-0}
 
 bindir=""
@@ -44,7 +48,7 @@ cargo build --release --quiet --bin pgveil
 forwarder=$(cargo bench --bench forwarder --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*forwarder[^"]*"' | tail -n 1 | cut -d'"' -f4)
 [ -x "$forwarder" ] || { echo "could not build benches/forwarder.rs" >&2; exit 1; }
-pgveil=target/release/pgveil
+pgveil=${CARGO_TARGET_DIR:-target}/release/pgveil
 
 work=$(mktemp -d /tmp/pgveil-bench-XXXXXX)
 run_as=()
@@ -188,7 +192,23 @@ EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-enc.log" &
 pids+=($!); ENC_PID=$!
 
-for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT; do
+# The same policy with one role for the bench user, without and with
+# bulk-read limits (the window is large enough never to refuse).
+READ_PORT=$(free_port); CAPPED_PORT=$(free_port)
+read_role='[[roles]]
+name = "reader"
+members = ["postgres"]
+clearance = 2'
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$READ_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-read.toml"
+printf '%s\n' "$read_role" >> "$work/pgveil-read.toml"
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$CAPPED_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-capped.toml"
+printf '%s\nmax_rows = 1000\nmax_bytes = 10000000\nwindow_rows = 1000000000000\nwindow = "10m"\n' "$read_role" >> "$work/pgveil-capped.toml"
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-read.toml" 2>"$work/pgveil-read.log" &
+pids+=($!); READ_PID=$!
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-capped.toml" 2>"$work/pgveil-capped.log" &
+pids+=($!); CAPPED_PID=$!
+
+for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT $READ_PORT $CAPPED_PORT; do
   for _ in $(seq 100); do
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
     sleep 0.1
@@ -199,11 +219,11 @@ done
 "$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc -f "$work/guests-rows.sql" >/dev/null
 psql_direct -d plain -f "$work/guests-rows.sql" >/dev/null
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; esac; }
-pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; *) echo "";; esac; }
-db_of() { case $2 in guests-*) case $1 in pgveil-enc|pgveil-manager|pgveil-frontdesk) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; pgveil-read) echo "$READ_PORT";; pgveil-capped) echo "$CAPPED_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; pgveil-read) echo "$READ_PID";; pgveil-capped) echo "$CAPPED_PID";; *) echo "";; esac; }
+db_of() { case $2 in guests-guard) echo enc;; guests-*) case $1 in pgveil-enc|pgveil-manager|pgveil-frontdesk) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
 user_of() { case $1 in pgveil-manager) echo bench_manager;; pgveil-frontdesk) echo bench_frontdesk;; *) echo postgres;; esac; }
-targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; guests-read) echo "$READ_TARGETS";; *) echo "$TARGETS";; esac; }
+targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; guests-read) echo "$READ_TARGETS";; guests-guard) echo "$GUARD_TARGETS";; *) echo "$TARGETS";; esac; }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 args_of() {
   case $1 in
@@ -213,8 +233,10 @@ args_of() {
     tpcb-prepared) echo "-M prepared";;
     guests-write) echo "-M prepared -f benches/guests.sql";;
     guests-read) echo "-M prepared -D rows=$READ_ROWS -f benches/guests-read.sql";;
+    guests-guard) echo "-M prepared -f benches/guests-guard.sql";;
   esac
 }
+
 
 results="$work/results.tsv"
 : > "$results"
@@ -241,7 +263,7 @@ done
 
 echo
 echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
-awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manager pgveil-frontdesk" '
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manager pgveil-frontdesk pgveil-read pgveil-capped" '
   { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
   END {
     nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
@@ -254,6 +276,7 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manage
     printf "%-16s %14s %16s %16s %18s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil"
     for (i = 1; i <= nw; i++) {
       w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
+      if (!v) continue
       printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
     }
     m = tps["guests-read" SUBSEP "pgveil-manager"]; fd = tps["guests-read" SUBSEP "pgveil-frontdesk"]; p = tps["guests-read" SUBSEP "pgveil"]
@@ -261,4 +284,6 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manage
       print ""
       printf "guests-read: manager (clear)/plain = %s, frontdesk (masked)/plain = %s  (target >= 0.80)\n", (m ? sprintf("%.3f", m/p) : "-"), (fd ? sprintf("%.3f", fd/p) : "-")
     }
+    r = tps["guests-guard" SUBSEP "pgveil-read"]; c = tps["guests-guard" SUBSEP "pgveil-capped"]
+    if (r && c) printf "\nguests-guard: capped / uncapped role = %.3f  (target >= 0.90)\n", c/r
   }' "$results"

@@ -69,6 +69,9 @@ pub struct Config {
     /// Defaults (`[defaults]`).
     #[serde(default)]
     pub defaults: crate::policy::role::Defaults,
+    /// Who may approve one-off bulk exports (`[approvals]`).
+    #[serde(default)]
+    pub approvals: crate::guard::ApprovalsConfig,
 }
 
 /// The `[catalog]` section: the account pgveil uses for its own catalog

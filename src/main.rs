@@ -53,6 +53,9 @@ enum Command {
         #[command(subcommand)]
         command: pgveil::crypto::cli::KeyringCommand,
     },
+    /// Approve a one-off bulk export: prints a signed approval token (last
+    /// line) that the requester sets with `SET pgveil.approval = '<token>'`.
+    Approve(pgveil::guard::cli::ApproveArgs),
     /// Encrypt existing plaintext columns online, re-encrypt after a key
     /// rotation, or decrypt back (roll back). Batched and resumable; see
     /// docs/MIGRATE.md.
@@ -79,6 +82,9 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Command::Migrate { command } => pgveil::migrate::run(command).map_err(|e| e.to_string()),
+        Command::Approve(args) => pgveil::guard::cli::run(&args, &mut std::io::stdout())
+            .map(drop)
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

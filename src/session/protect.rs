@@ -16,6 +16,8 @@
 //!   of the batch are dropped and the failing statement is injected before
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
+mod guarded;
+
 use super::frontend::Flow;
 use super::results::{
     copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, CellBuffers,
@@ -56,6 +58,8 @@ pub(super) struct Prepared {
     /// The protected column behind each result column, when analysis
     /// knows more than the RowDescription will say (set operations).
     results: Option<Arc<[Option<ProtectedColumn>]>>,
+    /// What the bulk-read guard checks its Executes against (capped roles).
+    guard: Option<guarded::PreparedGuard>,
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -72,10 +76,25 @@ enum Pending {
     DescribePortal(Vec<u8>),
     /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery;
     /// the portal's statement says what else its reply means (a role
-    /// effect, a COPY TO stream to mask).
-    Execute(Option<Arc<ResultPlan>>, Option<Arc<Prepared>>),
+    /// effect, a COPY TO stream to mask), with the bulk-read guard's
+    /// decision for capped roles.
+    Execute(
+        Option<Arc<ResultPlan>>,
+        Option<Arc<Prepared>>,
+        Option<Box<guarded::ExecGuard>>,
+    ),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
+    /// A simple Query of a capped role, with the guard's decision for its
+    /// results: answered by ReadyForQuery like `Ready`.
+    Query(Box<guarded::QueryGuard>),
+    /// `EXPLAIN` of a capped read (`precheck = "explain"`): its replies are
+    /// swallowed and decide whether the read itself is sent.
+    Explain,
+    /// A statement pgveil sent on its own to fail the server's transaction
+    /// after refusing a result in it; its ErrorResponse and ReadyForQuery
+    /// are swallowed.
+    Injected,
 }
 
 /// What pgveil knows about a portal's result.
@@ -136,6 +155,11 @@ pub(super) struct ProtectState {
     suppress: bool,
     /// The snapshot results are planned with.
     snapshot: Option<Arc<Snapshot>>,
+    /// Bulk-read guard state (idle for roles without limits).
+    guard: guarded::GuardState,
+    /// Bytes pgveil sends the server on its own, queued by the backend
+    /// handler (which only writes to the client) for the relay to send.
+    inject: BytesMut,
 }
 
 impl Session<'_> {
@@ -165,6 +189,34 @@ impl Session<'_> {
         }
     }
 
+    /// Whether client frames must wait: a result was refused and the
+    /// server's ReadyForQuery that ends it is still to come, or an
+    /// `EXPLAIN` precheck decides whether the statement before them runs. Until then a
+    /// late cancel could hit, and the statement that fails the server's
+    /// transaction could be overtaken by, the client's next statement. A
+    /// batch not yet ended by Sync is not waited on (the Sync must pass).
+    #[inline]
+    pub(super) fn client_paused(&self) -> bool {
+        self.protect.as_ref().is_some_and(|p| {
+            (p.suppress
+                && p.pending
+                    .iter()
+                    .any(|x| matches!(x, Pending::Ready | Pending::Query(_))))
+                || p.guard_explaining()
+        })
+    }
+
+    /// Moves what the backend handler queued for the server into `to_server`.
+    #[inline]
+    pub(super) fn take_injected(&mut self, to_server: &mut BytesMut) {
+        if let Some(p) = self.protect.as_mut() {
+            if !p.inject.is_empty() {
+                to_server.extend_from_slice(&p.inject);
+                p.inject.clear();
+            }
+        }
+    }
+
     /// Resolves the policy role once the server accepted the user.
     pub(super) fn on_authenticated_protected(&mut self) {
         if let (Some(protector), Some(st)) =
@@ -176,6 +228,7 @@ impl Session<'_> {
             st.role = Some(role);
             st.role_generation = tracker.generation();
             st.roles = Some(tracker);
+            st.guard_authenticated(&self.user);
         }
     }
 }
@@ -235,6 +288,13 @@ impl ProtectState {
                 };
                 let utf8 = std::str::from_utf8(sql).is_ok();
                 let sql = String::from_utf8_lossy(sql);
+                // Bulk-read guard: the approval SET first (its token must
+                // never reach the server), then role changes, then the
+                // precheck.
+                if let Some(text) = self.intercept_approval(protector.guard(), &sql) {
+                    write_query(to_server, &text);
+                    return Flow::Continue;
+                }
                 match role_effects(&sql) {
                     Ok(effects) => {
                         self.query_effects = effects.map(VecDeque::from).unwrap_or_default()
@@ -246,6 +306,11 @@ impl ProtectState {
                     }
                 }
                 let snapshot = protector.snapshot();
+                if let Err(refusal) = self.guard_query(protector.guard(), &snapshot, &sql) {
+                    note_refusal(user, &refusal);
+                    write_query(to_server, &refusal_sql(&refusal));
+                    return Flow::Continue;
+                }
                 let planned = plan_and_render(&snapshot, &sql, &mut self.query_results)
                     .and_then(|p| require_utf8(utf8, p))
                     .and_then(|p| match p {
@@ -255,8 +320,16 @@ impl ProtectState {
                         Planned::CopyOut(copy) => Ok(Ready::CopyOut(copy)),
                     });
                 match planned {
-                    Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
-                    Ok(Ready::Text(text)) => write_query(to_server, &text),
+                    Ok(Ready::Same) => {
+                        if !self.guard_explain(&sql, Some(frame.as_bytes()), to_server) {
+                            to_server.extend_from_slice(frame.as_bytes());
+                        }
+                    }
+                    Ok(Ready::Text(text)) => {
+                        if !self.guard_explain(&text, None, to_server) {
+                            write_query(to_server, &text);
+                        }
+                    }
                     Ok(Ready::Copy(enc)) => {
                         to_server.extend_from_slice(frame.as_bytes());
                         self.copy = Some(enc);
@@ -291,7 +364,8 @@ impl ProtectState {
                     Ok((p, r))
                 });
                 match planned {
-                    Ok((prepared, rewritten)) => {
+                    Ok((mut prepared, rewritten)) => {
+                        self.guard_prepare(&snapshot, &sql, &mut prepared);
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
                         match rewritten {
@@ -327,6 +401,7 @@ impl ProtectState {
                 }
                 self.pending
                     .push_back(Pending::ParseOrBind { injected: false });
+                self.guard_bind(&portal);
                 self.portal_rows.insert(
                     portal.clone(),
                     PortalRows {
@@ -373,6 +448,14 @@ impl ProtectState {
                         }
                     }
                 }
+                let guarded = match self.guard_execute(protector, portal) {
+                    Ok(g) => g,
+                    Err(refusal) => {
+                        note_refusal(user, &refusal);
+                        self.refused = Some(refusal);
+                        return Flow::Continue;
+                    }
+                };
                 let plan = self
                     .portal_rows
                     .get(portal)
@@ -389,7 +472,7 @@ impl ProtectState {
                     .filter(|p| p.role_effect.is_some() || p.copy_out.is_some())
                     .cloned();
                 self.pending
-                    .push_back(Pending::Execute(plan.map(Arc::new), prepared));
+                    .push_back(Pending::Execute(plan.map(Arc::new), prepared, guarded));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
@@ -465,6 +548,21 @@ impl ProtectState {
         to_client: &mut BytesMut,
     ) -> bool {
         let tag = frame.tag();
+        if matches!(self.pending.front(), Some(Pending::Explain)) {
+            if let Some(handled) = self.on_explain_reply(frame) {
+                return handled;
+            }
+        }
+        if matches!(self.pending.front(), Some(Pending::Injected)) {
+            match tag {
+                b'Z' => {
+                    self.pending.pop_front();
+                    return true;
+                }
+                b'E' | b'C' => return true,
+                _ => {}
+            }
+        }
         if self.suppress && !matches!(tag, b'Z' | b'N' | b'A' | b'S') {
             // Replies to requests after a refused result are dropped, as if
             // the server had skipped them after an error. The server did
@@ -578,9 +676,12 @@ impl ProtectState {
                         self.current = planned
                             .as_ref()
                             .map(|(row, _)| Arc::new(ResultPlan::described(row.clone())));
-                        if let Some((row, _)) = &planned {
+                        if let Some((row, rewritten)) = &planned {
                             if let Some((code, message)) = row.refusal() {
                                 self.refuse_result(to_client, code, &message);
+                                return true;
+                            }
+                            if self.guard_hold_description(protector.guard(), row, rewritten) {
                                 return true;
                             }
                         }
@@ -605,7 +706,7 @@ impl ProtectState {
             }
             b'D' => {
                 let plan = match self.pending.front() {
-                    Some(Pending::Execute(plan, _)) => plan.clone(),
+                    Some(Pending::Execute(plan, ..)) => plan.clone(),
                     _ => self.current.clone(),
                 };
                 let Some(mut plan) = plan else {
@@ -618,13 +719,21 @@ impl ProtectState {
                     self.refuse_result(to_client, code, &message);
                     return true;
                 }
+                if let Some(done) =
+                    self.guard_row(protector.guard(), shared, &plan, frame.body(), to_client)
+                {
+                    return done;
+                }
                 if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client, &mut self.cells) {
                     self.refuse_result(to_client, e.sqlstate, &e.message);
                 }
                 true
             }
             b'C' | b'I' | b's' => {
-                let effect = if let Some(Pending::Execute(_, prepared)) = self.pending.front() {
+                if self.guard_end(protector.guard(), tag, to_client) {
+                    return true;
+                }
+                let effect = if let Some(Pending::Execute(_, prepared, _)) = self.pending.front() {
                     let effect = prepared.as_ref().and_then(|p| p.role_effect.clone());
                     self.pending.pop_front();
                     effect
@@ -644,6 +753,7 @@ impl ProtectState {
                 self.current = None;
                 self.copy_out = None;
                 self.on_server_error();
+                self.guard_error();
                 self.drop_until_sync(false);
                 false
             }
@@ -663,7 +773,7 @@ impl ProtectState {
                     t.on_ready(*status);
                 }
                 while let Some(p) = self.pending.pop_front() {
-                    if matches!(p, Pending::Ready) {
+                    if matches!(p, Pending::Ready | Pending::Query(_)) {
                         break;
                     }
                 }
@@ -672,6 +782,17 @@ impl ProtectState {
                     // The client was told of an error: inside a transaction
                     // block it must see the block as failed.
                     if frame.body() == b"T" {
+                        // The statement ended on the server (the cancel, if
+                        // any, came too late): fail the server's transaction
+                        // too, so it matches what the client was told.
+                        write_query(
+                            &mut self.inject,
+                            &refusal_sql(&Refusal {
+                                sqlstate: "25P02",
+                                message: "pgveil: a result in this transaction was refused".into(),
+                            }),
+                        );
+                        self.pending.push_back(Pending::Injected);
                         to_client.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
                         return true;
                     }
@@ -696,7 +817,7 @@ impl ProtectState {
                     | Pending::Execute(..)
             )
         ) {
-            if let Some(Pending::Execute(_, prepared)) = self.pending.pop_front() {
+            if let Some(Pending::Execute(_, prepared, _)) = self.pending.pop_front() {
                 if keep_effects {
                     self.orphan_effects
                         .push_back(prepared.and_then(|p| p.role_effect.clone()));
@@ -710,7 +831,7 @@ impl ProtectState {
     /// Returns `true` when the frame was swallowed.
     fn start_copy_out(&mut self, protector: &Protector, to_client: &mut BytesMut) -> bool {
         let copy = match self.pending.front() {
-            Some(Pending::Execute(_, Some(p))) => p.copy_out.clone(),
+            Some(Pending::Execute(_, Some(p), _)) => p.copy_out.clone(),
             Some(Pending::Execute(..)) => None,
             _ => self.query_copy_out.take(),
         };
@@ -829,7 +950,7 @@ impl ProtectState {
         let (role, generation) = self.policy_role(&snapshot);
         let plan = Arc::new(plan.for_role(&snapshot, &role, generation));
         match self.pending.front_mut() {
-            Some(Pending::Execute(p, _)) => *p = Some(plan.clone()),
+            Some(Pending::Execute(p, ..)) => *p = Some(plan.clone()),
             _ => self.current = Some(plan.clone()),
         }
         plan
@@ -971,6 +1092,7 @@ fn plan_and_render_parse(
                 role_effect: None,
                 copy_out: None,
                 results: None,
+                guard: None,
             },
             None,
         )),
@@ -1012,6 +1134,7 @@ fn plan_and_render_parse(
                     role_effect: None,
                     copy_out: None,
                     results,
+                    guard: None,
                 },
                 Some(out),
             ))

@@ -43,12 +43,17 @@ pub(super) struct RowPlan {
     /// `RoleTracker::generation`); a plan from before a `SET ROLE` is
     /// re-decided before it shows a row.
     pub(super) generation: u64,
+    /// Tables (`schema.table`) of the protected columns the role sees in
+    /// some form (clear, mask, pseudonym): its rows count against the
+    /// bulk-read limits. Empty when every protected field is NULL to it.
+    pub(super) visible: Vec<String>,
 }
 
 impl RowPlan {
     /// The same row shape with every action decided again for `role`.
     pub(super) fn for_role(&self, snapshot: &Snapshot, role: &PolicyRole, generation: u64) -> Self {
         let mut denied = None;
+        let mut visible: Vec<String> = Vec::new();
         let fields = self
             .fields
             .iter()
@@ -57,6 +62,12 @@ impl RowPlan {
                     let action = snapshot.action(role, &f.column);
                     if action == Action::Deny && denied.is_none() {
                         denied = Some(f.column.full_name.clone());
+                    }
+                    if matches!(action, Action::Clear | Action::Mask(_)) {
+                        let table = crate::sql::bulk::table_of(&f.column.full_name);
+                        if !visible.iter().any(|t| t == table) {
+                            visible.push(table.to_owned());
+                        }
                     }
                     FieldPlan {
                         column: f.column.clone(),
@@ -74,6 +85,7 @@ impl RowPlan {
             computed: self.computed.clone(),
             described_formats: self.described_formats.clone(),
             generation,
+            visible,
         }
     }
 
@@ -157,6 +169,7 @@ pub(super) fn plan_row_description(
     out.put_i16(n as i16);
     let mut denied = None;
     let mut computed = None;
+    let mut visible: Vec<String> = Vec::new();
     let mut any = false;
     for i in 0..n {
         let name = c.cstr()?;
@@ -190,6 +203,12 @@ pub(super) fn plan_row_description(
                 let action = snapshot.action(role, col);
                 if action == Action::Deny && denied.is_none() {
                     denied = Some(col.full_name.clone());
+                }
+                if matches!(action, Action::Clear | Action::Mask(_)) {
+                    let table = crate::sql::bulk::table_of(&col.full_name);
+                    if !visible.iter().any(|t| t == table) {
+                        visible.push(table.to_owned());
+                    }
                 }
                 out.put_u32(col.logical_type.oid());
                 out.put_i16(col.logical_type.typlen());
@@ -230,6 +249,7 @@ pub(super) fn plan_row_description(
             computed,
             described_formats,
             generation,
+            visible,
         }),
         out,
     ))

@@ -15,12 +15,13 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
 
+use super::bulk::{BulkRead, ReadKind};
 use super::error::Refusal;
 use super::operand::param_index;
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
 use super::read::{output_leak, Leak};
 use super::schema::{ProtectedColumn, Schema};
-use super::scope::{name_parts, ColKind};
+use super::scope::{name_parts, norm, ColKind};
 use super::span::Source;
 
 /// Analysis state for one statement text.
@@ -40,6 +41,8 @@ pub(crate) struct Ctx<'s> {
     /// The protected column behind each result column of the last
     /// top-level query (see [`Rewrite::results`]).
     results: Vec<Option<ProtectedColumn>>,
+    /// Statements returning protected columns, for the bulk-read guard.
+    pub reads: Vec<BulkRead>,
 }
 
 impl<'s> Ctx<'s> {
@@ -55,6 +58,7 @@ impl<'s> Ctx<'s> {
             copy_out: None,
             outputs: HashMap::new(),
             results: Vec::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -116,6 +120,7 @@ impl<'s> Ctx<'s> {
                         _ => None,
                     })
                     .collect();
+                self.note_read(ReadKind::Select, q, &out);
                 Ok(())
             }
             Statement::Insert(i) => self.insert(i, None).map(drop),
@@ -137,7 +142,9 @@ impl<'s> Ctx<'s> {
             Statement::Declare { stmts, .. } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
-                        self.query(q, None)?;
+                        let out = self.query(q, None)?;
+                        let name = d.names.first().map(norm).unwrap_or_default();
+                        self.note_read(ReadKind::Cursor(name), q, &out);
                     }
                 }
                 Ok(())

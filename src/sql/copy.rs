@@ -70,6 +70,7 @@ impl Ctx<'_> {
             CopySource::Query(q) => {
                 // COPY (query) TO: the output carries no column origin.
                 let out = self.query(q, None)?;
+                self.note_read(super::bulk::ReadKind::CopyTo, q, &out);
                 return match output_leak(&out) {
                     Some(leak) => Err(Refusal::unsupported(format!(
                         "COPY (SELECT ...) TO over {} is not supported: COPY output does not say which \
@@ -100,6 +101,7 @@ impl Ctx<'_> {
                 )));
             }
             let listed: Vec<String> = columns.iter().map(ident_name).collect();
+            self.note_copy_table(info, &listed);
             let protected = info
                 .columns
                 .iter()

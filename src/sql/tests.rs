@@ -1453,3 +1453,83 @@ fn read_copy_query_predicates_are_rewritten() {
         "COPY (SELECT id FROM guests WHERE phone = ANY(MATCH(phone,1))) TO STDOUT"
     );
 }
+
+/// What the bulk-read guard learns from each statement.
+fn reads(sql: &str) -> Vec<BulkRead> {
+    let s = schema();
+    analyze_full(sql, &s, &Prefilter::new(&s.protected_names())).reads
+}
+
+#[test]
+fn bulk_read_facts_are_recorded_per_statement() {
+    let r = reads("SELECT phone, id FROM guests");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].kind, ReadKind::Select);
+    assert_eq!(short(&r[0].columns[0]), "phone");
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    assert_eq!(r[0].limit, None);
+    // WHERE anywhere on the path to the table, or a LIMIT, bounds it.
+    for sql in [
+        "SELECT phone FROM guests WHERE true",
+        "SELECT phone FROM (SELECT * FROM guests WHERE id < 5) s",
+        "WITH g AS (SELECT * FROM guests) SELECT phone FROM g WHERE id = 1",
+        "SELECT g.phone FROM stays s JOIN guests g ON g.id = s.guest_id WHERE s.room = '1'",
+    ] {
+        let r = reads(sql);
+        assert_eq!(r.len(), 1, "{sql}");
+        assert!(r[0].unfiltered.is_empty(), "{sql}: {:?}", r[0].unfiltered);
+    }
+    let r = reads("SELECT phone FROM guests ORDER BY id LIMIT 20 OFFSET 40");
+    assert_eq!(r[0].limit, Some(20));
+    let r = reads("SELECT * FROM guests FETCH FIRST 7 ROWS ONLY");
+    assert_eq!(r[0].limit, Some(7));
+    assert_eq!(r[0].columns.len(), 5);
+    let r = reads("WITH g AS (SELECT * FROM guests) SELECT phone FROM g");
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    // No protected column in the result: nothing to guard.
+    assert!(reads("SELECT id FROM guests").is_empty());
+    assert!(reads("SELECT count(phone) FROM guests").is_empty());
+    assert!(reads("SELECT id FROM guests WHERE phone = '1'").is_empty());
+}
+
+#[test]
+fn bulk_read_facts_for_cursors_and_copy() {
+    let r =
+        reads("BEGIN; DECLARE \"Cur\" CURSOR FOR SELECT name FROM guests; FETCH 5 FROM \"Cur\"");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].kind, ReadKind::Cursor("Cur".into()));
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    // COPY TO of protected columns is masked by the session; the guard
+    // learns it is a whole-table read.
+    let s = schema();
+    let a = analyze_full(
+        "COPY guests (id, phone) TO STDOUT",
+        &s,
+        &Prefilter::new(&s.protected_names()),
+    );
+    assert!(matches!(a.plan, Ok(Plan::CopyOut(_))), "{:?}", a.plan);
+    assert_eq!(a.reads.len(), 1);
+    assert_eq!(a.reads[0].kind, ReadKind::CopyTo);
+    assert_eq!(a.reads[0].unfiltered, ["public.guests"]);
+    assert!(reads("COPY guests (id) TO STDOUT").is_empty());
+    assert_eq!(
+        bulk::fetch_cursors("fetch 10 from c; SELECT 1; FETCH NEXT IN \"D\""),
+        Some(vec![Some("c".into()), None, Some("D".into())])
+    );
+}
+
+#[test]
+fn approval_setting_never_reaches_the_server_in_a_statement() {
+    let s = schema();
+    let mut names = s.protected_names();
+    names.push(bulk::APPROVAL_SETTING.into());
+    let p = Prefilter::new(&names);
+    for sql in [
+        "BEGIN; SET pgveil.approval = 'x'",
+        "SELECT set_config('PGVEIL.APPROVAL', 'x', false)",
+    ] {
+        let err = analyze_with(sql, &s, &p).unwrap_err();
+        assert_eq!(err.sqlstate, "42501", "{sql}");
+        assert!(!err.message.contains("'x'"), "{}", err.message);
+    }
+}
