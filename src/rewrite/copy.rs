@@ -200,6 +200,7 @@ impl CopyEncryptor {
                     row: row_no,
                     source,
                 })?;
+            crate::admin::metrics().encrypted(cipher.column());
             if self.spec.kind == CopyKind::Text {
                 out.push(b'\\');
             }

@@ -37,6 +37,9 @@ pub struct Snapshot {
     /// Shared answer for statements the pre-filter rules out (no allocation).
     passthrough: Arc<Plan>,
     policy: Arc<ReadPolicy>,
+    /// Counts snapshots built; a session resolves its policy role again
+    /// when this changes (new roles, new memberships).
+    generation: u64,
 }
 
 /// Shared protection state; cheap to read from every session.
@@ -44,7 +47,9 @@ pub struct Snapshot {
 pub struct Protector {
     current: RwLock<Arc<Snapshot>>,
     keyring: Keyring,
-    policy: Arc<ReadPolicy>,
+    /// Replaced by a configuration reload.
+    policy: RwLock<Arc<ReadPolicy>>,
+    generations: std::sync::atomic::AtomicU64,
     /// Table OIDs seen in results that the catalog did not know; each
     /// triggers one reload (a protected table may have been re-created).
     seen_oids: dashmap::DashSet<u32>,
@@ -98,13 +103,58 @@ impl Protector {
         policy: ReadPolicy,
     ) -> Result<Self, crate::crypto::CryptoError> {
         let policy = Arc::new(policy);
-        let snapshot = Snapshot::build(catalog, &keyring, policy.clone())?;
+        let snapshot = Snapshot::build(catalog, &keyring, policy.clone(), 0)?;
         Ok(Protector {
             current: RwLock::new(Arc::new(snapshot)),
             keyring,
-            policy,
+            policy: RwLock::new(policy),
+            generations: std::sync::atomic::AtomicU64::new(0),
             seen_oids: dashmap::DashSet::new(),
         })
+    }
+
+    fn policy(&self) -> Arc<ReadPolicy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    fn install(&self, snapshot: Snapshot) {
+        let snapshot = Arc::new(snapshot);
+        match self.current.write() {
+            Ok(mut s) => *s = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+    }
+
+    /// Replaces policy and catalog together (configuration reload): the
+    /// next statement of every session uses them. Nothing changes if the
+    /// new snapshot cannot be built.
+    pub fn replace(
+        &self,
+        catalog: Catalog,
+        policy: ReadPolicy,
+    ) -> Result<(), crate::crypto::CryptoError> {
+        let policy = Arc::new(policy);
+        let snapshot = Snapshot::build(
+            catalog,
+            &self.keyring,
+            policy.clone(),
+            self.next_generation(),
+        )?;
+        match self.policy.write() {
+            Ok(mut p) => *p = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+        self.install(snapshot);
+        Ok(())
     }
 
     /// The current snapshot; sessions hold it for one statement.
@@ -126,15 +176,13 @@ impl Protector {
 
     /// Replaces the catalog (after DDL or a reload).
     pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), crate::crypto::CryptoError> {
-        let snapshot = Arc::new(Snapshot::build(
+        let snapshot = Snapshot::build(
             catalog,
             &self.keyring,
-            self.policy.clone(),
-        )?);
-        match self.current.write() {
-            Ok(mut s) => *s = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
+            self.policy(),
+            self.next_generation(),
+        )?;
+        self.install(snapshot);
         Ok(())
     }
 }
@@ -144,6 +192,7 @@ impl Snapshot {
         catalog: Catalog,
         keyring: &Keyring,
         policy: Arc<ReadPolicy>,
+        generation: u64,
     ) -> Result<Self, crate::crypto::CryptoError> {
         let mut ciphers = HashMap::new();
         let mut pseudonyms = HashMap::new();
@@ -174,7 +223,13 @@ impl Snapshot {
             plans: DashMap::new(),
             passthrough: Arc::new(Plan::Passthrough),
             policy,
+            generation,
         })
+    }
+
+    /// Which build this is; changes on every catalog or policy reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The policy role of an authenticated user.
@@ -226,8 +281,10 @@ impl Snapshot {
             return Ok(self.passthrough.clone());
         }
         if let Some(hit) = self.plans.get(sql) {
+            crate::admin::metrics().plan_cache_hits.inc();
             return hit.value().clone();
         }
+        crate::admin::metrics().plan_cache_misses.inc();
         let planned = sql::analyze_with(sql, &self.catalog, &self.prefilter).map(Arc::new);
         if sql.len() <= MAX_CACHED_SQL {
             if self.plans.len() >= MAX_CACHED_PLANS {
@@ -259,6 +316,7 @@ impl Snapshot {
                 let mut env = Vec::new();
                 cipher
                     .encrypt(value.as_bytes(), Format::Text, &mut env)
+                    .inspect(|_| crate::admin::metrics().encrypted(&column.full_name))
                     .map_err(crypto_refusal)?;
                 Ok(bytea_literal(&env))
             }

@@ -26,6 +26,9 @@ impl Session<'_> {
         if self.protect.is_some() {
             return self.on_client_protected(frame, to_server);
         }
+        if matches!(frame.tag(), b'Q' | b'P') {
+            self.tally.relayed += 1;
+        }
         to_server.extend_from_slice(frame.as_bytes());
         if frame.tag() == tag::TERMINATE {
             Flow::Close

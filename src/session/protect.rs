@@ -86,6 +86,10 @@ pub(super) struct ProtectState {
     ready_seen: bool,
     /// The session's policy role, once authenticated.
     role: Option<PolicyRole>,
+    /// The authenticated user, to resolve the role again after a reload.
+    user: String,
+    /// The snapshot generation `role` was resolved with.
+    role_generation: u64,
     /// Row shapes of described statements that return protected columns.
     statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
@@ -130,9 +134,12 @@ impl Session<'_> {
         if let (Some(protector), Some(st)) =
             (self.shared.protector.as_deref(), self.protect.as_mut())
         {
-            let role = protector.snapshot().role_for(&self.user);
+            let snapshot = protector.snapshot();
+            let role = snapshot.role_for(&self.user);
             tracing::info!(user = %self.user, role = %role.name, "policy role");
             st.role = Some(role);
+            st.user.clone_from(&self.user);
+            st.role_generation = snapshot.generation();
         }
     }
 }
@@ -201,9 +208,16 @@ impl ProtectState {
                         Planned::Text(t) => Ok(Ready::Text(t)),
                     });
                 match planned {
-                    Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
-                    Ok(Ready::Text(text)) => write_query(to_server, &text),
+                    Ok(Ready::Same) => {
+                        crate::admin::metrics().statements_relayed.inc();
+                        to_server.extend_from_slice(frame.as_bytes())
+                    }
+                    Ok(Ready::Text(text)) => {
+                        crate::admin::metrics().statements_rewritten.inc();
+                        write_query(to_server, &text)
+                    }
                     Ok(Ready::Copy(enc)) => {
+                        crate::admin::metrics().statements_rewritten.inc();
                         to_server.extend_from_slice(frame.as_bytes());
                         self.copy = Some(enc);
                     }
@@ -236,8 +250,14 @@ impl ProtectState {
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
                         match rewritten {
-                            Some(bytes) => to_server.extend_from_slice(&bytes),
-                            None => to_server.extend_from_slice(frame.as_bytes()),
+                            Some(bytes) => {
+                                crate::admin::metrics().statements_rewritten.inc();
+                                to_server.extend_from_slice(&bytes)
+                            }
+                            None => {
+                                crate::admin::metrics().statements_relayed.inc();
+                                to_server.extend_from_slice(frame.as_bytes())
+                            }
                         }
                         self.statements.insert(name, Arc::new(prepared));
                     }
@@ -438,10 +458,7 @@ impl ProtectState {
                     .snapshot
                     .get_or_insert_with(|| protector.snapshot())
                     .clone();
-                let role = self
-                    .role
-                    .get_or_insert_with(|| snapshot.role_for(""))
-                    .clone();
+                let role = self.role_at(&snapshot);
                 let planned = plan_row_description(&snapshot, &role, frame.body(), |oid| {
                     // A table the catalog does not know: perhaps a protected
                     // table re-created outside pgveil. Reload once per OID.
@@ -558,6 +575,21 @@ impl ProtectState {
         }
     }
 
+    /// The session's policy role for a statement planned with `snapshot`:
+    /// resolved again when the snapshot is newer than the role (a reload
+    /// changed roles, or the catalog brought new memberships).
+    fn role_at(&mut self, snapshot: &Snapshot) -> PolicyRole {
+        if self.role.is_none() || self.role_generation != snapshot.generation() {
+            let role = snapshot.role_for(&self.user);
+            if self.role.as_ref().is_some_and(|r| r.name != role.name) {
+                tracing::info!(user = %self.user, role = %role.name, "policy role changed");
+            }
+            self.role = Some(role);
+            self.role_generation = snapshot.generation();
+        }
+        self.role.clone().unwrap_or_else(|| snapshot.role_for(&self.user))
+    }
+
     /// The server skips the rest of an extended batch after an error: those
     /// requests get no reply.
     fn drop_until_sync(&mut self) {
@@ -577,6 +609,7 @@ impl ProtectState {
     /// Replaces the rest of a result with one ErrorResponse.
     fn refuse_result(&mut self, to_client: &mut BytesMut, code: &str, message: &str) {
         tracing::info!(sqlstate = code, reason = %message, "result refused");
+        crate::admin::metrics().statements_blocked.inc();
         crate::proto::error::write_error(
             to_client,
             crate::proto::error::Severity::Error,
@@ -626,6 +659,7 @@ fn malformed(what: &str) -> Refusal {
 }
 
 fn note_refusal(user: &str, refusal: &Refusal) {
+    crate::admin::metrics().statements_refused.inc();
     tracing::info!(%user, sqlstate = refusal.sqlstate, reason = %refusal.message, "statement refused");
 }
 

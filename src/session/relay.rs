@@ -9,6 +9,11 @@
 //!
 //! Reading from a side stops while the output it feeds holds more than
 //! [`HIGH_WATER`] bytes: back-pressure instead of unbounded buffering.
+//!
+//! The [`Lifecycle`] timers (graceful shutdown, idle timeout) are polled
+//! only when nothing else can progress, so a busy connection never looks
+//! at them; when one fires, the session ends with a FATAL the client can
+//! read (57P01, 57P05) and Terminate goes upstream.
 
 use super::frontend::Flow;
 use super::{Session, SessionError};
@@ -19,10 +24,13 @@ use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
-use tracing::debug;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{debug, info};
 
 /// Output queued for one side above which pgveil stops reading the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -45,6 +53,73 @@ enum End {
     Client { terminated: bool },
     /// The server closed its socket.
     Server,
+    /// pgveil closes the session: shutdown or idle timeout.
+    Proxy(Closing),
+}
+
+/// Why pgveil itself closes a session.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// Graceful shutdown: idle, or `shutdown_timeout` passed.
+    Shutdown,
+    /// Idle for `idle_timeout`.
+    Idle,
+}
+
+/// The timers that can end a session from pgveil's side. Allocated once per
+/// session; polled only when the relay has nothing else to do.
+pub(super) struct Lifecycle {
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown_timeout: Duration,
+    /// Set once shutdown began: the moment pgveil stops waiting.
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle_timeout: Duration,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Lifecycle {
+    /// Timers from `[proxy] shutdown_timeout` and `idle_timeout`.
+    pub(super) fn new(shutdown: CancellationToken, cfg: &crate::config::ProxyConfig) -> Self {
+        let idle_timer = (!cfg.idle_timeout.is_zero())
+            .then(|| Box::pin(tokio::time::sleep(cfg.idle_timeout)));
+        Lifecycle {
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutdown_timeout: cfg.shutdown_timeout,
+            deadline: None,
+            idle_timeout: cfg.idle_timeout,
+            idle_timer,
+        }
+    }
+
+    /// Whether the session must end now. Registers wakers for every timer
+    /// that has not fired, so the relay is woken when one does.
+    fn poll_close(&mut self, cx: &mut Context<'_>, idle: bool, idle_since: Option<Instant>) -> Option<Closing> {
+        if self.deadline.is_none() && self.shutdown.as_mut().poll(cx).is_ready() {
+            info!(timeout = ?self.shutdown_timeout, "shutdown: closing the session once its transaction ends");
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.shutdown_timeout)));
+        }
+        if let Some(deadline) = self.deadline.as_mut() {
+            if idle || deadline.as_mut().poll(cx).is_ready() {
+                return Some(Closing::Shutdown);
+            }
+        }
+        if let Some(timer) = self.idle_timer.as_mut() {
+            while timer.as_mut().poll(cx).is_ready() {
+                let now = tokio::time::Instant::now();
+                match idle_since {
+                    Some(since) if idle && since.elapsed() >= self.idle_timeout => {
+                        return Some(Closing::Idle)
+                    }
+                    Some(since) if idle => {
+                        let left = self.idle_timeout.saturating_sub(since.elapsed());
+                        timer.as_mut().reset(now + left);
+                    }
+                    _ => timer.as_mut().reset(now + self.idle_timeout),
+                }
+            }
+        }
+        None
+    }
 }
 
 impl Relay {
@@ -68,6 +143,7 @@ impl Relay {
         session: &mut Session<'_>,
         client: &mut C,
         server: &mut S,
+        mut lifecycle: Lifecycle,
     ) -> Result<(), SessionError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -76,9 +152,43 @@ impl Relay {
         // Frames the client pipelined behind its startup packet.
         let end = match self.drain_client(session)? {
             Some(end) => end,
-            None => poll_fn(|cx| self.poll_step(cx, session, client, server)).await?,
+            None => {
+                poll_fn(|cx| self.poll_step(cx, session, client, server, &mut lifecycle)).await?
+            }
         };
         match end {
+            End::Proxy(why) => {
+                let (code, message) = match why {
+                    Closing::Shutdown => {
+                        crate::admin::metrics().sessions_closed_shutdown.inc();
+                        (
+                            sqlstate::ADMIN_SHUTDOWN,
+                            "pgveil: terminating connection because the proxy is shutting down; reconnect in a moment",
+                        )
+                    }
+                    Closing::Idle => {
+                        crate::admin::metrics().sessions_closed_idle.inc();
+                        (
+                            sqlstate::IDLE_SESSION_TIMEOUT,
+                            "pgveil: terminating connection due to idle timeout ([proxy] idle_timeout)",
+                        )
+                    }
+                };
+                info!(reason = ?why, idle = session.idle, "pgveil closes the session");
+                write_error(&mut self.to_client, Severity::Fatal, code, message);
+                // The server rolls back whatever transaction is still open.
+                self.to_server
+                    .extend_from_slice(&[tag::TERMINATE, 0, 0, 0, 4]);
+                let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                    let _ = client.write_all_buf(&mut self.to_client).await;
+                    let _ = client.flush().await;
+                    let _ = server.write_all_buf(&mut self.to_server).await;
+                    let _ = server.flush().await;
+                })
+                .await;
+                let _ = client.shutdown().await;
+                let _ = server.shutdown().await;
+            }
             End::Client { terminated } => {
                 debug!(terminated, "client left");
                 if !terminated {
@@ -87,9 +197,11 @@ impl Relay {
                     self.to_server
                         .extend_from_slice(&[tag::TERMINATE, 0, 0, 0, 4]);
                 }
-                let _ =
-                    tokio::time::timeout(FINAL_FLUSH, server.write_all_buf(&mut self.to_server))
-                        .await;
+                let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                    let _ = server.write_all_buf(&mut self.to_server).await;
+                    let _ = server.flush().await;
+                })
+                .await;
                 let _ = server.shutdown().await;
             }
             End::Server => {
@@ -102,9 +214,11 @@ impl Relay {
                         "pgveil: the connection to the PostgreSQL server was lost; reconnect to continue",
                     );
                 }
-                let _ =
-                    tokio::time::timeout(FINAL_FLUSH, client.write_all_buf(&mut self.to_client))
-                        .await;
+                let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                    let _ = client.write_all_buf(&mut self.to_client).await;
+                    let _ = client.flush().await;
+                })
+                .await;
                 let _ = client.shutdown().await;
             }
         }
@@ -121,6 +235,7 @@ impl Relay {
         session: &mut Session<'_>,
         client: &mut C,
         server: &mut S,
+        lifecycle: &mut Lifecycle,
     ) -> Poll<Result<End, SessionError>>
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -146,7 +261,8 @@ impl Relay {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Ok(End::Client { terminated: false }))
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
+                        session.tally.from_client += n as u64;
                         if let Some(end) = self.drain_client(session)? {
                             return Poll::Ready(Ok(end));
                         }
@@ -163,7 +279,8 @@ impl Relay {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Ok(End::Server))
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
+                        session.tally.from_server += n as u64;
                         self.drain_server(session)?;
                         progressed = true;
                     }
@@ -171,16 +288,38 @@ impl Relay {
                 }
             }
             if !progressed {
+                // Nothing to move: only now look at the timers. "Idle" also
+                // needs nothing queued either way, so a FATAL cannot cut
+                // into a reply still being written.
+                let quiet = session.idle
+                    && self.to_client.is_empty()
+                    && self.to_server.is_empty()
+                    && self.client_in.is_empty();
+                if let Some(why) = lifecycle.poll_close(cx, quiet, session.idle_since) {
+                    return Poll::Ready(Ok(End::Proxy(why)));
+                }
                 return Poll::Pending;
             }
         }
     }
 
-    /// Handles every complete client frame buffered so far.
+    /// Handles every complete client frame buffered so far. The time spent
+    /// counts toward the statement's overhead metric.
     fn drain_client(&mut self, session: &mut Session<'_>) -> Result<Option<End>, SessionError> {
+        let started = Instant::now();
+        let result = self.drain_client_frames(session);
+        session.tally.busy += started.elapsed();
+        result
+    }
+
+    fn drain_client_frames(
+        &mut self,
+        session: &mut Session<'_>,
+    ) -> Result<Option<End>, SessionError> {
         while let Some(frame) =
             next_frame(&mut self.client_in, self.max_message).map_err(SessionError::ClientFrame)?
         {
+            session.idle = false;
             if session.on_client_frame(&frame, &mut self.to_server) == Flow::Close {
                 return Ok(Some(End::Client { terminated: true }));
             }
@@ -190,6 +329,18 @@ impl Relay {
 
     /// Handles every complete server frame buffered so far.
     fn drain_server(&mut self, session: &mut Session<'_>) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let result = self.drain_server_frames(session);
+        session.tally.busy += started.elapsed();
+        if session.tally.statement_done {
+            // A ReadyForQuery went by: one statement round trip's sample.
+            session.tally.statement_done = false;
+            session.tally.fold_statement();
+        }
+        result
+    }
+
+    fn drain_server_frames(&mut self, session: &mut Session<'_>) -> Result<(), SessionError> {
         while let Some(frame) =
             next_frame(&mut self.server_in, self.max_message).map_err(SessionError::ServerFrame)?
         {

@@ -226,6 +226,7 @@ fn show(
 ) -> Result<bool, RowError> {
     let ty = field.column.logical_type;
     if field.action == Action::Null {
+        crate::admin::metrics().masked(&field.column.full_name);
         return Ok(false);
     }
     // The value in text form: decrypted, or as stored for `none` columns.
@@ -239,6 +240,7 @@ fn show(
                         field.column.full_name
                     ),
                 })?;
+                crate::admin::metrics().decrypted(&field.column.full_name);
                 cipher.decrypt(&env, fmt, out).map_err(|e| RowError {
                     sqlstate: e.sqlstate(),
                     message: e.to_string(),
@@ -264,6 +266,7 @@ fn show(
             Ok(true)
         }
         Action::Mask(mask) => {
+            crate::admin::metrics().masked(&field.column.full_name);
             let mut text = Vec::new();
             decrypt(Format::Text, &mut text)?;
             let text = String::from_utf8_lossy(&text);

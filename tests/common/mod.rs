@@ -35,11 +35,16 @@ pub fn config() -> Config {
     let mut cfg = Config::default();
     cfg.proxy.listen = "127.0.0.1:0".into();
     cfg.proxy.upstream = db().addr();
+    cfg.admin.listen = "127.0.0.1:0".into();
     cfg
 }
 
-/// Starts a proxy with `cfg` on the proxy runtime.
-pub fn start_proxy(cfg: Config) -> Proxy {
+/// Starts a proxy with `cfg` on the proxy runtime. The admin listener
+/// gets a free port unless the test chose one: many proxies run at once.
+pub fn start_proxy(mut cfg: Config) -> Proxy {
+    if cfg.admin.listen == pgveil::config::AdminConfig::default().listen {
+        cfg.admin.listen = "127.0.0.1:0".into();
+    }
     std::thread::spawn(move || proxy_runtime().block_on(Proxy::bind(cfg)))
         .join()
         .expect("proxy thread")
