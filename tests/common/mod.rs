@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod certs;
+
 use pgveil::config::Config;
 use pgveil::server::Proxy;
 use pgveil::tempdb::TempDb;
@@ -14,10 +16,16 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The test binary's PostgreSQL server.
+/// The test binary's PostgreSQL server. It accepts TLS too (with the
+/// certificates of [`certs`]), so upstream TLS can be tested against it;
+/// plaintext connections work as before.
 pub fn db() -> &'static TempDb {
     static DB: OnceLock<TempDb> = OnceLock::new();
-    DB.get_or_init(|| match TempDb::start() {
+    DB.get_or_init(|| match TempDb::start_with_tls(
+        &[],
+        &certs::certs().cert_pem,
+        &certs::certs().key_pem,
+    ) {
         Ok(db) => db,
         Err(e) => panic!("cannot start the test PostgreSQL: {e}"),
     })
