@@ -279,3 +279,36 @@ fn bad_tls_files_stop_the_proxy_with_the_path() {
     let err = rt.block_on(Proxy::bind(cfg)).err().expect("mismatched key");
     assert!(err.to_string().contains("[tls]"), "{err}");
 }
+
+
+#[test]
+fn tls_on_both_sides_explains_channel_binding() {
+    let mut cfg = tls_config(false);
+    cfg.proxy.upstream = format!("localhost:{}", common::db().port());
+    cfg.upstream_tls.mode = UpstreamTlsMode::VerifyFull;
+    cfg.upstream_tls.ca = Some(certs().ca.clone());
+    let proxy = common::start_proxy(cfg);
+    let addr = proxy.local_addr();
+    // libpq over TLS supports channel binding and, offered none, tells the
+    // server so; PostgreSQL (itself on TLS) would call that a downgrade.
+    // pgveil says what to do instead.
+    let (ok, out) = psql_conninfo(
+        &conninfo(addr, "127.0.0.1", "scram_user", "sslmode=require"),
+        Some("scram_pass"),
+        "select 1",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("channel_binding=disable"), "{out}");
+    for extra in [
+        "sslmode=require channel_binding=disable",
+        "sslmode=disable",
+    ] {
+        let (ok, out) = psql_conninfo(
+            &conninfo(addr, "127.0.0.1", "scram_user", extra),
+            Some("scram_pass"),
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        );
+        assert!(ok && out.trim() == "t", "{extra}: {out}");
+    }
+    proxy.shutdown();
+}

@@ -59,10 +59,12 @@ impl Session<'_> {
                     self.on_authenticated_protected();
                 }
             }
-            Some(auth::code::SASL)
-                if auth::write_without_channel_binding(frame.body(), to_client) =>
-            {
-                return;
+            Some(auth::code::SASL) => {
+                // Only an upstream on TLS refuses the `y` flag.
+                self.expect_sasl_initial = self.shared.upstream_tls.is_some();
+                if auth::write_without_channel_binding(frame.body(), to_client) {
+                    return;
+                }
             }
             _ => {}
         }

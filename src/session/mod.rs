@@ -164,6 +164,9 @@ struct Session<'a> {
     idle_since: Option<std::time::Instant>,
     /// Counts not yet folded into the shared metrics.
     tally: Tally,
+    /// The server asked for SASL over an upstream TLS connection; the
+    /// client's next message is its SASLInitialResponse.
+    expect_sasl_initial: bool,
 }
 
 /// Runs one client connection to completion. Never panics on input and
@@ -252,6 +255,7 @@ async fn serve(
         idle: false,
         idle_since: None,
         tally: Tally::default(),
+        expect_sasl_initial: false,
     };
     let lifecycle = relay::Lifecycle::new(shared.shutdown_token(), cfg);
     let result = relay::Relay::new(client_in, packet.bytes, cfg.max_message_bytes)

@@ -64,6 +64,8 @@ enum Closing {
     Shutdown,
     /// Idle for `idle_timeout`.
     Idle,
+    /// A client message pgveil cannot relay (see [`Flow::Refuse`]).
+    Refused(&'static str, &'static str),
 }
 
 /// The timers that can end a session from pgveil's side. Allocated once per
@@ -173,6 +175,7 @@ impl Relay {
                             "pgveil: terminating connection due to idle timeout ([proxy] idle_timeout)",
                         )
                     }
+                    Closing::Refused(code, message) => (code, message),
                 };
                 info!(reason = ?why, idle = session.idle, "pgveil closes the session");
                 write_error(&mut self.to_client, Severity::Fatal, code, message);
@@ -320,8 +323,12 @@ impl Relay {
             next_frame(&mut self.client_in, self.max_message).map_err(SessionError::ClientFrame)?
         {
             session.idle = false;
-            if session.on_client_frame(&frame, &mut self.to_server) == Flow::Close {
-                return Ok(Some(End::Client { terminated: true }));
+            match session.on_client_frame(&frame, &mut self.to_server) {
+                Flow::Continue => {}
+                Flow::Close => return Ok(Some(End::Client { terminated: true })),
+                Flow::Refuse(code, message) => {
+                    return Ok(Some(End::Proxy(Closing::Refused(code, message))))
+                }
             }
         }
         Ok(None)
