@@ -567,9 +567,19 @@ mod tests {
         let c = Config::parse(text).unwrap();
         let shown: Vec<String> = check_tls(&c, text).iter().map(|p| p.to_string()).collect();
         assert_eq!(shown.len(), 2, "{shown:#?}");
-        assert!(shown[0].starts_with("line 6: [tls] cert") || shown[0].starts_with("line 4: [tls] cert"), "{shown:#?}");
-        assert!(shown[0].contains("key is set but cert is not"), "{shown:#?}");
-        assert!(shown[1].starts_with("line 9: [upstream_tls] mode"), "{shown:#?}");
+        assert!(
+            shown[0].starts_with("line 6: [tls] cert")
+                || shown[0].starts_with("line 4: [tls] cert"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[0].contains("key is set but cert is not"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("line 9: [upstream_tls] mode"),
+            "{shown:#?}"
+        );
     }
 
     #[test]

@@ -327,7 +327,10 @@ mod tests {
         cfg.cert = Some("/nonexistent/cert.pem".into());
         assert!(matches!(acceptor(&cfg), Err(TlsError::Incomplete(_))));
         cfg.key = Some("/nonexistent/key.pem".into());
-        let err = acceptor(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = acceptor(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
         let up = UpstreamTlsConfig {
             mode: UpstreamTlsMode::VerifyFull,

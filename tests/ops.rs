@@ -125,8 +125,7 @@ async fn max_client_connections_refuses_extra_clients_with_53300() {
     let b = common::connect_to(addr, "postgres", None).await.unwrap();
     let err = common::connect_to(addr, "postgres", None)
         .await
-        .err()
-        .expect("third client refused");
+        .expect_err("third client refused");
     let db = err.as_db_error().expect("ErrorResponse");
     assert_eq!(db.code().code(), "53300", "{db:?}");
     assert!(db.message().contains("max_client_connections"), "{db:?}");
@@ -164,7 +163,10 @@ async fn idle_timeout_closes_idle_sessions_only() {
     assert_eq!(code, "57P05", "{message}");
     assert!(message.contains("idle_timeout"), "{message}");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    assert!(raw::read_msg(&mut idle).await.is_none(), "closed after the FATAL");
+    assert!(
+        raw::read_msg(&mut idle).await.is_none(),
+        "closed after the FATAL"
+    );
 
     // Still more than the timeout later, the transaction can go on.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -251,13 +253,16 @@ async fn sigterm_lets_an_open_transaction_commit_then_exits() {
         .arg(&path)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("0 protected column(s)"), "{text}");
 
     let client = common::connect_to(addr, "postgres", None).await.unwrap();
-    client.batch_execute("begin; insert into ops_shutdown values (1)").await.unwrap();
+    client
+        .batch_execute("begin; insert into ops_shutdown values (1)")
+        .await
+        .unwrap();
 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let refused = common::eventually(Duration::from_secs(30), || async {
@@ -265,15 +270,24 @@ async fn sigterm_lets_an_open_transaction_commit_then_exits() {
     })
     .await;
     assert!(refused, "new connections must be refused after SIGTERM");
-    assert!(matches!(child.try_wait(), Ok(None)), "exited before the transaction ended");
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "exited before the transaction ended"
+    );
 
-    client.batch_execute("insert into ops_shutdown values (2); commit").await.unwrap();
+    client
+        .batch_execute("insert into ops_shutdown values (2); commit")
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "pgveil did not exit after the commit");
+        assert!(
+            Instant::now() < deadline,
+            "pgveil did not exit after the commit"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
@@ -358,7 +372,10 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
         .await
         .unwrap();
     assert_eq!(status, 409, "{body}");
-    assert!(body.contains("reload rejected") && body.contains("clearance"), "{body}");
+    assert!(
+        body.contains("reload rejected") && body.contains("clearance"),
+        "{body}"
+    );
     assert_eq!(phone(&client).await, "13812345678");
 
     // Back to 2 through the Proxy API (what SIGHUP calls).
@@ -395,4 +412,36 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
         "{after}"
     );
     proxy.shutdown();
+}
+
+#[test]
+fn check_reports_tls_and_role_problems_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgveil.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[proxy]\nupstream = \"{}\"\n\n[tls]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n\n\
+             [upstream_tls]\nmode = \"verify-full\"\n\n[[roles]]\nname = \"clerk\"\nclearance = 7\n",
+            common::db().addr()
+        ),
+    )
+    .unwrap();
+    let out = pgveil()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for needle in [
+        "line 5: [tls] cert: cannot read [tls] cert /nonexistent/server.crt",
+        "line 9: [upstream_tls] mode: [upstream_tls] mode = \"verify-full\" needs ca",
+        "line 11: [[roles]] clerk:",
+        "pgveil: 3 problem(s)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
 }

@@ -29,10 +29,20 @@ fn tls_proxy() -> &'static Proxy {
 /// can be given) and returns (success, stdout + stderr).
 fn psql_conninfo(conninfo: &str, password: Option<&str>, sql: &str) -> (bool, String) {
     let mut cmd = std::process::Command::new(common::db().bindir().join("psql"));
-    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql])
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSSLMODE")
-        .env("PGCONNECT_TIMEOUT", "10");
+    cmd.args([
+        "-X",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+        "-c",
+        sql,
+    ])
+    .env_remove("PGPASSWORD")
+    .env_remove("PGSSLMODE")
+    .env("PGCONNECT_TIMEOUT", "10");
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
@@ -120,7 +130,10 @@ async fn tokio_postgres_scram_over_tls() {
     assert_eq!(row.get::<_, i32>(1), 42);
     // Extended protocol and a larger result over TLS.
     let rows = client
-        .query("select g, repeat('x', 1000) from generate_series(1, 2000) g", &[])
+        .query(
+            "select g, repeat('x', 1000) from generate_series(1, 2000) g",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 2000);
@@ -151,8 +164,7 @@ fn require_refuses_plaintext_clients_with_28000() {
     rt.block_on(async {
         let err = common::connect_to(addr, "postgres", None)
             .await
-            .err()
-            .expect("plaintext refused");
+            .expect_err("plaintext refused");
         let code = err.as_db_error().map(|e| e.code().code().to_owned());
         assert_eq!(code.as_deref(), Some("28000"), "{err}");
     });
@@ -227,9 +239,12 @@ async fn upstream_tls_withdraws_channel_binding() {
     let mut s = tokio::net::TcpStream::connect(proxy.local_addr())
         .await
         .unwrap();
-    s.write_all(&raw::startup(&[("user", "scram_user"), ("database", "postgres")]))
-        .await
-        .unwrap();
+    s.write_all(&raw::startup(&[
+        ("user", "scram_user"),
+        ("database", "postgres"),
+    ]))
+    .await
+    .unwrap();
     let (tag, body) = raw::read_msg(&mut s).await.expect("auth request");
     assert_eq!(tag, b'R');
     assert_eq!(&body[..4], &10i32.to_be_bytes(), "AuthenticationSASL");
@@ -244,8 +259,7 @@ async fn upstream_verify_full_refuses_a_certificate_for_another_name() {
     let proxy = upstream_tls_proxy(UpstreamTlsMode::VerifyFull, Some("db.example"));
     let err = common::connect_to(proxy.local_addr(), "postgres", None)
         .await
-        .err()
-        .expect("certificate name mismatch must fail");
+        .expect_err("certificate name mismatch must fail");
     let db = err.as_db_error().expect("an ErrorResponse from pgveil");
     assert_eq!(db.code().code(), "08001", "{db:?}");
     assert!(
@@ -264,8 +278,7 @@ fn bad_tls_files_stop_the_proxy_with_the_path() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt
         .block_on(Proxy::bind(cfg))
-        .err()
-        .expect("missing certificate must stop the proxy");
+        .expect_err("missing certificate must stop the proxy");
     assert!(err.to_string().contains("/nonexistent/pgveil.crt"), "{err}");
 
     // A key that does not belong to the certificate.
@@ -276,10 +289,9 @@ fn bad_tls_files_stop_the_proxy_with_the_path() {
     let mut cfg = common::config();
     cfg.tls.cert = Some(certs().cert.clone());
     cfg.tls.key = Some(key);
-    let err = rt.block_on(Proxy::bind(cfg)).err().expect("mismatched key");
+    let err = rt.block_on(Proxy::bind(cfg)).expect_err("mismatched key");
     assert!(err.to_string().contains("[tls]"), "{err}");
 }
-
 
 #[test]
 fn tls_on_both_sides_explains_channel_binding() {
@@ -299,10 +311,7 @@ fn tls_on_both_sides_explains_channel_binding() {
     );
     assert!(!ok, "{out}");
     assert!(out.contains("channel_binding=disable"), "{out}");
-    for extra in [
-        "sslmode=require channel_binding=disable",
-        "sslmode=disable",
-    ] {
+    for extra in ["sslmode=require channel_binding=disable", "sslmode=disable"] {
         let (ok, out) = psql_conninfo(
             &conninfo(addr, "127.0.0.1", "scram_user", extra),
             Some("scram_pass"),

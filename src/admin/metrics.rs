@@ -156,11 +156,7 @@ impl Metrics {
             plans.clone(),
         );
         let bytes = Family::<Direction, Counter>::default();
-        registry.register(
-            "bytes",
-            "Bytes relayed, by direction",
-            bytes.clone(),
-        );
+        registry.register("bytes", "Bytes relayed, by direction", bytes.clone());
         // 1 µs .. ~1 s in powers of two.
         let overhead = Histogram::new(exponential_buckets(1e-6, 2.0, 21));
         registry.register(
@@ -199,10 +195,10 @@ impl Metrics {
             "Values shown masked (or as NULL) instead of in the clear, by protected column",
             masks.clone(),
         );
-        let outcome = |f: &Family<Outcome, Counter>, o| f.get_or_create_owned(&Outcome { outcome: o });
+        let outcome =
+            |f: &Family<Outcome, Counter>, o| f.get_or_create_owned(&Outcome { outcome: o });
         let reason = |f: &Family<Reason, Counter>, r| f.get_or_create_owned(&Reason { reason: r });
-        let direction =
-            |d| bytes.get_or_create_owned(&Direction { direction: d });
+        let direction = |d| bytes.get_or_create_owned(&Direction { direction: d });
         Metrics {
             clients_accepted,
             clients_active,
@@ -348,9 +344,18 @@ mod tests {
             text.contains("pgveil_encryptions_total{column=\"public.t.phone\"}"),
             "{text}"
         );
-        assert!(text.contains("pgveil_statements_total{outcome=\"refused\"}"), "{text}");
-        assert!(text.contains("pgveil_bytes_total{direction=\"client_to_server\"}"), "{text}");
-        assert!(text.contains("pgveil_statement_overhead_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("pgveil_statements_total{outcome=\"refused\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgveil_bytes_total{direction=\"client_to_server\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgveil_statement_overhead_seconds_bucket"),
+            "{text}"
+        );
         assert_eq!(tally.from_client, 0);
     }
 }

@@ -60,8 +60,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let complete = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
         loop {
-            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
-            {
+            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
                 return Ok(true);
             }
             if head.len() > MAX_REQUEST {
@@ -134,7 +133,11 @@ async fn health(shared: &Shared) -> (u16, String) {
         return (503, "shutting down\n".into());
     }
     let upstream = &shared.config.proxy.upstream;
-    let limit = shared.config.proxy.connect_timeout.min(Duration::from_secs(2));
+    let limit = shared
+        .config
+        .proxy
+        .connect_timeout
+        .min(Duration::from_secs(2));
     match tokio::time::timeout(limit, TcpStream::connect(upstream)).await {
         Ok(Ok(_)) => (
             200,
@@ -144,6 +147,9 @@ async fn health(shared: &Shared) -> (u16, String) {
             ),
         ),
         Ok(Err(e)) => (503, format!("upstream {upstream} unreachable: {e}\n")),
-        Err(_) => (503, format!("upstream {upstream} did not answer in {limit:?}\n")),
+        Err(_) => (
+            503,
+            format!("upstream {upstream} did not answer in {limit:?}\n"),
+        ),
     }
 }

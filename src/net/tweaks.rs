@@ -17,6 +17,9 @@ pub fn tune(stream: &TcpStream, cfg: &ProxyConfig) {
     }
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(cfg.keepalive)
-        .with_interval(cfg.keepalive_interval.max(std::time::Duration::from_secs(1)));
+        .with_interval(
+            cfg.keepalive_interval
+                .max(std::time::Duration::from_secs(1)),
+        );
     let _ = sock.set_tcp_keepalive(&keepalive);
 }

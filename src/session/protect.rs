@@ -587,7 +587,9 @@ impl ProtectState {
             self.role = Some(role);
             self.role_generation = snapshot.generation();
         }
-        self.role.clone().unwrap_or_else(|| snapshot.role_for(&self.user))
+        self.role
+            .clone()
+            .unwrap_or_else(|| snapshot.role_for(&self.user))
     }
 
     /// The server skips the rest of an extended batch after an error: those

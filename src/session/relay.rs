@@ -22,9 +22,9 @@ use crate::proto::error::{sqlstate, write_error, Severity};
 use crate::proto::tag;
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
@@ -82,8 +82,8 @@ pub(super) struct Lifecycle {
 impl Lifecycle {
     /// Timers from `[proxy] shutdown_timeout` and `idle_timeout`.
     pub(super) fn new(shutdown: CancellationToken, cfg: &crate::config::ProxyConfig) -> Self {
-        let idle_timer = (!cfg.idle_timeout.is_zero())
-            .then(|| Box::pin(tokio::time::sleep(cfg.idle_timeout)));
+        let idle_timer =
+            (!cfg.idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(cfg.idle_timeout)));
         Lifecycle {
             shutdown: Box::pin(shutdown.cancelled_owned()),
             shutdown_timeout: cfg.shutdown_timeout,
@@ -95,7 +95,12 @@ impl Lifecycle {
 
     /// Whether the session must end now. Registers wakers for every timer
     /// that has not fired, so the relay is woken when one does.
-    fn poll_close(&mut self, cx: &mut Context<'_>, idle: bool, idle_since: Option<Instant>) -> Option<Closing> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        idle: bool,
+        idle_since: Option<Instant>,
+    ) -> Option<Closing> {
         if self.deadline.is_none() && self.shutdown.as_mut().poll(cx).is_ready() {
             info!(timeout = ?self.shutdown_timeout, "shutdown: closing the session once its transaction ends");
             self.deadline = Some(Box::pin(tokio::time::sleep(self.shutdown_timeout)));

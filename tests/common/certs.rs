@@ -35,8 +35,10 @@ fn generate() -> Certs {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "pgveil test CA (generated per test run)");
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        "pgveil test CA (generated per test run)",
+    );
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -47,7 +49,9 @@ fn generate() -> Certs {
     let key = KeyPair::generate().expect("server key");
     let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
         .expect("server params");
-    server.distinguished_name.push(DnType::CommonName, "localhost");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = server.signed_by(&key, &issuer).expect("sign server cert");
     let dir = tempfile::tempdir().expect("cert dir");

@@ -21,13 +21,11 @@ use std::time::Duration;
 /// plaintext connections work as before.
 pub fn db() -> &'static TempDb {
     static DB: OnceLock<TempDb> = OnceLock::new();
-    DB.get_or_init(|| match TempDb::start_with_tls(
-        &[],
-        &certs::certs().cert_pem,
-        &certs::certs().key_pem,
-    ) {
-        Ok(db) => db,
-        Err(e) => panic!("cannot start the test PostgreSQL: {e}"),
+    DB.get_or_init(|| {
+        match TempDb::start_with_tls(&[], &certs::certs().cert_pem, &certs::certs().key_pem) {
+            Ok(db) => db,
+            Err(e) => panic!("cannot start the test PostgreSQL: {e}"),
+        }
     })
 }
 
