@@ -225,6 +225,13 @@ async fn upstream_tls_require_and_verify_full() {
             .await
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         assert!(upstream_uses_tls(&client).await);
+        // pgveil's own catalog connection uses the same settings.
+        let mut cfg = common::config();
+        cfg.proxy.upstream = format!("localhost:{}", common::db().port());
+        cfg.upstream_tls.mode = mode;
+        cfg.upstream_tls.ca = Some(certs().ca.clone());
+        let catalog = pgveil::catalog::connect(&cfg).await.unwrap();
+        assert!(upstream_uses_tls(&catalog).await, "{mode:?} catalog");
         proxy.shutdown();
     }
 }
