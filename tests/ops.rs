@@ -317,12 +317,23 @@ members = ["ops_clerk"]
 clearance = CLEARANCE
 "#;
 
+/// Writes the config next to a private copy of the demo keyring (so the
+/// test can rotate it).
 fn write_reload_config(path: &std::path::Path, clearance: &str) {
+    let keyring = path.with_file_name("keyring");
+    if !keyring.exists() {
+        std::fs::create_dir(&keyring).unwrap();
+        std::fs::copy(
+            common::demo_keyring_dir().join("keyring.toml"),
+            keyring.join("keyring.toml"),
+        )
+        .unwrap();
+    }
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n{}",
         common::db().addr(),
-        common::demo_keyring_dir().display(),
+        keyring.display(),
         common::demo_master_key_file().display(),
         RELOAD_POLICY.replace("CLEARANCE", clearance)
     );
@@ -391,6 +402,40 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
     assert!(summary.contains("protected column"), "{summary}");
     assert_eq!(phone(&client).await, "138****5678");
 
+    // Key rotation takes effect on reload: new writes use version 2, and
+    // searchable equality finds rows under both versions.
+    let out = pgveil()
+        .args(["keyring", "rotate", "--config"])
+        .arg(&path)
+        .env_remove("PGVEIL_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = tokio::task::spawn_blocking(move || http(admin, "POST", "/reload"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    client
+        .execute("insert into ops_guests values (2, $1)", &[&"13812345678"])
+        .await
+        .unwrap();
+    let versions = db
+        .psql("select string_agg(get_byte(phone, 5)::text, ',' order by id) from ops_guests")
+        .unwrap();
+    assert_eq!(versions.trim(), "1,2", "key version byte of each envelope");
+    let found = client
+        .query(
+            "select id from ops_guests where phone = $1 order by id",
+            &[&"13812345678"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+
     let after = tokio::task::spawn_blocking(move || scrape(admin))
         .await
         .unwrap();
@@ -403,7 +448,7 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
     grew(&format!("pgveil_decryptions_total{col}"), 4.0);
     grew(&format!("pgveil_masks_applied_total{col}"), 2.0);
     grew("pgveil_statements_total{outcome=\"rewritten\"}", 1.0);
-    grew("pgveil_config_reloads_total{outcome=\"applied\"}", 2.0);
+    grew("pgveil_config_reloads_total{outcome=\"applied\"}", 3.0);
     grew("pgveil_config_reloads_total{outcome=\"rejected\"}", 1.0);
     assert!(
         sample(&after, "pgveil_plan_cache_total{outcome=\"hit\"}")

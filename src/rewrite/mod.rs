@@ -46,7 +46,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Protector {
     current: RwLock<Arc<Snapshot>>,
-    keyring: Keyring,
+    /// Replaced by a configuration reload (e.g. after `pgveil keyring rotate`).
+    keyring: RwLock<Arc<Keyring>>,
     /// Replaced by a configuration reload.
     policy: RwLock<Arc<ReadPolicy>>,
     generations: std::sync::atomic::AtomicU64,
@@ -106,7 +107,7 @@ impl Protector {
         let snapshot = Snapshot::build(catalog, &keyring, policy.clone(), 0)?;
         Ok(Protector {
             current: RwLock::new(Arc::new(snapshot)),
-            keyring,
+            keyring: RwLock::new(Arc::new(keyring)),
             policy: RwLock::new(policy),
             generations: std::sync::atomic::AtomicU64::new(0),
             seen_oids: dashmap::DashSet::new(),
@@ -116,6 +117,13 @@ impl Protector {
     fn policy(&self) -> Arc<ReadPolicy> {
         match self.policy.read() {
             Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        match self.keyring.read() {
+            Ok(k) => k.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
@@ -134,24 +142,27 @@ impl Protector {
         }
     }
 
-    /// Replaces policy and catalog together (configuration reload): the
-    /// next statement of every session uses them. Nothing changes if the
-    /// new snapshot cannot be built.
+    /// Replaces keyring, policy and catalog together (configuration
+    /// reload): the next statement of every session uses them, so a new
+    /// active key version (after `pgveil keyring rotate`) is used for
+    /// writes from then on. Nothing changes if the new snapshot cannot be
+    /// built.
     pub fn replace(
         &self,
         catalog: Catalog,
         policy: ReadPolicy,
+        keyring: Keyring,
     ) -> Result<(), crate::crypto::CryptoError> {
         let policy = Arc::new(policy);
-        let snapshot = Snapshot::build(
-            catalog,
-            &self.keyring,
-            policy.clone(),
-            self.next_generation(),
-        )?;
+        let keyring = Arc::new(keyring);
+        let snapshot = Snapshot::build(catalog, &keyring, policy.clone(), self.next_generation())?;
         match self.policy.write() {
             Ok(mut p) => *p = policy,
             Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+        match self.keyring.write() {
+            Ok(mut k) => *k = keyring,
+            Err(poisoned) => *poisoned.into_inner() = keyring,
         }
         self.install(snapshot);
         Ok(())
@@ -178,7 +189,7 @@ impl Protector {
     pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), crate::crypto::CryptoError> {
         let snapshot = Snapshot::build(
             catalog,
-            &self.keyring,
+            &self.keyring(),
             self.policy(),
             self.next_generation(),
         )?;

@@ -1,8 +1,8 @@
 //! Live reload of the configuration file (SIGHUP, `POST /reload`,
 //! `pgveil reload`).
 //!
-//! Everything the new file implies is built first (TLS acceptor, read
-//! policy, catalog, ciphers); only when all of it succeeded is it swapped
+//! Everything the new file implies is built first (TLS acceptor, keyring,
+//! read policy, catalog, ciphers); only when all of it succeeded is it swapped
 //! in, so an invalid file changes nothing and the proxy keeps running on
 //! the old configuration. Open connections are not touched: each statement
 //! takes the current snapshot when it starts, so statements that start
@@ -10,7 +10,8 @@
 //! resolved again from the new roles.
 //!
 //! Settings that shape sockets and threads (`[proxy] listen`, `upstream`,
-//! `workers`, `[admin]`, `[upstream_tls]`) are read once at start; a
+//! `workers`, limits and timeouts, `[admin]`, `[upstream_tls]`, `[log]`)
+//! are read once at start; a
 //! change to them is reported as needing a restart and otherwise ignored.
 
 use super::{ClientTls, Shared};
@@ -39,7 +40,7 @@ pub enum ReloadError {
     /// The catalog for the new policies cannot be loaded.
     #[error("reload rejected, keeping the running configuration: {0}")]
     Catalog(#[from] CatalogError),
-    /// Keys for the new columns cannot be derived.
+    /// The keyring cannot be opened, or keys for the columns derived.
     #[error("pgveil: reload rejected, keeping the running configuration: {0}")]
     Crypto(#[from] crate::crypto::CryptoError),
     /// The change cannot be applied to a running proxy.
@@ -73,12 +74,13 @@ async fn apply(shared: &Shared) -> Result<String, ReloadError> {
     match (&shared.protector, new.columns.is_empty()) {
         (None, true) => {}
         (Some(protector), false) => {
+            let keyring = crate::crypto::Keyring::load(&new.keyring)?;
             let policy = ReadPolicy::from_config(&new).map_err(ReloadError::Policy)?;
             let catalog = Catalog::load(&new).await?;
             for missing in catalog.missing() {
                 warn!(%missing, "policy names a table or column the database does not have; statements mentioning it are refused");
             }
-            protector.replace(catalog, policy)?;
+            protector.replace(catalog, policy, keyring)?;
         }
         (None, false) => {
             return Err(ReloadError::NeedsRestart(
@@ -143,9 +145,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         || old.upstream_tls.server_name != new.upstream_tls.server_name
     {
         out.push("[upstream_tls]");
-    }
-    if old.keyring.dir != new.keyring.dir {
-        out.push("[keyring]");
     }
     if old.log.level != new.log.level || old.log.format != new.log.format {
         out.push("[log]");
