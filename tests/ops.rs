@@ -490,3 +490,65 @@ fn check_reports_tls_and_role_problems_with_key_and_line() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+/// `[log] format = "json"` gives one JSON object per line, `RUST_LOG`
+/// overrides `[log] level`, and even at trace level no SQL literal
+/// reaches the log.
+#[tokio::test]
+async fn json_logs_at_trace_level_carry_no_sql_literals() {
+    let port = pgveil::tempdb::free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgveil.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n[admin]\nlisten = \"\"\n\
+             [log]\nlevel = \"warn\"\nformat = \"json\"\n",
+            common::db().addr()
+        ),
+    )
+    .unwrap();
+    let child = pgveil()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let up = common::eventually(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(up, "pgveil serve did not listen");
+    let client = common::connect_to(addr, "postgres", None).await.unwrap();
+    let row = client
+        .query_one("select 'SECRET-LITERAL-42'::text, $1::text", &[&"SECRET-PARAM-43"])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "SECRET-LITERAL-42");
+    drop(client);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("authenticated")),
+        "RUST_LOG=trace must override level = \"warn\":\n{log}"
+    );
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+    assert!(!log.contains("SECRET-LITERAL-42"), "{log}");
+    assert!(!log.contains("SECRET-PARAM-43"), "{log}");
+}
