@@ -523,7 +523,10 @@ async fn json_logs_at_trace_level_carry_no_sql_literals() {
     assert!(up, "pgveil serve did not listen");
     let client = common::connect_to(addr, "postgres", None).await.unwrap();
     let row = client
-        .query_one("select 'SECRET-LITERAL-42'::text, $1::text", &[&"SECRET-PARAM-43"])
+        .query_one(
+            "select 'SECRET-LITERAL-42'::text, $1::text",
+            &[&"SECRET-PARAM-43"],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "SECRET-LITERAL-42");
@@ -545,9 +548,12 @@ async fn json_logs_at_trace_level_carry_no_sql_literals() {
         "RUST_LOG=trace must override level = \"warn\":\n{log}"
     );
     for line in &lines {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
     }
     assert!(!log.contains("SECRET-LITERAL-42"), "{log}");
     assert!(!log.contains("SECRET-PARAM-43"), "{log}");

@@ -328,3 +328,62 @@ fn tls_on_both_sides_explains_channel_binding() {
     }
     proxy.shutdown();
 }
+
+/// A client that reads slowly makes pgveil's TLS writes wait on a full
+/// socket; what rustls buffered must still be flushed once the socket
+/// drains, or the end of the result would sit in pgveil forever.
+#[tokio::test]
+async fn slow_tls_reader_gets_the_whole_result() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = tls_proxy().local_addr();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(common::certs::client_config()));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(&common::raw::startup(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+    ]))
+    .await
+    .unwrap();
+    tls.write_all(&common::raw::query(
+        "select repeat('x', 1000) from generate_series(1, 8000)",
+    ))
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    // Let every buffer on the way fill up.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let read_all = async {
+        let mut rows = 0;
+        let mut ready = 0;
+        let mut since_pause = 0;
+        while ready < 2 {
+            // Keep reading slowly, so pgveil's socket stays full.
+            if since_pause > 64 * 1024 {
+                since_pause = 0;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            since_pause += 1024;
+            let tag = tls.read_u8().await.unwrap();
+            let len = tls.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            tls.read_exact(&mut body).await.unwrap();
+            match tag {
+                b'D' => rows += 1,
+                b'Z' => ready += 1,
+                _ => {}
+            }
+        }
+        rows
+    };
+    let rows = tokio::time::timeout(std::time::Duration::from_secs(60), read_all)
+        .await
+        .expect("the whole result arrives");
+    assert_eq!(rows, 8000);
+}

@@ -45,6 +45,10 @@ pub(super) struct Relay {
     to_client: BytesMut,
     to_server: BytesMut,
     max_message: usize,
+    /// A flush of that side returned `Pending`: TLS may hold encrypted
+    /// bytes that only a later flush writes out.
+    unflushed_client: bool,
+    unflushed_server: bool,
 }
 
 /// Which side ended the relay.
@@ -141,6 +145,8 @@ impl Relay {
             to_client: BytesMut::with_capacity(16 * 1024),
             to_server,
             max_message,
+            unflushed_client: false,
+            unflushed_server: false,
         }
     }
 
@@ -252,12 +258,12 @@ impl Relay {
         loop {
             let mut progressed = false;
             // Writes first: what the last reads queued goes out in one write.
-            match poll_write_out(cx, server, &mut self.to_server) {
+            match poll_write_out(cx, server, &mut self.to_server, &mut self.unflushed_server) {
                 Poll::Ready(Ok(true)) => progressed = true,
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(Ok(End::Server)),
             }
-            match poll_write_out(cx, client, &mut self.to_client) {
+            match poll_write_out(cx, client, &mut self.to_client, &mut self.unflushed_client) {
                 Poll::Ready(Ok(true)) => progressed = true,
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
@@ -363,23 +369,39 @@ impl Relay {
 }
 
 /// Writes as much of `out` as the socket takes now, flushing once it is
-/// empty (a no-op for TCP; needed for TLS). `Ready(Ok(true))` means bytes
-/// moved; `Ready(Ok(false))` means there was nothing to write.
+/// empty (a no-op for TCP; for TLS it writes the records rustls still
+/// holds). A flush that could not finish is retried on later calls until
+/// it does, even with nothing new to write: otherwise the tail of a reply
+/// could stay inside rustls until the next message. `Ready(Ok(true))`
+/// means bytes moved; `Ready(Ok(false))` means there was nothing to write.
 fn poll_write_out<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     io: &mut W,
     out: &mut BytesMut,
+    unflushed: &mut bool,
 ) -> Poll<std::io::Result<bool>> {
     if out.is_empty() {
-        return Poll::Ready(Ok(false));
+        if !*unflushed {
+            return Poll::Ready(Ok(false));
+        }
+        return match Pin::new(io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                *unflushed = false;
+                Poll::Ready(Ok(false))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
     }
     match Pin::new(&mut *io).poll_write(cx, out) {
         Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
         Poll::Ready(Ok(n)) => {
             out.advance(n);
             if out.is_empty() {
-                if let Poll::Ready(Err(e)) = Pin::new(io).poll_flush(cx) {
-                    return Poll::Ready(Err(e));
+                match Pin::new(io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => *unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => *unflushed = true,
                 }
             }
             Poll::Ready(Ok(true))
