@@ -68,9 +68,16 @@ pub async fn reload(shared: &Shared) -> Result<String, ReloadError> {
 
 async fn apply(shared: &Shared) -> Result<String, ReloadError> {
     let path = shared.config.path.as_ref().ok_or(ReloadError::NoFile)?;
-    let new = Config::load(path)?;
+    let mut new = Config::load(path)?;
     let acceptor = crate::tls::acceptor(&new.tls)?;
     let restart = needs_restart(&shared.config, &new);
+    // Startup-only settings stay as running (including command-line
+    // overrides), so the catalog is reloaded from the upstream the
+    // sessions really use.
+    new.proxy = shared.config.proxy.clone();
+    new.upstream_tls = shared.config.upstream_tls.clone();
+    new.admin = shared.config.admin.clone();
+    new.log = shared.config.log.clone();
     match (&shared.protector, new.columns.is_empty()) {
         (None, true) => {}
         (Some(protector), false) => {
