@@ -18,11 +18,17 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
-WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write"}
+WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write guests-read"}
 TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
 # The guests workload (benches/guests.sql) compares PgBouncer and pgveil on
 # a plain table with pgveil encrypting three columns of the same table.
 GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc"}
+# The read-heavy mix (benches/guests-read.sql) looks a guest up by phone and
+# returns five protected columns: through pgveil on the plain table, and
+# through pgveil on the encrypted table as a manager (clear) and as front
+# desk (masked).
+READ_TARGETS=${READ_TARGETS:-"pgveil pgveil-manager pgveil-frontdesk"}
+READ_ROWS=${READ_ROWS:-10000}
 PGVEIL_WORKERS=${PGVEIL_WORKERS:-0}
 
 bindir=""
@@ -75,8 +81,21 @@ EOF
 
 psql_direct() { "$bindir/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 psql_direct -d postgres -c "CREATE DATABASE plain" -c "CREATE DATABASE enc"
-psql_direct -d plain -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name text, phone text, id_number text, note text); CREATE INDEX ON bench_guests (phone);"
-psql_direct -d enc -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name bytea, phone bytea, id_number bytea, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d plain -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name text, phone text, id_number text, email text, address text, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d enc -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name bytea, phone bytea, id_number bytea, email text, address bytea, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d postgres -c "CREATE ROLE bench_manager LOGIN; CREATE ROLE bench_frontdesk LOGIN;"
+for db in plain enc; do
+  psql_direct -d "$db" -c "GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;"
+done
+# READ_ROWS guests with phones 13800000001.. for the read mix.
+awk -v n="$READ_ROWS" 'BEGIN {
+  for (i = 1; i <= n; i++) {
+    if (i % 500 == 1) printf "INSERT INTO bench_guests (name, phone, id_number, email, address, note) VALUES\n"
+    printf "(%s, %s, %s, %s, %s, %s)%s\n", "'"'"'Guest Number " i "'"'"'", "'"'"'" (13800000000 + i) "'"'"'",
+      "'"'"'" (110105199001010000 + i) "'"'"'", "'"'"'guest" i "@example.com'"'"'",
+      "'"'"'No. " i " Long Street, Springfield'"'"'", "'"'"'bench'"'"'", (i % 500 == 0 || i == n) ? ";" : ","
+  }
+}' > "$work/guests-rows.sql"
 
 cat > "$work/pgbouncer.ini" <<EOF
 [databases]
@@ -132,18 +151,43 @@ column = "name"
 type = "text"
 encrypt = "randomized"
 level = 3
+mask = "name"
 [[columns]]
 table = "bench_guests"
 column = "phone"
 type = "text"
 encrypt = "searchable"
 level = 3
+mask = "phone"
 [[columns]]
 table = "bench_guests"
 column = "id_number"
 type = "text"
 encrypt = "searchable"
 level = 4
+mask = "cn_id"
+[[columns]]
+table = "bench_guests"
+column = "email"
+type = "text"
+encrypt = "none"
+level = 3
+mask = "email"
+[[columns]]
+table = "bench_guests"
+column = "address"
+type = "text"
+encrypt = "randomized"
+level = 3
+mask = "address"
+[[roles]]
+name = "manager"
+members = ["bench_manager"]
+clearance = 4
+[[roles]]
+name = "frontdesk"
+members = ["bench_frontdesk"]
+clearance = 2
 EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-enc.log" &
 pids+=($!); ENC_PID=$!
@@ -155,10 +199,15 @@ for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT; do
   done
 done
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc) echo "$ENC_PORT";; esac; }
-pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc) echo "$ENC_PID";; *) echo "";; esac; }
-db_of() { case $2 in guests-write) if [ "$1" = pgveil-enc ]; then echo enc; else echo plain; fi;; *) echo postgres;; esac; }
-targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; *) echo "$TARGETS";; esac; }
+# Load the read mix's guests: encrypted through pgveil, plain directly.
+"$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc -f "$work/guests-rows.sql" >/dev/null
+psql_direct -d plain -f "$work/guests-rows.sql" >/dev/null
+
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; *) echo "";; esac; }
+db_of() { case $2 in guests-*) case $1 in pgveil-enc|pgveil-manager|pgveil-frontdesk) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
+user_of() { case $1 in pgveil-manager) echo bench_manager;; pgveil-frontdesk) echo bench_frontdesk;; *) echo postgres;; esac; }
+targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; guests-read) echo "$READ_TARGETS";; *) echo "$TARGETS";; esac; }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 args_of() {
   case $1 in
@@ -167,6 +216,7 @@ args_of() {
     select-prepared) echo "-S -M prepared";;
     tpcb-prepared) echo "-M prepared";;
     guests-write) echo "-M prepared -f benches/guests.sql";;
+    guests-read) echo "-M prepared -D rows=$READ_ROWS -f benches/guests-read.sql";;
   esac
 }
 
@@ -180,7 +230,7 @@ for round in $(seq "$ROUNDS"); do
       port=$(port_of "$target"); pid=$(pid_of "$target")
       before=$(cpu_ticks "$pid")
       # shellcheck disable=SC2046
-      out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" \
+      out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U "$(user_of "$target")" -n -c "$CLIENTS" -j "$THREADS" \
               -T "$DURATION" $(args_of "$wl") "$(db_of "$target" "$wl")" 2>&1) || { echo "$out" >&2; exit 1; }
       after=$(cpu_ticks "$pid")
       tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
@@ -195,7 +245,7 @@ done
 
 echo
 echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
-awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc" '
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manager pgveil-frontdesk" '
   { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
   END {
     nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
@@ -209,5 +259,10 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc" '
     for (i = 1; i <= nw; i++) {
       w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
       printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
+    }
+    m = tps["guests-read" SUBSEP "pgveil-manager"]; fd = tps["guests-read" SUBSEP "pgveil-frontdesk"]; p = tps["guests-read" SUBSEP "pgveil"]
+    if (p && (m || fd)) {
+      print ""
+      printf "guests-read: manager (clear)/plain = %s, frontdesk (masked)/plain = %s  (target >= 0.80)\n", (m ? sprintf("%.3f", m/p) : "-"), (fd ? sprintf("%.3f", fd/p) : "-")
     }
   }' "$results"

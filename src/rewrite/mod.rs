@@ -128,18 +128,28 @@ impl Protector {
         }
     }
 
+    /// The generation of the latest snapshot built; a cheap atomic read
+    /// sessions use to notice a reload without taking the snapshot.
+    pub fn generation(&self) -> u64 {
+        self.generations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The generation for a snapshot being built. Builds are serialised by
+    /// the server's reload lock; the counter moves only when one is
+    /// installed, so a failed build changes nothing.
     fn next_generation(&self) -> u64 {
-        self.generations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1
+        self.generation() + 1
     }
 
     fn install(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
         let snapshot = Arc::new(snapshot);
         match self.current.write() {
             Ok(mut s) => *s = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
+        self.generations
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Replaces keyring, policy and catalog together (configuration

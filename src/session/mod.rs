@@ -19,6 +19,7 @@ mod frontend;
 mod protect;
 mod relay;
 mod results;
+mod roles;
 mod startup;
 
 use crate::admin::{metrics, Tally};
@@ -167,6 +168,9 @@ struct Session<'a> {
     /// The server asked for SASL over an upstream TLS connection; the
     /// client's next message is its SASLInitialResponse.
     expect_sasl_initial: bool,
+    /// The role the StartupMessage sets (`options=-c role=…`), which is
+    /// in effect from the first statement.
+    startup_role: Option<String>,
 }
 
 /// Runs one client connection to completion. Never panics on input and
@@ -248,6 +252,7 @@ async fn serve(
         authenticated: false,
         cancel: None,
         server_said_fatal: false,
+        startup_role: roles::startup_role(packet.payload()),
         protect: shared
             .protector
             .is_some()

@@ -25,6 +25,7 @@ pub mod plan;
 mod prefilter;
 mod query;
 mod read;
+pub mod role;
 pub mod schema;
 mod scope;
 mod span;
