@@ -367,6 +367,19 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
         .await
         .unwrap();
     assert_eq!(phone(&client).await, "138****5678");
+    // A statement prepared (and described) before the reload.
+    let prepared = client
+        .prepare("select phone from ops_guests where id = 1")
+        .await
+        .unwrap();
+    let run_prepared = || async {
+        client
+            .query_one(&prepared, &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(run_prepared().await, "138****5678");
 
     // Clearance 3 reaches the column's level: the same session sees it clear.
     write_reload_config(&path, "3");
@@ -375,6 +388,11 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("1 protected column(s), 1 role(s)"), "{body}");
+    assert_eq!(
+        run_prepared().await,
+        "13812345678",
+        "prepared before the reload"
+    );
     assert_eq!(phone(&client).await, "13812345678");
 
     // An invalid file is rejected and the running policy kept.

@@ -196,6 +196,9 @@ impl ProtectState {
         to_server: &mut BytesMut,
     ) -> Flow {
         let tag = frame.tag();
+        if matches!(tag, b'Q' | b'E') {
+            self.notice_reload(protector);
+        }
         // COPY sub-protocol first: only CopyData/CopyDone/CopyFail belong to it.
         if self.copy.is_some() || self.copy_failed {
             match tag {
@@ -681,14 +684,6 @@ impl ProtectState {
                 if let (Some(t), Some(status)) = (self.roles.as_mut(), frame.body().first()) {
                     t.on_ready(*status);
                 }
-                // A reload or catalog refresh since the role was decided:
-                // decide it again for the next statement, and let plans
-                // cached for prepared statements be re-planned.
-                let latest = protector.generation();
-                if latest != self.role_snapshot {
-                    self.role = None;
-                    self.role_snapshot = latest;
-                }
                 while let Some(p) = self.pending.pop_front() {
                     if matches!(p, Pending::Ready) {
                         break;
@@ -825,6 +820,17 @@ impl ProtectState {
         self.query_effects.clear();
         if let Some(t) = self.roles.as_mut() {
             t.on_error();
+        }
+    }
+
+    /// A reload or catalog refresh since the role was decided: decide it
+    /// again, and let results planned before (a prepared statement's
+    /// Describe) be re-planned. One atomic load per Query or Execute.
+    fn notice_reload(&mut self, protector: &Protector) {
+        let latest = protector.generation();
+        if latest != self.role_snapshot {
+            self.role = None;
+            self.role_snapshot = latest;
         }
     }
 
