@@ -128,6 +128,8 @@ cat > "$work/pgveil.toml" <<EOF
 listen = "127.0.0.1:$VEIL_PORT"
 upstream = "127.0.0.1:$PG_PORT"
 workers = $PGVEIL_WORKERS
+[admin]
+listen = ""
 EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil.toml" 2>"$work/pgveil.log" &
 pids+=($!); VEIL_PID=$!
@@ -140,6 +142,8 @@ cat > "$work/pgveil-enc.toml" <<EOF
 listen = "127.0.0.1:$ENC_PORT"
 upstream = "127.0.0.1:$PG_PORT"
 workers = $PGVEIL_WORKERS
+[admin]
+listen = ""
 [keyring]
 dir = "$PWD/keyring"
 master_key_file = "$work/master.key"

@@ -72,6 +72,122 @@ pub struct Config {
     /// Who may approve one-off bulk exports (`[approvals]`).
     #[serde(default)]
     pub approvals: crate::guard::ApprovalsConfig,
+    /// TLS for clients (`[tls]`); absent means plaintext only.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// TLS to the PostgreSQL server (`[upstream_tls]`).
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
+    /// The metrics and health listener (`[admin]`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging (`[log]`).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The file this configuration was read from; a reload reads it again.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+}
+
+/// The `[tls]` section: pgveil's own certificate for clients.
+///
+/// Clients' `sslmode` decides whether they ask for TLS; `require` lets the
+/// operator insist on it, because pgveil holds the keys that make the data
+/// readable and plaintext between application and pgveil would undo that.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, server certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert`.
+    pub key: Option<PathBuf>,
+    /// Refuse clients that do not negotiate TLS (SQLSTATE 28000).
+    pub require: bool,
+}
+
+impl TlsConfig {
+    /// Whether TLS is offered to clients.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// How pgveil protects its connections to the PostgreSQL server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plaintext (the server on the same host or a trusted network).
+    #[default]
+    Disable,
+    /// Encrypt, without verifying the server's certificate (libpq's
+    /// `sslmode=require` without a root certificate).
+    Require,
+    /// Encrypt and verify the certificate chain against `ca` and the
+    /// upstream host name.
+    VerifyFull,
+}
+
+/// The `[upstream_tls]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// `disable`, `require` or `verify-full`.
+    pub mode: UpstreamTlsMode,
+    /// PEM file of the CA certificates that sign the server's certificate;
+    /// required by `verify-full`.
+    pub ca: Option<PathBuf>,
+    /// Name to verify the certificate against; defaults to the host part
+    /// of `[proxy] upstream`.
+    pub server_name: Option<String>,
+}
+
+/// The `[admin]` section: Prometheus metrics, health and reload over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `host:port` of the admin listener; an empty string turns it off.
+    /// Keep it on loopback or a management network: `/reload` is on it.
+    #[serde(deserialize_with = "de_optional_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9930".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines with `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The `[log]` section. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `pgveil=debug,info`, ...
+    #[serde(deserialize_with = "de_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
 }
 
 /// The `[catalog]` section: the account pgveil uses for its own catalog
@@ -127,6 +243,25 @@ pub struct ProxyConfig {
     pub startup_timeout: Duration,
     /// Runtime worker threads; 0 means one per CPU.
     pub workers: usize,
+    /// Client connections served at once; more get SQLSTATE 53300
+    /// (0: no limit). Keeps a connection storm from exhausting the server's
+    /// `max_connections` and pgveil's memory.
+    pub max_client_connections: usize,
+    /// TCP keepalive idle time on both sockets, e.g. `"60s"`; `"0s"` turns
+    /// keepalive off. Notices peers that vanished without a FIN.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Interval between keepalive probes once they start.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A session idle (outside a transaction, nothing in flight) for longer
+    /// is closed with SQLSTATE 57P05; `"0s"` (default) never closes it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long sessions may take to finish their
+    /// current transaction before they are closed with SQLSTATE 57P01.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 /// Default cap: PostgreSQL's own `MaxAllocSize` (1 GiB).
@@ -141,6 +276,11 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(60),
             workers: 0,
+            max_client_connections: 1000,
+            keepalive: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            idle_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -149,7 +289,8 @@ impl Config {
     /// Reads and validates a configuration file; any policy problem is an
     /// error listing all of them.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (config, _, problems) = Self::load_for_check(path)?;
+        let (mut config, _, problems) = Self::load_for_check(path)?;
+        config.path = Some(path.to_owned());
         if !problems.is_empty() {
             return Err(ConfigError::Policy {
                 path: path.to_owned(),
@@ -173,10 +314,10 @@ impl Config {
             source,
         })?;
         let mut problems = crate::policy::check_static(&config.columns, &text);
-        problems.extend(crate::policy::check::check_roles(
-            &config.roles,
-            &config.columns,
-        ));
+        let mut roles = crate::policy::check::check_roles(&config.roles, &config.columns);
+        locate_roles(&mut roles, &config.roles, &text);
+        problems.extend(roles);
+        problems.extend(check_tls(&config, &text));
         Ok((config, text, problems))
     }
 
@@ -196,6 +337,80 @@ impl Config {
         *slot = value.to_owned();
         Ok(())
     }
+}
+
+/// 1-based line of the `index`-th line that starts with `header`.
+fn header_line(text: &str, header: &str, index: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(header))
+        .nth(index)
+        .map(|(i, _)| i + 1)
+}
+
+/// 1-based line of `key = ` inside the `[section]` table.
+fn key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let start = header_line(text, &format!("[{section}]"), 0)?;
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find(|(_, l)| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|(i, _)| i + 1)
+        .or(Some(start))
+}
+
+/// Gives role problems the line of their `[[roles]]` entry and the role's
+/// section in the subject.
+fn locate_roles(
+    problems: &mut [crate::policy::Problem],
+    roles: &[crate::policy::role::RoleConfig],
+    text: &str,
+) {
+    for p in problems {
+        let Some(name) = p.subject.strip_prefix("role ") else {
+            continue;
+        };
+        if let Some(i) = roles.iter().position(|r| r.name == name) {
+            p.line = header_line(text, "[[roles]]", i);
+        }
+        p.subject = format!("[[roles]] {name}");
+    }
+}
+
+/// `[tls]` and `[upstream_tls]` problems: incomplete settings and files
+/// that cannot be loaded, each with the line of the key.
+fn check_tls(config: &Config, text: &str) -> Vec<crate::policy::Problem> {
+    use crate::tls::TlsError;
+    crate::tls::check(config)
+        .into_iter()
+        .map(|e| {
+            let (section, key) = match &e {
+                TlsError::Read { what, .. } | TlsError::Pem { what, .. } => match *what {
+                    "[tls] cert" => ("tls", "cert"),
+                    "[tls] key" => ("tls", "key"),
+                    _ => ("upstream_tls", "ca"),
+                },
+                TlsError::Incomplete(_) | TlsError::Server(_) => ("tls", "cert"),
+                TlsError::NoCa => ("upstream_tls", "mode"),
+                TlsError::ServerName(_) => ("upstream_tls", "server_name"),
+                _ => ("upstream_tls", "ca"),
+            };
+            let message = e.to_string();
+            crate::policy::Problem {
+                line: key_line(text, section, key),
+                subject: format!("[{section}] {key}"),
+                message: message
+                    .strip_prefix("pgveil: ")
+                    .unwrap_or(&message)
+                    .to_owned(),
+            }
+        })
+        .collect()
 }
 
 fn list(problems: &[crate::policy::Problem]) -> String {
@@ -233,6 +448,24 @@ fn de_host_port<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     check_addr(&s, true).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+fn de_optional_listen<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.is_empty() {
+        check_addr(&s, true).map_err(serde::de::Error::custom)?;
+    }
+    Ok(s)
+}
+
+fn de_log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    tracing_subscriber::EnvFilter::try_new(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid log level {s:?} ({e}); use error, warn, info, debug, trace or a filter like \"pgveil=debug,info\""
+        ))
+    })?;
     Ok(s)
 }
 
@@ -309,6 +542,47 @@ mod tests {
         assert_eq!(c.keyring.dir, std::path::PathBuf::from("/etc/pgveil/keys"));
         let err = Config::parse("[keyring]\nmaster_key = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("master_key"), "{err}");
+    }
+
+    #[test]
+    fn ops_sections_are_read() {
+        let c = Config::parse(
+            "[proxy]\nmax_client_connections = 5\nidle_timeout = \"30s\"\nshutdown_timeout = \"2s\"\n\
+             keepalive = \"0s\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nrequire = true\n\
+             [upstream_tls]\nmode = \"verify-full\"\nca = \"ca.pem\"\n[admin]\nlisten = \"\"\n\
+             [log]\nlevel = \"debug\"\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.proxy.max_client_connections, 5);
+        assert_eq!(c.proxy.idle_timeout, Duration::from_secs(30));
+        assert!(c.proxy.keepalive.is_zero());
+        assert!(c.tls.require && c.tls.enabled());
+        assert_eq!(c.upstream_tls.mode, UpstreamTlsMode::VerifyFull);
+        assert!(c.admin.listen.is_empty());
+        assert_eq!(c.log.format, LogFormat::Json);
+        let err = Config::parse("[upstream_tls]\nmode = \"maybe\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn tls_problems_name_key_and_line() {
+        let text = "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[tls]\nrequire = true\nkey = \"/nonexistent/k.pem\"\n\n[upstream_tls]\nmode = \"verify-full\"\n";
+        let c = Config::parse(text).unwrap();
+        let shown: Vec<String> = check_tls(&c, text).iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("line 6: [tls] cert")
+                || shown[0].starts_with("line 4: [tls] cert"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[0].contains("key is set but cert is not"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("line 9: [upstream_tls] mode"),
+            "{shown:#?}"
+        );
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn write_config(dir: &Path, db: &TempDb, port: u16) -> Result<std::path::PathBuf
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\n\n\
+         [admin]\nlisten = \"\"\n\n\
          [keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n\n{DEMO_POLICY}",
         db.addr(),
         keyring.display(),

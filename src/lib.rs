@@ -6,8 +6,10 @@
 //! `ARCHITECTURE.md`): [`net`] cuts bytes into frames, [`proto`] gives cheap
 //! views over those frames, [`session`] runs one client connection from
 //! startup to termination, and [`server`] accepts clients and owns the state
-//! shared between connections.
+//! shared between connections. [`tls`] secures both sides, and [`admin`]
+//! serves metrics, health and reload for operators.
 
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod crypto;
@@ -22,3 +24,4 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod tempdb;
+pub mod tls;

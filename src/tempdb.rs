@@ -76,6 +76,23 @@ impl TempDb {
 
     /// Starts a server with extra `postgresql.conf` settings.
     pub fn start_with(settings: Settings<'_>) -> Result<TempDb, TempDbError> {
+        Self::start_inner(settings, None)
+    }
+
+    /// Starts a server that also accepts TLS (`ssl = on`) with the given
+    /// PEM certificate and key; plaintext connections still work.
+    pub fn start_with_tls(
+        settings: Settings<'_>,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<TempDb, TempDbError> {
+        Self::start_inner(settings, Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(
+        settings: Settings<'_>,
+        tls: Option<(&str, &str)>,
+    ) -> Result<TempDb, TempDbError> {
         let bindir = find_bindir().ok_or(TempDbError::NoBinaries)?;
         let run_as = unprivileged_user();
         let dir = tempfile::Builder::new()
@@ -96,7 +113,16 @@ impl TempDb {
         };
         db.watchdog = Some(spawn_watchdog(db.dir.path())?);
         db.initdb()?;
-        db.write_conf(settings)?;
+        let mut settings = settings.to_vec();
+        if let Some((cert, key)) = tls {
+            db.write_tls_files(cert, key)?;
+            settings.extend([
+                ("ssl", "on"),
+                ("ssl_cert_file", "'server.crt'"),
+                ("ssl_key_file", "'server.key'"),
+            ]);
+        }
+        db.write_conf(&settings)?;
         db.launch()?;
         db.create_roles()?;
         Ok(db)
@@ -152,6 +178,24 @@ impl TempDb {
             .output()
             .map_err(io("run initdb"))?;
         check("initdb", out)
+    }
+
+    /// Writes the server's certificate and key into the data directory,
+    /// owned by the server's user and private (PostgreSQL refuses a key
+    /// that others can read).
+    fn write_tls_files(&self, cert: &str, key: &str) -> Result<(), TempDbError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, text) in [("server.crt", cert), ("server.key", key)] {
+            let path = self.data().join(name);
+            std::fs::write(&path, text).map_err(io(format!("write {name}")))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(format!("chmod {name}")))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io(format!("hand {name} to the postgres user")))?;
+            }
+        }
+        Ok(())
     }
 
     fn write_conf(&mut self, settings: Settings<'_>) -> Result<(), TempDbError> {

@@ -76,7 +76,7 @@ fn missing_config_file_and_bad_flags_are_clear_errors() {
 fn serve_listens_and_stops_on_sigterm() {
     let port = pgveil::tempdb::free_port().unwrap();
     let f = write_config(&format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:1\"\n"
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
     ));
     let mut child = pgveil()
         .args(["serve", "--config"])

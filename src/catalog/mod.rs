@@ -38,6 +38,9 @@ pub enum CatalogError {
     /// A policy that passed `pgveil check` cannot be resolved (bad name or type).
     #[error("pgveil: invalid column policy: {0}")]
     Policy(String),
+    /// `[upstream_tls]` cannot be set up for the catalog connection.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Columns the server reported per `(schema, table)`: table OID, attnum, name.
@@ -418,20 +421,31 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogE
         let pw = std::env::var(var).map_err(|_| CatalogError::MissingPassword(var.clone()))?;
         pg.password(pw);
     }
-    let (client, conn) =
-        pg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| CatalogError::Db {
-                addr: config.proxy.upstream.clone(),
-                user: cat.user.clone(),
-                source,
-            })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "catalog connection ended");
+    let fail = |source| CatalogError::Db {
+        addr: config.proxy.upstream.clone(),
+        user: cat.user.clone(),
+        source,
+    };
+    // Same TLS settings as the sessions' upstream connections.
+    match crate::tls::UpstreamTls::from_config(config)? {
+        None => {
+            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
+            tokio::spawn(drive(conn));
+            Ok(client)
         }
-    });
-    Ok(client)
+        Some(tls) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, conn) = pg.connect(tls.postgres_connector()).await.map_err(fail)?;
+            tokio::spawn(drive(conn));
+            Ok(client)
+        }
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::warn!(error = %e, "catalog connection ended");
+    }
 }
 
 #[cfg(test)]

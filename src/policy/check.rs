@@ -18,13 +18,15 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Subjects outside `[[columns]]` name their own section.
+        let section = if self.subject.starts_with('[') {
+            ""
+        } else {
+            "[[columns]] "
+        };
         match self.line {
-            Some(l) => write!(
-                f,
-                "line {l}: [[columns]] {}: {}",
-                self.subject, self.message
-            ),
-            None => write!(f, "[[columns]] {}: {}", self.subject, self.message),
+            Some(l) => write!(f, "line {l}: {section}{}: {}", self.subject, self.message),
+            None => write!(f, "{section}{}: {}", self.subject, self.message),
         }
     }
 }

@@ -62,6 +62,17 @@ pub fn write_without_channel_binding(body: &[u8], out: &mut BytesMut) -> bool {
     true
 }
 
+/// Whether a SASLInitialResponse says "I support channel binding but the
+/// server did not offer it" (GS2 flag `y`). PostgreSQL on TLS refuses that
+/// as a downgrade attack, which is what it looks like through a proxy.
+pub fn sasl_initial_claims_binding(body: &[u8]) -> bool {
+    let mut c = Cursor::new(body);
+    let (Some(_mechanism), Some(len)) = (c.cstr(), c.i32()) else {
+        return false;
+    };
+    len > 0 && c.take(1) == Some(b"y")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +87,18 @@ mod tests {
         expect.extend(10i32.to_be_bytes());
         expect.extend(b"SCRAM-SHA-256\0\0");
         assert_eq!(&out[..], &expect[..]);
+    }
+
+    #[test]
+    fn spots_the_y_flag() {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend(20i32.to_be_bytes());
+        body.extend(b"y,,n=,r=abcdefghijkl");
+        assert!(sasl_initial_claims_binding(&body));
+        let n = body.len() - 20;
+        body[n] = b'n';
+        assert!(!sasl_initial_claims_binding(&body));
+        assert!(!sasl_initial_claims_binding(b"SCRAM"));
     }
 
     #[test]

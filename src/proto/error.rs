@@ -19,6 +19,16 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Internal error.
     pub const INTERNAL: &str = "XX000";
+    /// The client must use TLS (`[tls] require`).
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    /// `max_client_connections` reached.
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// The session was closed because pgveil is shutting down.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// A new connection arrived while pgveil is shutting down.
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    /// The session was idle for longer than `idle_timeout`.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 }
 
 /// How serious an error is, as PostgreSQL spells it in the `S` and `V` fields.

@@ -82,6 +82,7 @@ pub fn encrypt_bind(
                 write_bytea_array(&mut buf, envs.iter().map(|(_, e)| e.as_slice()));
             }
         }
+        crate::admin::metrics().encrypted(cipher.column());
         formats[i] = 1;
         encrypted[i] = Some(buf);
     }

@@ -283,6 +283,7 @@ fn encrypt_row(
                 row: row_no,
                 source,
             })?;
+        crate::admin::metrics().encrypted(cipher.column());
         if layout.kind == CopyKind::Text {
             out.push(b'\\');
         }

@@ -39,14 +39,20 @@ pub struct Snapshot {
     /// The same, with the (empty) facts the bulk-read guard asks for.
     passthrough_analysis: Arc<Analyzed>,
     policy: Arc<ReadPolicy>,
+    /// Counts snapshots built; a session resolves its policy role again
+    /// when this changes (new roles, new memberships).
+    generation: u64,
 }
 
 /// Shared protection state; cheap to read from every session.
 #[derive(Debug)]
 pub struct Protector {
     current: RwLock<Arc<Snapshot>>,
-    keyring: Keyring,
-    policy: Arc<ReadPolicy>,
+    /// Replaced by a configuration reload (e.g. after `pgveil keyring rotate`).
+    keyring: RwLock<Arc<Keyring>>,
+    /// Replaced by a configuration reload.
+    policy: RwLock<Arc<ReadPolicy>>,
+    generations: std::sync::atomic::AtomicU64,
     /// Table OIDs seen in results that the catalog did not know; each
     /// triggers one reload (a protected table may have been re-created).
     seen_oids: dashmap::DashSet<u32>,
@@ -112,12 +118,13 @@ impl Protector {
         policy: ReadPolicy,
     ) -> Result<Self, crate::crypto::CryptoError> {
         let policy = Arc::new(policy);
-        let snapshot = Snapshot::build(catalog, &keyring, policy.clone())?;
+        let snapshot = Snapshot::build(catalog, &keyring, policy.clone(), 0)?;
         let guard = Arc::new(crate::guard::Guard::new(keyring.signing_public_key()));
         Ok(Protector {
             current: RwLock::new(Arc::new(snapshot)),
-            keyring,
-            policy,
+            keyring: RwLock::new(Arc::new(keyring)),
+            policy: RwLock::new(policy),
+            generations: std::sync::atomic::AtomicU64::new(0),
             seen_oids: dashmap::DashSet::new(),
             guard,
         })
@@ -126,6 +133,70 @@ impl Protector {
     /// The bulk-read guard's shared state.
     pub fn guard(&self) -> &Arc<crate::guard::Guard> {
         &self.guard
+    }
+
+    fn policy(&self) -> Arc<ReadPolicy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        match self.keyring.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The generation of the latest snapshot built; a cheap atomic read
+    /// sessions use to notice a reload without taking the snapshot.
+    pub fn generation(&self) -> u64 {
+        self.generations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The generation for a snapshot being built. Builds are serialised by
+    /// the server's reload lock; the counter moves only when one is
+    /// installed, so a failed build changes nothing.
+    fn next_generation(&self) -> u64 {
+        self.generation() + 1
+    }
+
+    fn install(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
+        let snapshot = Arc::new(snapshot);
+        match self.current.write() {
+            Ok(mut s) => *s = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+        self.generations
+            .store(generation, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Replaces keyring, policy and catalog together (configuration
+    /// reload): the next statement of every session uses them, so a new
+    /// active key version (after `pgveil keyring rotate`) is used for
+    /// writes from then on. Nothing changes if the new snapshot cannot be
+    /// built.
+    pub fn replace(
+        &self,
+        catalog: Catalog,
+        policy: ReadPolicy,
+        keyring: Keyring,
+    ) -> Result<(), crate::crypto::CryptoError> {
+        let policy = Arc::new(policy);
+        let keyring = Arc::new(keyring);
+        let snapshot = Snapshot::build(catalog, &keyring, policy.clone(), self.next_generation())?;
+        match self.policy.write() {
+            Ok(mut p) => *p = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+        match self.keyring.write() {
+            Ok(mut k) => *k = keyring,
+            Err(poisoned) => *poisoned.into_inner() = keyring,
+        }
+        self.install(snapshot);
+        Ok(())
     }
 
     /// The current snapshot; sessions hold it for one statement.
@@ -147,15 +218,13 @@ impl Protector {
 
     /// Replaces the catalog (after DDL or a reload).
     pub fn replace_catalog(&self, catalog: Catalog) -> Result<(), crate::crypto::CryptoError> {
-        let snapshot = Arc::new(Snapshot::build(
+        let snapshot = Snapshot::build(
             catalog,
-            &self.keyring,
-            self.policy.clone(),
-        )?);
-        match self.current.write() {
-            Ok(mut s) => *s = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
+            &self.keyring(),
+            self.policy(),
+            self.next_generation(),
+        )?;
+        self.install(snapshot);
         Ok(())
     }
 }
@@ -165,6 +234,7 @@ impl Snapshot {
         catalog: Catalog,
         keyring: &Keyring,
         policy: Arc<ReadPolicy>,
+        generation: u64,
     ) -> Result<Self, crate::crypto::CryptoError> {
         let mut ciphers = HashMap::new();
         let mut pseudonyms = HashMap::new();
@@ -203,7 +273,13 @@ impl Snapshot {
                 reads: Vec::new(),
             }),
             policy,
+            generation,
         })
+    }
+
+    /// Which build this is; changes on every catalog or policy reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The policy role of an authenticated user.
@@ -266,8 +342,10 @@ impl Snapshot {
             return self.passthrough_analysis.clone();
         }
         if let Some(hit) = self.plans.get(sql) {
+            crate::admin::metrics().plan_cache_hits.inc();
             return hit.value().clone();
         }
+        crate::admin::metrics().plan_cache_misses.inc();
         let analysis = sql::analyze_full(sql, &self.catalog, &self.prefilter);
         let analyzed = Arc::new(Analyzed {
             plan: analysis.plan.map(Arc::new),
@@ -311,6 +389,7 @@ impl Snapshot {
                 let mut env = Vec::new();
                 cipher
                     .encrypt(value.as_bytes(), Format::Text, &mut env)
+                    .inspect(|_| crate::admin::metrics().encrypted(&column.full_name))
                     .map_err(crypto_refusal)?;
                 Ok(bytea_literal(&env))
             }

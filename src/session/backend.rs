@@ -19,6 +19,9 @@ impl Session<'_> {
         frame: &Frame,
         to_client: &mut BytesMut,
     ) -> Result<(), SessionError> {
+        if frame.tag() == tag::READY_FOR_QUERY {
+            self.on_ready(frame.body());
+        }
         if self.protect.is_some() && self.on_server_protected(frame, to_client) {
             return Ok(());
         }
@@ -36,6 +39,17 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// ReadyForQuery: a statement round trip ended. Idle (`I`) means no
+    /// transaction is open, so a graceful shutdown may close the session.
+    #[inline]
+    fn on_ready(&mut self, body: &[u8]) {
+        self.idle = body == b"I";
+        if self.idle && !self.shared.config.proxy.idle_timeout.is_zero() {
+            self.idle_since = Some(std::time::Instant::now());
+        }
+        self.tally.statement_done = true;
+    }
+
     fn on_authentication(&mut self, frame: &Frame, to_client: &mut BytesMut) {
         match auth::request_code(frame.body()) {
             Some(auth::code::OK) if !self.authenticated => {
@@ -45,10 +59,12 @@ impl Session<'_> {
                     self.on_authenticated_protected();
                 }
             }
-            Some(auth::code::SASL)
-                if auth::write_without_channel_binding(frame.body(), to_client) =>
-            {
-                return;
+            Some(auth::code::SASL) => {
+                // Only an upstream on TLS refuses the `y` flag.
+                self.expect_sasl_initial = self.shared.upstream_tls.is_some();
+                if auth::write_without_channel_binding(frame.body(), to_client) {
+                    return;
+                }
             }
             _ => {}
         }

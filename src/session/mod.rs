@@ -3,9 +3,12 @@
 //! A session is one tokio task that owns everything about its connection,
 //! so no state here needs a lock. The phases follow the protocol:
 //!
-//! 1. [`startup`]: answer SSLRequest/GSSENCRequest, route a CancelRequest,
-//!    or accept a StartupMessage;
-//! 2. connect upstream and forward the StartupMessage unchanged;
+//! 1. [`startup`]: answer SSLRequest (`S` and a TLS handshake when `[tls]`
+//!    is configured, `N` otherwise) and GSSENCRequest (`N`), route a
+//!    CancelRequest, or accept a StartupMessage; then enforce `[tls]
+//!    require`, `max_client_connections` and shutdown;
+//! 2. connect upstream (over TLS when `[upstream_tls]` says so) and forward
+//!    the StartupMessage unchanged;
 //! 3. [`relay`] frames both ways until either side leaves. Authentication
 //!    happens inside the relay, end to end between client and server; the
 //!    [`backend`] handler watches it only to withdraw channel binding and to
@@ -19,11 +22,13 @@ mod results;
 mod roles;
 mod startup;
 
-use crate::net::FrameError;
+use crate::admin::{metrics, Tally};
+use crate::net::{ClientStream, FrameError, MaybeTls, ServerStream};
 use crate::proto::error::{sqlstate, Severity};
 use crate::proto::keydata::CancelKey;
 use crate::server::cancel::Registration;
-use crate::server::Shared;
+use crate::server::{ClientSlot, Shared};
+use crate::tls::TlsError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -65,13 +70,59 @@ pub enum SessionError {
     /// The random source failed while minting a cancel key.
     #[error("cannot mint a cancel key: system random source failed")]
     Random,
+    /// The TLS handshake with the client failed.
+    #[error("client {0}")]
+    ClientTls(TlsError),
+    /// The client sent bytes behind its SSLRequest, before the handshake;
+    /// they could be injected by a man in the middle, so they are refused.
+    #[error("unencrypted data after SSLRequest")]
+    DataAfterSslRequest,
+    /// TLS to the upstream could not be established.
+    #[error("cannot connect to the PostgreSQL server at {addr}: {source}")]
+    UpstreamTls {
+        /// The configured upstream.
+        addr: String,
+        /// What went wrong.
+        source: TlsError,
+    },
+    /// `[tls] require` and the client did not negotiate TLS.
+    #[error("client did not use TLS, which [tls] require demands")]
+    TlsRequired,
+    /// `max_client_connections` is reached.
+    #[error("too many client connections (max_client_connections = {0})")]
+    TooManyClients(usize),
+    /// A new connection arrived during a graceful shutdown.
+    #[error("pgveil is shutting down")]
+    ShuttingDown,
 }
 
 impl SessionError {
     /// The FATAL error to send the client before closing, if any.
     fn client_error(&self) -> Option<(&'static str, String)> {
         match self {
-            SessionError::Client(_) | SessionError::StartupTimeout => None,
+            SessionError::Client(_)
+            | SessionError::StartupTimeout
+            | SessionError::ClientTls(_) => None,
+            SessionError::DataAfterSslRequest => Some((
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgveil: {self}; closing the connection"),
+            )),
+            SessionError::UpstreamTls { .. } => Some((
+                sqlstate::CANNOT_CONNECT,
+                format!("pgveil: {self}; check [upstream_tls]"),
+            )),
+            SessionError::TlsRequired => Some((
+                sqlstate::INVALID_AUTHORIZATION,
+                "pgveil: this proxy requires TLS; connect with sslmode=require (or verify-full)".into(),
+            )),
+            SessionError::TooManyClients(max) => Some((
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("pgveil: sorry, too many clients already ({max} connected, [proxy] max_client_connections); try again later"),
+            )),
+            SessionError::ShuttingDown => Some((
+                sqlstate::CANNOT_CONNECT_NOW,
+                "pgveil: the proxy is shutting down; connect again in a moment".into(),
+            )),
             SessionError::ClientFrame(e) => Some((
                 sqlstate::PROTOCOL_VIOLATION,
                 format!("pgveil: {e}; closing the connection"),
@@ -106,6 +157,17 @@ struct Session<'a> {
     server_said_fatal: bool,
     /// Column-protection state, when policies are configured.
     protect: Option<protect::ProtectState>,
+    /// The last server message was ReadyForQuery `I` and the client has
+    /// sent nothing since: no transaction, nothing in flight. A graceful
+    /// shutdown may close the session now; `idle_timeout` counts from here.
+    idle: bool,
+    /// When `idle` last became true, if `idle_timeout` is configured.
+    idle_since: Option<std::time::Instant>,
+    /// Counts not yet folded into the shared metrics.
+    tally: Tally,
+    /// The server asked for SASL over an upstream TLS connection; the
+    /// client's next message is its SASLInitialResponse.
+    expect_sasl_initial: bool,
     /// The role the StartupMessage sets (`options=-c role=…`), which is
     /// in effect from the first statement.
     startup_role: Option<String>,
@@ -113,15 +175,17 @@ struct Session<'a> {
 
 /// Runs one client connection to completion. Never panics on input and
 /// never returns an error: how the session ended is logged here.
-pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: ClientSlot) {
     let span = tracing::info_span!("session", %peer);
     async move {
-        let mut client = client;
-        match serve(&mut client, &shared).await {
+        let mut client = MaybeTls::Plain(client);
+        match serve(&mut client, &shared, &slot).await {
             Ok(()) => debug!("session closed"),
             Err(e) => {
                 match &e {
-                    SessionError::Client(_) => debug!(error = %e, "session ended"),
+                    SessionError::Client(_) | SessionError::ClientTls(_) => {
+                        debug!(error = %e, "session ended")
+                    }
                     _ => warn!(error = %e, "session ended"),
                 }
                 if let Some((code, msg)) = e.client_error() {
@@ -133,17 +197,23 @@ pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
             }
         }
+        drop(slot);
     }
     .instrument(span)
     .await
 }
 
-async fn serve(client: &mut TcpStream, shared: &Shared) -> Result<(), SessionError> {
+async fn serve(
+    client: &mut ClientStream,
+    shared: &Shared,
+    slot: &ClientSlot,
+) -> Result<(), SessionError> {
     let cfg = &shared.config.proxy;
     let mut client_in = bytes::BytesMut::with_capacity(16 * 1024);
+    let tls = shared.client_tls();
     let packet = match tokio::time::timeout(
         cfg.startup_timeout,
-        startup::negotiate(client, &mut client_in),
+        startup::negotiate(client, &mut client_in, tls.acceptor.as_ref()),
     )
     .await
     {
@@ -158,11 +228,24 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> Result<(), SessionErr
         }
         startup::Request::Gone => return Ok(()),
     };
+    if tls.require && !client.is_tls() {
+        metrics().clients_refused_tls.inc();
+        return Err(SessionError::TlsRequired);
+    }
+    if slot.over_limit() {
+        metrics().clients_refused_limit.inc();
+        return Err(SessionError::TooManyClients(cfg.max_client_connections));
+    }
+    if shared.draining() {
+        return Err(SessionError::ShuttingDown);
+    }
     let user = crate::proto::startup::param(packet.payload(), "user")
         .unwrap_or_default()
         .to_owned();
+    debug!(%user, tls = client.is_tls(), "startup packet received");
 
     let mut server = connect_upstream(shared).await?;
+    let _upstream = UpstreamGauge::open();
     let mut session = Session {
         shared,
         user,
@@ -174,25 +257,68 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> Result<(), SessionErr
             .protector
             .is_some()
             .then(protect::ProtectState::default),
+        idle: false,
+        idle_since: None,
+        tally: Tally::default(),
+        expect_sasl_initial: false,
     };
-    relay::Relay::new(client_in, packet.bytes, cfg.max_message_bytes)
-        .run(&mut session, client, &mut server)
-        .await
+    let lifecycle = relay::Lifecycle::new(shared.shutdown_token(), cfg);
+    let result = relay::Relay::new(client_in, packet.bytes, cfg.max_message_bytes)
+        .run(&mut session, client, &mut server, lifecycle)
+        .await;
+    session.tally.fold();
+    result
 }
 
-/// Opens a tuned TCP connection to the configured upstream.
-async fn connect_upstream(shared: &Shared) -> Result<TcpStream, SessionError> {
+/// Counts an open upstream connection in the metrics while it lives.
+struct UpstreamGauge;
+
+impl UpstreamGauge {
+    fn open() -> Self {
+        metrics().upstream_opened.inc();
+        metrics().upstream_active.inc();
+        UpstreamGauge
+    }
+}
+
+impl Drop for UpstreamGauge {
+    fn drop(&mut self) {
+        metrics().upstream_active.dec();
+    }
+}
+
+/// Opens a tuned connection to the configured upstream, negotiating TLS
+/// when `[upstream_tls]` enables it.
+async fn connect_upstream(shared: &Shared) -> Result<ServerStream, SessionError> {
     let cfg = &shared.config.proxy;
     let fail = |reason: String| SessionError::Connect {
         addr: cfg.upstream.clone(),
         reason,
     };
-    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&cfg.upstream))
+    let connect = async {
+        let stream = TcpStream::connect(&cfg.upstream)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        crate::net::tweaks::tune(&stream, cfg);
+        match &shared.upstream_tls {
+            None => Ok(MaybeTls::Plain(stream)),
+            Some(tls) => tls
+                .connect(stream)
+                .await
+                .map_err(|source| SessionError::UpstreamTls {
+                    addr: cfg.upstream.clone(),
+                    source,
+                }),
+        }
+    };
+    let result = tokio::time::timeout(cfg.connect_timeout, connect)
         .await
-        .map_err(|_| fail(format!("timed out after {:?}", cfg.connect_timeout)))?
-        .map_err(|e| fail(e.to_string()))?;
-    crate::net::tweaks::tune(&stream);
-    Ok(stream)
+        .map_err(|_| fail(format!("timed out after {:?}", cfg.connect_timeout)))
+        .and_then(|r| r);
+    if result.is_err() {
+        metrics().upstream_failed.inc();
+    }
+    result
 }
 
 /// Sends a client's cancel to the upstream backend its key maps to.
@@ -213,6 +339,7 @@ async fn forward_cancel(key: &CancelKey, shared: &Shared) {
                 addr: shared.config.proxy.upstream.clone(),
                 reason: e.to_string(),
             })?;
+        let _ = server.flush().await;
         // The server closes the connection once it has read the request.
         let mut sink = [0u8; 16];
         let _ = tokio::time::timeout(

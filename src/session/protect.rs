@@ -130,6 +130,10 @@ pub(super) struct ProtectState {
     role: Option<PolicyRole>,
     /// The [`RoleTracker::generation`] `role` was decided for.
     role_generation: u64,
+    /// The protection snapshot's generation `role` was decided with: a
+    /// configuration reload or catalog refresh changes it, and the role
+    /// is decided again for the next statement.
+    role_snapshot: u64,
     /// The PostgreSQL role the session acts as, once authenticated.
     roles: Option<RoleTracker>,
     /// Role effects of the current simple query's statements, in order.
@@ -223,10 +227,12 @@ impl Session<'_> {
             (self.shared.protector.as_deref(), self.protect.as_mut())
         {
             let tracker = RoleTracker::new(&self.user, self.startup_role.take());
-            let role = protector.snapshot().role_for(tracker.current_user());
+            let snapshot = protector.snapshot();
+            let role = snapshot.role_for(tracker.current_user());
             tracing::info!(user = %self.user, pg_role = tracker.current_user(), role = %role.name, "policy role");
             st.role = Some(role);
-            st.role_generation = tracker.generation();
+            st.role_snapshot = snapshot.generation();
+            st.role_generation = (st.role_snapshot << 32) ^ tracker.generation();
             st.roles = Some(tracker);
             st.guard_authenticated(&self.user);
         }
@@ -243,6 +249,9 @@ impl ProtectState {
         to_server: &mut BytesMut,
     ) -> Flow {
         let tag = frame.tag();
+        if matches!(tag, b'Q' | b'E') {
+            self.notice_reload(protector);
+        }
         // COPY sub-protocol first: only CopyData/CopyDone/CopyFail belong to it.
         if self.copy.is_some() || self.copy_failed {
             match tag {
@@ -321,16 +330,19 @@ impl ProtectState {
                     });
                 match planned {
                     Ok(Ready::Same) => {
+                        crate::admin::metrics().statements_relayed.inc();
                         if !self.guard_explain(&sql, Some(frame.as_bytes()), to_server) {
                             to_server.extend_from_slice(frame.as_bytes());
                         }
                     }
                     Ok(Ready::Text(text)) => {
+                        crate::admin::metrics().statements_rewritten.inc();
                         if !self.guard_explain(&text, None, to_server) {
                             write_query(to_server, &text);
                         }
                     }
                     Ok(Ready::Copy(enc)) => {
+                        crate::admin::metrics().statements_rewritten.inc();
                         to_server.extend_from_slice(frame.as_bytes());
                         self.copy = Some(enc);
                     }
@@ -369,8 +381,14 @@ impl ProtectState {
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
                         match rewritten {
-                            Some(bytes) => to_server.extend_from_slice(&bytes),
-                            None => to_server.extend_from_slice(frame.as_bytes()),
+                            Some(bytes) => {
+                                crate::admin::metrics().statements_rewritten.inc();
+                                to_server.extend_from_slice(&bytes)
+                            }
+                            None => {
+                                crate::admin::metrics().statements_relayed.inc();
+                                to_server.extend_from_slice(frame.as_bytes())
+                            }
                         }
                         self.statements.insert(name, Arc::new(prepared));
                     }
@@ -922,17 +940,38 @@ impl ProtectState {
         }
     }
 
+    /// A reload or catalog refresh since the role was decided: decide it
+    /// again, and let results planned before (a prepared statement's
+    /// Describe) be re-planned. One atomic load per Query or Execute.
+    fn notice_reload(&mut self, protector: &Protector) {
+        let latest = protector.generation();
+        if latest != self.role_snapshot {
+            self.role = None;
+            self.role_snapshot = latest;
+        }
+    }
+
+    /// What a result plan's actions were decided for: the role tracker's
+    /// generation (SET ROLE) and the protection snapshot's (reload), so a
+    /// plan from before either is re-planned.
     fn generation(&self) -> u64 {
-        self.roles.as_ref().map_or(0, RoleTracker::generation)
+        let tracker = self.roles.as_ref().map_or(0, RoleTracker::generation);
+        (self.role_snapshot << 32) ^ tracker
     }
 
     /// The policy role for the PostgreSQL role the session acts as now.
     fn policy_role(&mut self, snapshot: &Snapshot) -> (PolicyRole, u64) {
+        if self.role_snapshot != snapshot.generation() {
+            self.role = None;
+            self.role_snapshot = snapshot.generation();
+        }
         let generation = self.generation();
         if self.role_generation != generation || self.role.is_none() {
             let user = self.roles.as_ref().map_or("", RoleTracker::current_user);
             let role = snapshot.role_for(user);
-            tracing::info!(pg_role = user, role = %role.name, "policy role changed");
+            if self.role.as_ref() != Some(&role) {
+                tracing::info!(pg_role = user, role = %role.name, "policy role changed");
+            }
             self.role = Some(role);
             self.role_generation = generation;
         }
@@ -959,6 +998,7 @@ impl ProtectState {
     /// Replaces the rest of a result with one ErrorResponse.
     fn refuse_result(&mut self, to_client: &mut BytesMut, code: &str, message: &str) {
         tracing::info!(sqlstate = code, reason = %message, "result refused");
+        crate::admin::metrics().statements_blocked.inc();
         crate::proto::error::write_error(
             to_client,
             crate::proto::error::Severity::Error,
@@ -1001,6 +1041,7 @@ fn malformed(what: &str) -> Refusal {
 }
 
 fn note_refusal(user: &str, refusal: &Refusal) {
+    crate::admin::metrics().statements_refused.inc();
     tracing::info!(%user, sqlstate = refusal.sqlstate, reason = %refusal.message, "statement refused");
 }
 

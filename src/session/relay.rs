@@ -9,6 +9,11 @@
 //!
 //! Reading from a side stops while the output it feeds holds more than
 //! [`HIGH_WATER`] bytes: back-pressure instead of unbounded buffering.
+//!
+//! The [`Lifecycle`] timers (graceful shutdown, idle timeout) are polled
+//! only when nothing else can progress, so a busy connection never looks
+//! at them; when one fires, the session ends with a FATAL the client can
+//! read (57P01, 57P05) and Terminate goes upstream.
 
 use super::frontend::Flow;
 use super::{Session, SessionError};
@@ -17,12 +22,15 @@ use crate::proto::error::{sqlstate, write_error, Severity};
 use crate::proto::tag;
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
-use tracing::debug;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{debug, info};
 
 /// Output queued for one side above which pgveil stops reading the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -40,6 +48,10 @@ pub(super) struct Relay {
     /// Client frames wait in `client_in` while the session refuses a result
     /// (see [`Session::client_paused`]).
     client_stalled: bool,
+    /// A flush of that side returned `Pending`: TLS may hold encrypted
+    /// bytes that only a later flush writes out.
+    unflushed_client: bool,
+    unflushed_server: bool,
 }
 
 /// Which side ended the relay.
@@ -48,6 +60,80 @@ enum End {
     Client { terminated: bool },
     /// The server closed its socket.
     Server,
+    /// pgveil closes the session: shutdown or idle timeout.
+    Proxy(Closing),
+}
+
+/// Why pgveil itself closes a session.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// Graceful shutdown: idle, or `shutdown_timeout` passed.
+    Shutdown,
+    /// Idle for `idle_timeout`.
+    Idle,
+    /// A client message pgveil cannot relay (see [`Flow::Refuse`]).
+    Refused(&'static str, &'static str),
+}
+
+/// The timers that can end a session from pgveil's side. Allocated once per
+/// session; polled only when the relay has nothing else to do.
+pub(super) struct Lifecycle {
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown_timeout: Duration,
+    /// Set once shutdown began: the moment pgveil stops waiting.
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle_timeout: Duration,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Lifecycle {
+    /// Timers from `[proxy] shutdown_timeout` and `idle_timeout`.
+    pub(super) fn new(shutdown: CancellationToken, cfg: &crate::config::ProxyConfig) -> Self {
+        let idle_timer =
+            (!cfg.idle_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(cfg.idle_timeout)));
+        Lifecycle {
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+            shutdown_timeout: cfg.shutdown_timeout,
+            deadline: None,
+            idle_timeout: cfg.idle_timeout,
+            idle_timer,
+        }
+    }
+
+    /// Whether the session must end now. Registers wakers for every timer
+    /// that has not fired, so the relay is woken when one does.
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        idle: bool,
+        idle_since: Option<Instant>,
+    ) -> Option<Closing> {
+        if self.deadline.is_none() && self.shutdown.as_mut().poll(cx).is_ready() {
+            info!(timeout = ?self.shutdown_timeout, "shutdown: closing the session once its transaction ends");
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.shutdown_timeout)));
+        }
+        if let Some(deadline) = self.deadline.as_mut() {
+            if idle || deadline.as_mut().poll(cx).is_ready() {
+                return Some(Closing::Shutdown);
+            }
+        }
+        if let Some(timer) = self.idle_timer.as_mut() {
+            while timer.as_mut().poll(cx).is_ready() {
+                let now = tokio::time::Instant::now();
+                match idle_since {
+                    Some(since) if idle && since.elapsed() >= self.idle_timeout => {
+                        return Some(Closing::Idle)
+                    }
+                    Some(since) if idle => {
+                        let left = self.idle_timeout.saturating_sub(since.elapsed());
+                        timer.as_mut().reset(now + left);
+                    }
+                    _ => timer.as_mut().reset(now + self.idle_timeout),
+                }
+            }
+        }
+        None
+    }
 }
 
 impl Relay {
@@ -63,6 +149,8 @@ impl Relay {
             to_server,
             max_message,
             client_stalled: false,
+            unflushed_client: false,
+            unflushed_server: false,
         }
     }
 
@@ -72,6 +160,7 @@ impl Relay {
         session: &mut Session<'_>,
         client: &mut C,
         server: &mut S,
+        mut lifecycle: Lifecycle,
     ) -> Result<(), SessionError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -80,9 +169,44 @@ impl Relay {
         // Frames the client pipelined behind its startup packet.
         let end = match self.drain_client(session)? {
             Some(end) => end,
-            None => poll_fn(|cx| self.poll_step(cx, session, client, server)).await?,
+            None => {
+                poll_fn(|cx| self.poll_step(cx, session, client, server, &mut lifecycle)).await?
+            }
         };
         match end {
+            End::Proxy(why) => {
+                let (code, message) = match why {
+                    Closing::Shutdown => {
+                        crate::admin::metrics().sessions_closed_shutdown.inc();
+                        (
+                            sqlstate::ADMIN_SHUTDOWN,
+                            "pgveil: terminating connection because the proxy is shutting down; reconnect in a moment",
+                        )
+                    }
+                    Closing::Idle => {
+                        crate::admin::metrics().sessions_closed_idle.inc();
+                        (
+                            sqlstate::IDLE_SESSION_TIMEOUT,
+                            "pgveil: terminating connection due to idle timeout ([proxy] idle_timeout)",
+                        )
+                    }
+                    Closing::Refused(code, message) => (code, message),
+                };
+                info!(reason = ?why, idle = session.idle, "pgveil closes the session");
+                write_error(&mut self.to_client, Severity::Fatal, code, message);
+                // The server rolls back whatever transaction is still open.
+                self.to_server
+                    .extend_from_slice(&[tag::TERMINATE, 0, 0, 0, 4]);
+                let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                    let _ = client.write_all_buf(&mut self.to_client).await;
+                    let _ = client.flush().await;
+                    let _ = server.write_all_buf(&mut self.to_server).await;
+                    let _ = server.flush().await;
+                })
+                .await;
+                let _ = client.shutdown().await;
+                let _ = server.shutdown().await;
+            }
             End::Client { terminated } => {
                 debug!(terminated, "client left");
                 if !terminated {
@@ -91,9 +215,11 @@ impl Relay {
                     self.to_server
                         .extend_from_slice(&[tag::TERMINATE, 0, 0, 0, 4]);
                 }
-                let _ =
-                    tokio::time::timeout(FINAL_FLUSH, server.write_all_buf(&mut self.to_server))
-                        .await;
+                let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                    let _ = server.write_all_buf(&mut self.to_server).await;
+                    let _ = server.flush().await;
+                })
+                .await;
                 let _ = server.shutdown().await;
             }
             End::Server => {
@@ -106,9 +232,11 @@ impl Relay {
                         "pgveil: the connection to the PostgreSQL server was lost; reconnect to continue",
                     );
                 }
-                let _ =
-                    tokio::time::timeout(FINAL_FLUSH, client.write_all_buf(&mut self.to_client))
-                        .await;
+                let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                    let _ = client.write_all_buf(&mut self.to_client).await;
+                    let _ = client.flush().await;
+                })
+                .await;
                 let _ = client.shutdown().await;
             }
         }
@@ -125,6 +253,7 @@ impl Relay {
         session: &mut Session<'_>,
         client: &mut C,
         server: &mut S,
+        lifecycle: &mut Lifecycle,
     ) -> Poll<Result<End, SessionError>>
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -133,12 +262,12 @@ impl Relay {
         loop {
             let mut progressed = false;
             // Writes first: what the last reads queued goes out in one write.
-            match poll_write_out(cx, server, &mut self.to_server) {
+            match poll_write_out(cx, server, &mut self.to_server, &mut self.unflushed_server) {
                 Poll::Ready(Ok(true)) => progressed = true,
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(Ok(End::Server)),
             }
-            match poll_write_out(cx, client, &mut self.to_client) {
+            match poll_write_out(cx, client, &mut self.to_client, &mut self.unflushed_client) {
                 Poll::Ready(Ok(true)) => progressed = true,
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
@@ -150,7 +279,8 @@ impl Relay {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Ok(End::Client { terminated: false }))
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
+                        session.tally.from_client += n as u64;
                         if let Some(end) = self.drain_client(session)? {
                             return Poll::Ready(Ok(end));
                         }
@@ -176,7 +306,8 @@ impl Relay {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Ok(End::Server))
                     }
-                    Poll::Ready(Ok(_)) => {
+                    Poll::Ready(Ok(n)) => {
+                        session.tally.from_server += n as u64;
                         self.drain_server(session)?;
                         progressed = true;
                         if let Some(end) = self.resume_client(session)? {
@@ -187,13 +318,34 @@ impl Relay {
                 }
             }
             if !progressed {
+                // Nothing to move: only now look at the timers. "Idle" also
+                // needs nothing queued either way, so a FATAL cannot cut
+                // into a reply still being written.
+                let quiet = session.idle
+                    && self.to_client.is_empty()
+                    && self.to_server.is_empty()
+                    && self.client_in.is_empty();
+                if let Some(why) = lifecycle.poll_close(cx, quiet, session.idle_since) {
+                    return Poll::Ready(Ok(End::Proxy(why)));
+                }
                 return Poll::Pending;
             }
         }
     }
 
-    /// Handles every complete client frame buffered so far.
+    /// Handles every complete client frame buffered so far. The time spent
+    /// counts toward the statement's overhead metric.
     fn drain_client(&mut self, session: &mut Session<'_>) -> Result<Option<End>, SessionError> {
+        let started = Instant::now();
+        let result = self.drain_client_frames(session);
+        session.tally.busy += started.elapsed();
+        result
+    }
+
+    fn drain_client_frames(
+        &mut self,
+        session: &mut Session<'_>,
+    ) -> Result<Option<End>, SessionError> {
         loop {
             if session.client_paused() {
                 self.client_stalled = true;
@@ -204,8 +356,13 @@ impl Relay {
             else {
                 return Ok(None);
             };
-            if session.on_client_frame(&frame, &mut self.to_server) == Flow::Close {
-                return Ok(Some(End::Client { terminated: true }));
+            session.idle = false;
+            match session.on_client_frame(&frame, &mut self.to_server) {
+                Flow::Continue => {}
+                Flow::Close => return Ok(Some(End::Client { terminated: true })),
+                Flow::Refuse(code, message) => {
+                    return Ok(Some(End::Proxy(Closing::Refused(code, message))))
+                }
             }
         }
     }
@@ -221,6 +378,18 @@ impl Relay {
 
     /// Handles every complete server frame buffered so far.
     fn drain_server(&mut self, session: &mut Session<'_>) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let result = self.drain_server_frames(session);
+        session.tally.busy += started.elapsed();
+        if session.tally.statement_done {
+            // A ReadyForQuery went by: one statement round trip's sample.
+            session.tally.statement_done = false;
+            session.tally.fold_statement();
+        }
+        result
+    }
+
+    fn drain_server_frames(&mut self, session: &mut Session<'_>) -> Result<(), SessionError> {
         while !session.server_paused() {
             let Some(frame) = next_frame(&mut self.server_in, self.max_message)
                 .map_err(SessionError::ServerFrame)?
@@ -235,23 +404,39 @@ impl Relay {
 }
 
 /// Writes as much of `out` as the socket takes now, flushing once it is
-/// empty (a no-op for TCP; needed for TLS). `Ready(Ok(true))` means bytes
-/// moved; `Ready(Ok(false))` means there was nothing to write.
+/// empty (a no-op for TCP; for TLS it writes the records rustls still
+/// holds). A flush that could not finish is retried on later calls until
+/// it does, even with nothing new to write: otherwise the tail of a reply
+/// could stay inside rustls until the next message. `Ready(Ok(true))`
+/// means bytes moved; `Ready(Ok(false))` means there was nothing to write.
 fn poll_write_out<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     io: &mut W,
     out: &mut BytesMut,
+    unflushed: &mut bool,
 ) -> Poll<std::io::Result<bool>> {
     if out.is_empty() {
-        return Poll::Ready(Ok(false));
+        if !*unflushed {
+            return Poll::Ready(Ok(false));
+        }
+        return match Pin::new(io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                *unflushed = false;
+                Poll::Ready(Ok(false))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        };
     }
     match Pin::new(&mut *io).poll_write(cx, out) {
         Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
         Poll::Ready(Ok(n)) => {
             out.advance(n);
             if out.is_empty() {
-                if let Poll::Ready(Err(e)) = Pin::new(io).poll_flush(cx) {
-                    return Poll::Ready(Err(e));
+                match Pin::new(io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => *unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => *unflushed = true,
                 }
             }
             Poll::Ready(Ok(true))

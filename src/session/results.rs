@@ -426,6 +426,7 @@ fn show(
     } = bufs;
     let ty = field.column.logical_type;
     if field.action == Action::Null {
+        crate::admin::metrics().masked(&field.column.full_name);
         return Ok(false);
     }
     // The value in text form: decrypted, or as stored for `none` columns.
@@ -466,6 +467,7 @@ fn show(
                         field.column.full_name
                     ),
                 })?;
+                crate::admin::metrics().decrypted(&field.column.full_name);
                 cipher.decrypt(env, fmt, out).map_err(|e| RowError {
                     sqlstate: e.sqlstate(),
                     message: e.to_string(),
@@ -491,6 +493,7 @@ fn show(
             Ok(true)
         }
         Action::Mask(mask) => {
+            crate::admin::metrics().masked(&field.column.full_name);
             text.clear();
             decrypt(Format::Text, text)?;
             let text = String::from_utf8_lossy(text);

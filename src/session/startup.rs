@@ -1,16 +1,19 @@
 //! The startup phase as seen from the client side.
 //!
-//! Before a StartupMessage a client may ask for TLS or GSSAPI encryption
-//! (answered `N`: pgveil speaks plaintext here until TLS is configured, and
-//! the client then proceeds or gives up as its `sslmode` says), or send a
-//! CancelRequest for another connection.
+//! Before a StartupMessage a client may ask for TLS or GSSAPI encryption,
+//! or send a CancelRequest for another connection. SSLRequest is answered
+//! `S` and followed by a TLS handshake when `[tls]` is configured; the
+//! client then sends its startup packets inside TLS. Otherwise, and always
+//! for GSSENCRequest, the answer is `N` and the client proceeds in
+//! plaintext or gives up, as its `sslmode` says (libpq's "server does not
+//! support SSL").
 
 use super::SessionError;
-use crate::net::{next_startup, StartupPacket};
+use crate::net::{next_startup, ClientStream, StartupPacket};
 use crate::proto::keydata::CancelKey;
 use crate::proto::startup::StartupKind;
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the client's startup phase ended with.
 #[derive(Debug)]
@@ -23,17 +26,16 @@ pub(super) enum Request {
     Gone,
 }
 
-/// Reads startup packets until one that ends the phase.
+/// Reads startup packets until one that ends the phase, upgrading the
+/// connection to TLS on the way when the client asks and `tls` is set.
 ///
 /// Bytes after the packet stay in `buf` for the relay: a pipelining client
 /// may send its first messages right behind the StartupMessage.
-pub(super) async fn negotiate<S>(
-    client: &mut S,
+pub(super) async fn negotiate(
+    client: &mut ClientStream,
     buf: &mut BytesMut,
-) -> Result<Request, SessionError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+) -> Result<Request, SessionError> {
     loop {
         let packet = loop {
             if let Some(p) = next_startup(buf).map_err(SessionError::ClientFrame)? {
@@ -45,6 +47,21 @@ where
             }
         };
         match StartupKind::of(packet.code()) {
+            StartupKind::Ssl if !client.is_tls() => match tls {
+                Some(acceptor) => {
+                    // Anything already buffered was sent in plaintext before
+                    // the handshake and may have been injected (CVE-2021-23214).
+                    if !buf.is_empty() {
+                        return Err(SessionError::DataAfterSslRequest);
+                    }
+                    client.write_all(b"S").await.map_err(SessionError::Client)?;
+                    client.flush().await.map_err(SessionError::Client)?;
+                    crate::tls::accept(client, acceptor)
+                        .await
+                        .map_err(SessionError::ClientTls)?;
+                }
+                None => client.write_all(b"N").await.map_err(SessionError::Client)?,
+            },
             StartupKind::Ssl | StartupKind::GssEnc => {
                 client.write_all(b"N").await.map_err(SessionError::Client)?;
             }

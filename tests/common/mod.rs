@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod certs;
+
 use pgveil::config::Config;
 use pgveil::server::Proxy;
 use pgveil::tempdb::TempDb;
@@ -14,12 +16,16 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The test binary's PostgreSQL server.
+/// The test binary's PostgreSQL server. It accepts TLS too (with the
+/// certificates of [`certs`]), so upstream TLS can be tested against it;
+/// plaintext connections work as before.
 pub fn db() -> &'static TempDb {
     static DB: OnceLock<TempDb> = OnceLock::new();
-    DB.get_or_init(|| match TempDb::start() {
-        Ok(db) => db,
-        Err(e) => panic!("cannot start the test PostgreSQL: {e}"),
+    DB.get_or_init(|| {
+        match TempDb::start_with_tls(&[], &certs::certs().cert_pem, &certs::certs().key_pem) {
+            Ok(db) => db,
+            Err(e) => panic!("cannot start the test PostgreSQL: {e}"),
+        }
     })
 }
 
@@ -35,11 +41,16 @@ pub fn config() -> Config {
     let mut cfg = Config::default();
     cfg.proxy.listen = "127.0.0.1:0".into();
     cfg.proxy.upstream = db().addr();
+    cfg.admin.listen = "127.0.0.1:0".into();
     cfg
 }
 
-/// Starts a proxy with `cfg` on the proxy runtime.
-pub fn start_proxy(cfg: Config) -> Proxy {
+/// Starts a proxy with `cfg` on the proxy runtime. The admin listener
+/// gets a free port unless the test chose one: many proxies run at once.
+pub fn start_proxy(mut cfg: Config) -> Proxy {
+    if cfg.admin.listen == pgveil::config::AdminConfig::default().listen {
+        cfg.admin.listen = "127.0.0.1:0".into();
+    }
     std::thread::spawn(move || proxy_runtime().block_on(Proxy::bind(cfg)))
         .join()
         .expect("proxy thread")
