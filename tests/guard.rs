@@ -656,6 +656,11 @@ async fn approval_lifts_the_cap_for_its_tables() {
         3000
     );
     tx.commit().await.unwrap();
+    // COPY streams uncounted, so it never runs under an approval.
+    refused(
+        rows(&c, "COPY guests (id, phone) TO STDOUT").await,
+        &["not counted against approval"],
+    );
     // Not above its own max_rows.
     refused(
         rows(&c, "SELECT phone FROM guests WHERE true LIMIT 6000").await,

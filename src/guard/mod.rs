@@ -127,6 +127,17 @@ pub enum GuardError {
         /// How to get an approval (or narrow the query).
         how: String,
     },
+    /// COPY TO streams its rows without holding them, so an approval's
+    /// `max_rows` could not be enforced on it.
+    #[error(
+        "pgveil: bulk read refused before execution: COPY ... TO STDOUT is not counted against \
+         approval {id}, so it cannot run under one; export with SELECT (or a cursor), whose rows \
+         pgveil holds and counts up to the approval's max_rows"
+    )]
+    CopyUnderApproval {
+        /// The approval's id.
+        id: String,
+    },
     /// `precheck = "explain"`: the server's row estimate is above the cap.
     #[error(
         "pgveil: bulk read refused before execution: the server estimates {estimate} rows, above the \

@@ -61,6 +61,9 @@ pub fn check(
             .approval
             .filter(|a| !r.opaque && tables.iter().all(|t| a.covers(t)));
         if let Some(a) = approved {
+            if r.kind == ReadKind::CopyTo {
+                return Err(GuardError::CopyUnderApproval { id: a.id.clone() });
+            }
             if let Some(limit) = r.limit.filter(|l| *l > a.max_rows) {
                 return Err(GuardError::LimitAbove {
                     limit,
