@@ -911,3 +911,71 @@ async fn union_of_the_same_protected_columns_is_decrypted_and_masked() {
         assert_eq!(db.code().code(), "0A000", "{sql}: {}", db.message());
     }
 }
+
+/// Parse, Bind, Describe(portal), Execute and Sync in one write, as libpq's
+/// PQexecParams and JDBC send them; returns the text cells of the DataRows.
+async fn pipelined_rows(user: &str, sql: &str, describe: u8) -> Vec<Vec<Option<String>>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(veil()).await.unwrap();
+    s.write_all(&raw::startup(&[("user", user), ("database", "postgres")]))
+        .await
+        .unwrap();
+    raw::read_until_ready(&mut s).await;
+    let mut batch = Vec::new();
+    let mut parse = b"s1\0".to_vec();
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    batch.extend(raw::frame(b'P', &parse));
+    batch.extend(raw::frame(b'B', b"p1\0s1\0\0\0\0\0\0\0"));
+    let target: &[u8] = if describe == b'P' { b"Pp1\0" } else { b"Ss1\0" };
+    batch.extend(raw::frame(b'D', target));
+    batch.extend(raw::frame(b'E', b"p1\0\0\0\0\0"));
+    batch.extend(raw::frame(b'S', b""));
+    s.write_all(&batch).await.unwrap();
+    raw::read_until_ready(&mut s)
+        .await
+        .into_iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| {
+            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut at = 2;
+            (0..n)
+                .map(|_| {
+                    let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                    at += 4;
+                    if len < 0 {
+                        return None;
+                    }
+                    let v = String::from_utf8_lossy(&body[at..at + len as usize]).into_owned();
+                    at += len as usize;
+                    Some(v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pipelined_describe_and_execute_are_masked() {
+    let sql = "SELECT phone, email FROM rguests WHERE id = 1";
+    for describe in [b'P', b'S'] {
+        let rows = pipelined_rows("fd_alice", sql, describe).await;
+        assert_eq!(
+            rows,
+            vec![vec![
+                Some(MASKED.to_owned()),
+                Some("z********@example.com".to_owned())
+            ]],
+            "Describe {}",
+            describe as char
+        );
+        let rows = pipelined_rows("mgr_bob", sql, describe).await;
+        assert_eq!(
+            rows,
+            vec![vec![
+                Some(CLEAR.to_owned()),
+                Some("zhang.san@example.com".to_owned())
+            ]]
+        );
+    }
+}

@@ -58,6 +58,9 @@ pub(super) struct Prepared {
     /// The protected column behind each result column, when analysis
     /// knows more than the RowDescription will say (set operations).
     results: Option<Arc<[Option<ProtectedColumn>]>>,
+    /// Its row shape, once a Describe of it has been answered; an Execute
+    /// sent before that answer (pipelined) reads it when its rows arrive.
+    rows: std::sync::OnceLock<Arc<RowPlan>>,
     /// What the bulk-read guard checks its Executes against (capped roles).
     guard: Option<guarded::PreparedGuard>,
 }
@@ -72,8 +75,9 @@ enum Pending {
         name: Vec<u8>,
         prepared: Option<Arc<Prepared>>,
     },
-    /// Describe of a portal: RowDescription/NoData with the real formats.
-    DescribePortal(Vec<u8>),
+    /// Describe of a portal: RowDescription/NoData with the real formats;
+    /// the answer also fills the portal's cell for pipelined Executes.
+    DescribePortal(Vec<u8>, Option<Arc<std::sync::OnceLock<Arc<RowPlan>>>>),
     /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery;
     /// the portal's statement says what else its reply means (a role
     /// effect, a COPY TO stream to mask), with the bulk-read guard's
@@ -82,6 +86,7 @@ enum Pending {
         Option<Arc<ResultPlan>>,
         Option<Arc<Prepared>>,
         Option<Box<guarded::ExecGuard>>,
+        Option<Box<Deferred>>,
     ),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
@@ -103,6 +108,32 @@ struct PortalRows {
     statement: Vec<u8>,
     formats: Vec<i16>,
     described: Option<Arc<RowPlan>>,
+    /// Filled by the answer to a Describe of this portal (this Bind's,
+    /// not a later one's of the same name).
+    cell: Arc<std::sync::OnceLock<Arc<RowPlan>>>,
+}
+
+/// The row shape of an Execute sent before the Describe that tells it was
+/// answered (libpq and JDBC pipeline Bind, Describe, Execute, Sync): found
+/// when its first row arrives, from the cells of the very portal and
+/// statement it executes.
+#[derive(Debug)]
+struct Deferred {
+    portal: Arc<std::sync::OnceLock<Arc<RowPlan>>>,
+    statement: Option<Arc<Prepared>>,
+    formats: Vec<i16>,
+}
+
+impl Deferred {
+    fn resolve(&self) -> Option<ResultPlan> {
+        if let Some(row) = self.portal.get() {
+            return Some(ResultPlan::bound(row.clone(), &row.described_formats));
+        }
+        self.statement
+            .as_ref()
+            .and_then(|p| p.rows.get())
+            .map(|row| ResultPlan::bound(row.clone(), &self.formats))
+    }
 }
 
 /// A COPY TO STDOUT stream on its way to the client.
@@ -426,6 +457,7 @@ impl ProtectState {
                         statement: bind.statement.to_vec(),
                         formats: result_format_codes(bind.result_formats),
                         described: None,
+                        cell: Arc::default(),
                     },
                 );
                 match prepared {
@@ -442,9 +474,11 @@ impl ProtectState {
                             prepared,
                         });
                     }
-                    Some((_, name)) => self
-                        .pending
-                        .push_back(Pending::DescribePortal(name.to_vec())),
+                    Some((_, name)) => {
+                        let cell = self.portal_rows.get(name).map(|p| p.cell.clone());
+                        self.pending
+                            .push_back(Pending::DescribePortal(name.to_vec(), cell))
+                    }
                     None => {}
                 }
                 to_server.extend_from_slice(frame.as_bytes());
@@ -484,13 +518,28 @@ impl ProtectState {
                             .get(&p.statement)
                             .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
                     });
+                // Not described yet: its Describe may still be on its way.
+                let deferred = match &plan {
+                    Some(_) => None,
+                    None => self.portal_rows.get(portal).map(|p| {
+                        Box::new(Deferred {
+                            portal: p.cell.clone(),
+                            statement: self.portals.get(portal).cloned(),
+                            formats: p.formats.clone(),
+                        })
+                    }),
+                };
                 let prepared = self
                     .portals
                     .get(portal)
                     .filter(|p| p.role_effect.is_some() || p.copy_out.is_some())
                     .cloned();
-                self.pending
-                    .push_back(Pending::Execute(plan.map(Arc::new), prepared, guarded));
+                self.pending.push_back(Pending::Execute(
+                    plan.map(Arc::new),
+                    prepared,
+                    guarded,
+                    deferred,
+                ));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
@@ -648,7 +697,7 @@ impl ProtectState {
                     Some(Pending::DescribeStatement { prepared, .. }) => {
                         prepared.as_ref().and_then(|p| p.results.clone())
                     }
-                    Some(Pending::DescribePortal(name)) => {
+                    Some(Pending::DescribePortal(name, _)) => {
                         self.portals.get(name).and_then(|p| p.results.clone())
                     }
                     _ => self.query_results.take(),
@@ -671,16 +720,22 @@ impl ProtectState {
                     },
                 );
                 match self.pending.front() {
-                    Some(Pending::DescribeStatement { name, .. }) => {
+                    Some(Pending::DescribeStatement { name, prepared }) => {
                         let name = name.clone();
+                        if let (Some(p), Some((row, _))) = (prepared, &planned) {
+                            let _ = p.rows.set(row.clone());
+                        }
                         self.pending.pop_front();
                         match &planned {
                             Some((row, _)) => self.statement_rows.insert(name, row.clone()),
                             None => self.statement_rows.remove(&name),
                         };
                     }
-                    Some(Pending::DescribePortal(name)) => {
+                    Some(Pending::DescribePortal(name, cell)) => {
                         let name = name.clone();
+                        if let (Some(cell), Some((row, _))) = (cell, &planned) {
+                            let _ = cell.set(row.clone());
+                        }
                         self.pending.pop_front();
                         if let Some(p) = self.portal_rows.get_mut(&name) {
                             p.described = planned.as_ref().map(|(row, _)| row.clone());
@@ -716,15 +771,22 @@ impl ProtectState {
             b'n' => {
                 if matches!(
                     self.pending.front(),
-                    Some(Pending::DescribeStatement { .. } | Pending::DescribePortal(_))
+                    Some(Pending::DescribeStatement { .. } | Pending::DescribePortal(..))
                 ) {
                     self.pending.pop_front();
                 }
                 false
             }
             b'D' => {
-                let plan = match self.pending.front() {
-                    Some(Pending::Execute(plan, ..)) => plan.clone(),
+                let plan = match self.pending.front_mut() {
+                    Some(Pending::Execute(plan, _, _, deferred)) => {
+                        if plan.is_none() {
+                            if let Some(d) = deferred.take() {
+                                *plan = d.resolve().map(Arc::new);
+                            }
+                        }
+                        plan.clone()
+                    }
                     _ => self.current.clone(),
                 };
                 let Some(mut plan) = plan else {
@@ -751,7 +813,7 @@ impl ProtectState {
                 if self.guard_end(protector.guard(), tag, to_client) {
                     return true;
                 }
-                let effect = if let Some(Pending::Execute(_, prepared, _)) = self.pending.front() {
+                let effect = if let Some(Pending::Execute(_, prepared, ..)) = self.pending.front() {
                     let effect = prepared.as_ref().and_then(|p| p.role_effect.clone());
                     self.pending.pop_front();
                     effect
@@ -831,11 +893,11 @@ impl ProtectState {
             Some(
                 Pending::ParseOrBind { .. }
                     | Pending::DescribeStatement { .. }
-                    | Pending::DescribePortal(_)
+                    | Pending::DescribePortal(..)
                     | Pending::Execute(..)
             )
         ) {
-            if let Some(Pending::Execute(_, prepared, _)) = self.pending.pop_front() {
+            if let Some(Pending::Execute(_, prepared, ..)) = self.pending.pop_front() {
                 if keep_effects {
                     self.orphan_effects
                         .push_back(prepared.and_then(|p| p.role_effect.clone()));
@@ -849,7 +911,7 @@ impl ProtectState {
     /// Returns `true` when the frame was swallowed.
     fn start_copy_out(&mut self, protector: &Protector, to_client: &mut BytesMut) -> bool {
         let copy = match self.pending.front() {
-            Some(Pending::Execute(_, Some(p), _)) => p.copy_out.clone(),
+            Some(Pending::Execute(_, Some(p), ..)) => p.copy_out.clone(),
             Some(Pending::Execute(..)) => None,
             _ => self.query_copy_out.take(),
         };
@@ -1134,6 +1196,7 @@ fn plan_and_render_parse(
                 copy_out: None,
                 results: None,
                 guard: None,
+                rows: Default::default(),
             },
             None,
         )),
@@ -1176,6 +1239,7 @@ fn plan_and_render_parse(
                     copy_out: None,
                     results,
                     guard: None,
+                    rows: Default::default(),
                 },
                 Some(out),
             ))

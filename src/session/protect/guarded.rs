@@ -540,7 +540,7 @@ impl ProtectState {
             }
             // An Execute's first row (its RowDescription came earlier).
             let tag = match self.pending.front() {
-                Some(Pending::Execute(_, _, Some(tag))) => (**tag).clone(),
+                Some(Pending::Execute(_, _, Some(tag), _)) => (**tag).clone(),
                 _ => return None,
             };
             let target = match tag.cursor {
@@ -578,7 +578,7 @@ impl ProtectState {
         }
         let Some(held) = self.guard.held.take() else {
             if tag == b'C' && !self.guard.portals.is_empty() {
-                if let Some(Pending::Execute(_, _, Some(e))) = self.pending.front() {
+                if let Some(Pending::Execute(_, _, Some(e), _)) = self.pending.front() {
                     let portal = e.portal.clone();
                     self.guard.portals.remove(&portal);
                 }
