@@ -69,6 +69,9 @@ pub struct Config {
     /// Defaults (`[defaults]`).
     #[serde(default)]
     pub defaults: crate::policy::role::Defaults,
+    /// The audit trail (`[audit]`); off unless `path` is set.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The `[catalog]` section: the account pgveil uses for its own catalog

@@ -8,6 +8,7 @@
 //! startup to termination, and [`server`] accepts clients and owns the state
 //! shared between connections.
 
+pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod crypto;

@@ -32,6 +32,8 @@ pub struct Shared {
     pub protector: Option<Arc<Protector>>,
     /// Wakes the catalog reloader (after DDL passes through).
     pub reload_catalog: Option<Arc<Notify>>,
+    /// The audit trail, when `[audit] path` is set.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// A listening proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -64,6 +66,7 @@ impl Proxy {
             ))
         };
         let reload_catalog = protector.as_ref().map(|_| Arc::new(Notify::new()));
+        let audit = crate::audit::Audit::start(&config).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(&config.proxy.listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -71,6 +74,7 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             protector,
             reload_catalog,
+            audit,
         });
         if let (Some(p), Some(n)) = (&shared.protector, &shared.reload_catalog) {
             tokio::spawn(reload_loop(shared.clone(), p.clone(), n.clone()));
@@ -152,6 +156,9 @@ pub fn serve(config: Config) -> std::io::Result<()> {
         wait_for_shutdown_signal().await?;
         info!("shutting down");
         proxy.shutdown();
+        if let Some(audit) = &proxy.shared().audit {
+            audit.close().await;
+        }
         Ok(())
     })
 }

@@ -44,6 +44,7 @@ impl Session<'_> {
                 if self.protect.is_some() {
                     self.on_authenticated_protected();
                 }
+                self.audit_opened();
             }
             Some(auth::code::SASL)
                 if auth::write_without_channel_binding(frame.body(), to_client) =>

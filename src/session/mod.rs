@@ -105,6 +105,8 @@ struct Session<'a> {
     server_said_fatal: bool,
     /// Column-protection state, when policies are configured.
     protect: Option<protect::ProtectState>,
+    /// Audit state, when `[audit]` is on; its drop records the close.
+    audit: Option<crate::audit::SessionAudit>,
 }
 
 /// Runs one client connection to completion. Never panics on input and
@@ -113,7 +115,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let span = tracing::info_span!("session", %peer);
     async move {
         let mut client = client;
-        match serve(&mut client, &shared).await {
+        match serve(&mut client, peer, &shared).await {
             Ok(()) => debug!("session closed"),
             Err(e) => {
                 match &e {
@@ -134,7 +136,11 @@ pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     .await
 }
 
-async fn serve(client: &mut TcpStream, shared: &Shared) -> Result<(), SessionError> {
+async fn serve(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<(), SessionError> {
     let cfg = &shared.config.proxy;
     let mut client_in = bytes::BytesMut::with_capacity(16 * 1024);
     let packet = match tokio::time::timeout(
@@ -169,6 +175,7 @@ async fn serve(client: &mut TcpStream, shared: &Shared) -> Result<(), SessionErr
             .protector
             .is_some()
             .then(protect::ProtectState::default),
+        audit: shared.audit.as_ref().map(|a| a.session(peer)),
     };
     relay::Relay::new(client_in, packet.bytes, cfg.max_message_bytes)
         .run(&mut session, client, &mut server)
