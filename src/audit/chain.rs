@@ -331,7 +331,10 @@ mod tests {
         c.seal(&reload(k0), &mut out).expect("seal");
         c.checkpoint("t".into(), "count", &signer(), &mut out)
             .expect("checkpoint");
-        let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&[u8]> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         assert_eq!(lines.len(), 3);
         let mut prev = GENESIS;
         let mut key = k0;
@@ -352,7 +355,9 @@ mod tests {
         msg.extend_from_slice(body);
         let pk = ring::signature::UnparsedPublicKey::new(
             &ring::signature::ED25519,
-            ring::signature::KeyPair::public_key(&signer()).as_ref().to_vec(),
+            ring::signature::KeyPair::public_key(&signer())
+                .as_ref()
+                .to_vec(),
         );
         pk.verify(&msg, &sig).expect("signature");
         // The checkpoint commits to the key of the record after it.
@@ -371,7 +376,7 @@ mod tests {
         assert!(parse(b"{}").is_none());
         assert!(parse(b"").is_none());
         let mut bad = line.to_vec();
-        bad[3] = b'#';
+        bad[0] = b'#';
         assert!(parse(&bad).is_none());
     }
 

@@ -102,10 +102,9 @@ pub fn run(cmd: &AuditCommand, out: &mut dyn Write) -> Result<Verdict, String> {
                 .and_then(|c| crate::crypto::MasterKey::load(&c.keyring).ok());
             let mut targets = files.clone();
             if targets.is_empty() {
-                let path = cfg
-                    .as_ref()
-                    .and_then(|c| c.audit.path.clone())
-                    .ok_or("pgveil: name the audit files to verify, or a --config with [audit] path")?;
+                let path = cfg.as_ref().and_then(|c| c.audit.path.clone()).ok_or(
+                    "pgveil: name the audit files to verify, or a --config with [audit] path",
+                )?;
                 targets = super::files::rotated(&path);
                 if path.exists() {
                     targets.push(path);
@@ -165,7 +164,8 @@ pub fn run(cmd: &AuditCommand, out: &mut dyn Write) -> Result<Verdict, String> {
                     last_checkpoint,
                     records_after,
                 } => {
-                    let after = last_checkpoint.map_or("the start".to_owned(), |s| format!("checkpoint seq {s}"));
+                    let after = last_checkpoint
+                        .map_or("the start".to_owned(), |s| format!("checkpoint seq {s}"));
                     writeln!(
                         out,
                         "OK: {summary}\nUNSEALED: the trail does not end with a shutdown checkpoint; \

@@ -57,6 +57,7 @@ pub const AUDIT_UNAVAILABLE_SQLSTATE: &str = "58030";
 
 /// What clients are told when a statement on protected columns is refused
 /// because the audit trail cannot be written.
-pub const AUDIT_UNAVAILABLE_MESSAGE: &str = "pgveil: the audit trail cannot be written, so statements \
+pub const AUDIT_UNAVAILABLE_MESSAGE: &str =
+    "pgveil: the audit trail cannot be written, so statements \
      on protected columns are refused until it can; other statements still work. \
      Ask the operator to check pgveil's log and its [audit] path (disk full, permissions)";

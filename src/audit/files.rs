@@ -92,10 +92,7 @@ pub fn recover(path: &Path) -> Result<Tail, AuditError> {
         active_len: 0,
     };
     let last_from = |file: &Path, text: &[u8], tail: &mut Tail| -> Result<bool, AuditError> {
-        let Some(last) = text
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-        else {
+        let Some(last) = text.split(|b| *b == b'\n').rfind(|l| !l.is_empty()) else {
             return Ok(false);
         };
         let parsed = chain::parse(last).ok_or_else(|| AuditError::Unreadable {
@@ -166,7 +163,10 @@ mod tests {
             rotated_name(p, 42),
             PathBuf::from("/var/log/audit.jsonl.00000000000000000042")
         );
-        assert_eq!(sibling(p, ".lock"), PathBuf::from("/var/log/.audit.jsonl.lock"));
+        assert_eq!(
+            sibling(p, ".lock"),
+            PathBuf::from("/var/log/.audit.jsonl.lock")
+        );
     }
 
     #[test]

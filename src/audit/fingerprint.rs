@@ -184,9 +184,37 @@ fn is_ident_char(c: u8) -> bool {
 /// Keywords after which a `-` or `+` is a sign, not subtraction.
 fn is_operator_keyword(word: &str) -> bool {
     const WORDS: &[&str] = &[
-        "select", "where", "and", "or", "not", "values", "set", "then", "else", "when", "in",
-        "between", "like", "ilike", "is", "limit", "offset", "by", "as", "return", "returning",
-        "case", "on", "having", "array", "distinct", "any", "all", "some", "using", "with",
+        "select",
+        "where",
+        "and",
+        "or",
+        "not",
+        "values",
+        "set",
+        "then",
+        "else",
+        "when",
+        "in",
+        "between",
+        "like",
+        "ilike",
+        "is",
+        "limit",
+        "offset",
+        "by",
+        "as",
+        "return",
+        "returning",
+        "case",
+        "on",
+        "having",
+        "array",
+        "distinct",
+        "any",
+        "all",
+        "some",
+        "using",
+        "with",
     ];
     WORDS.iter().any(|w| w.eq_ignore_ascii_case(word))
 }
@@ -256,7 +284,10 @@ fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
     if b.get(j) == Some(&b'$') {
         return Some(j + 1);
     }
-    if !b.get(j).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80) {
+    if !b
+        .get(j)
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_' || *c >= 0x80)
+    {
         return None;
     }
     while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
@@ -280,10 +311,9 @@ fn skip_dollar_body(b: &[u8], tag: &[u8], from: usize) -> usize {
 fn skip_number(b: &[u8], mut i: usize) -> usize {
     while i < b.len() {
         let c = b[i];
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
-            i += 1;
-        } else if (c == b'+' || c == b'-') && matches!(b.get(i.wrapping_sub(1)), Some(b'e' | b'E'))
-        {
+        let sign =
+            (c == b'+' || c == b'-') && matches!(b.get(i.wrapping_sub(1)), Some(b'e' | b'E'));
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || sign {
             i += 1;
         } else {
             break;
@@ -327,11 +357,20 @@ mod tests {
 
     #[test]
     fn numbers_signed_and_not() {
-        assert_eq!(fp("SELECT 42, 3.14, .5, 1e10, 2.5E-3, 0x1F, 1_000"), "SELECT ?, ?, ?, ?, ?, ?, ?");
-        assert_eq!(fp("SELECT * FROM t WHERE x = -5"), "SELECT * FROM t WHERE x = ?");
+        assert_eq!(
+            fp("SELECT 42, 3.14, .5, 1e10, 2.5E-3, 0x1F, 1_000"),
+            "SELECT ?, ?, ?, ?, ?, ?, ?"
+        );
+        assert_eq!(
+            fp("SELECT * FROM t WHERE x = -5"),
+            "SELECT * FROM t WHERE x = ?"
+        );
         assert_eq!(fp("SELECT -5, (-7), x-3"), "SELECT ?, (?), x-?");
         assert_eq!(fp("VALUES (-1.5)"), "VALUES (?)");
-        assert_eq!(fp("SELECT col1, t2.c3 FROM t2"), "SELECT col1, t2.c3 FROM t2");
+        assert_eq!(
+            fp("SELECT col1, t2.c3 FROM t2"),
+            "SELECT col1, t2.c3 FROM t2"
+        );
     }
 
     #[test]
@@ -341,7 +380,10 @@ mod tests {
             "SELECT ARRAY[?, ?, ?], ?::int[], ?, ?"
         );
         assert_eq!(fp("SELECT x::bytea FROM t"), "SELECT x::bytea FROM t");
-        assert_eq!(fp("SELECT * FROM t WHERE a IS NULL"), "SELECT * FROM t WHERE a IS NULL");
+        assert_eq!(
+            fp("SELECT * FROM t WHERE a IS NULL"),
+            "SELECT * FROM t WHERE a IS NULL"
+        );
     }
 
     #[test]
@@ -350,7 +392,10 @@ mod tests {
             fp("SELECT /* 138 */ name -- id 310101\n FROM\t\tguests  "),
             "SELECT name FROM guests"
         );
-        assert_eq!(fp("SELECT 1 /* a /* nested */ still */ + 2"), "SELECT ? + ?");
+        assert_eq!(
+            fp("SELECT 1 /* a /* nested */ still */ + 2"),
+            "SELECT ? + ?"
+        );
     }
 
     #[test]
@@ -386,7 +431,8 @@ mod tests {
             "[0-9]{1,12}".prop_map(|s| s),
             "-[0-9]{1,6}(\\.[0-9]{1,3})?".prop_map(|s| s),
             "[a-z0-9 ']{0,12}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
-            "[a-z0-9 '\\\\]{0,12}".prop_map(|s| format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))),
+            "[a-z0-9 '\\\\]{0,12}"
+                .prop_map(|s| format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))),
             "[a-z0-9 $]{0,12}".prop_map(|s| format!("$q${s}$q$")),
             "[0-9]{1,3}".prop_map(|s| format!("ARRAY[{s}, -{s}]")),
         ];

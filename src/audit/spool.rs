@@ -140,25 +140,6 @@ pub fn take(path: &Path, taken: &[PathBuf]) -> Vec<(PathBuf, Stamped)> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn put_then_take() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("a.jsonl");
-        put(&p, SpoolEvent::KeyRotated { version: 2, previous: Some(1) }).expect("put");
-        put(&p, SpoolEvent::KeyDestroyed { version: 1 }).expect("put");
-        let got = take(&p, &[]);
-        assert_eq!(got.len(), 2);
-        assert!(matches!(got[0].1.event, Event::KeyRotated { version: 2, .. }));
-        assert!(matches!(got[1].1.event, Event::KeyDestroyed { version: 1, .. }));
-        let again = take(&p, &[got[0].0.clone()]);
-        assert_eq!(again.len(), 1);
-    }
-}
-
 /// After a successful `pgveil keyring rotate|destroy`, hands the event to
 /// the audit trail of `cfg` (when `[audit] path` is set). The key change
 /// has happened by then; an error here tells the operator it is not yet
@@ -188,4 +169,36 @@ pub fn keyring_command(
         KeyringCommand::Init | KeyringCommand::List => return Ok(()),
     };
     put(path, event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_then_take() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("a.jsonl");
+        put(
+            &p,
+            SpoolEvent::KeyRotated {
+                version: 2,
+                previous: Some(1),
+            },
+        )
+        .expect("put");
+        put(&p, SpoolEvent::KeyDestroyed { version: 1 }).expect("put");
+        let got = take(&p, &[]);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(
+            got[0].1.event,
+            Event::KeyRotated { version: 2, .. }
+        ));
+        assert!(matches!(
+            got[1].1.event,
+            Event::KeyDestroyed { version: 1, .. }
+        ));
+        let again = take(&p, &[got[0].0.clone()]);
+        assert_eq!(again.len(), 1);
+    }
 }

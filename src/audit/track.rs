@@ -222,7 +222,10 @@ impl SessionAudit {
                 Ok(())
             }
             None => {
-                open.fail(Outcome::Refused, Some(AUDIT_UNAVAILABLE_SQLSTATE.to_owned()));
+                open.fail(
+                    Outcome::Refused,
+                    Some(AUDIT_UNAVAILABLE_SQLSTATE.to_owned()),
+                );
                 Err(unavailable())
             }
         }
@@ -374,15 +377,18 @@ impl SessionAudit {
         };
         let mut result = Ok(());
         if unit.open.is_none() {
-            let fp = unit
-                .query
-                .take()
-                .and_then(|f| crate::proto::extended::query_text(f.body()).map(|t| fingerprint(&String::from_utf8_lossy(t))));
+            let fp = unit.query.take().and_then(|f| {
+                crate::proto::extended::query_text(f.body())
+                    .map(|t| fingerprint(&String::from_utf8_lossy(t)))
+            });
             let mut open = Open::new(fp, Vec::new());
             match self.audit.reserve() {
                 Some(p) => open.permit = Some(p),
                 None => {
-                    open.fail(Outcome::Refused, Some(AUDIT_UNAVAILABLE_SQLSTATE.to_owned()));
+                    open.fail(
+                        Outcome::Refused,
+                        Some(AUDIT_UNAVAILABLE_SQLSTATE.to_owned()),
+                    );
                     result = Err(unavailable());
                 }
             }
@@ -438,7 +444,11 @@ impl SessionAudit {
                 let body = frame.get(5..).unwrap_or_default();
                 let code = error_field(body, b'C').map(str::to_owned);
                 let ours = error_field(body, b'M').is_some_and(|m| m.starts_with("pgveil:"));
-                let outcome = if ours { Outcome::Refused } else { Outcome::Error };
+                let outcome = if ours {
+                    Outcome::Refused
+                } else {
+                    Outcome::Error
+                };
                 if self.batch_error.is_none() {
                     self.batch_error = Some((outcome, code.clone()));
                 }

@@ -349,7 +349,10 @@ impl Verifier<'_> {
                             i,
                             ProblemKind::Deleted,
                             Some(e),
-                            format!("record seq {e} was deleted: record seq {seq} follows seq {}", e - 1),
+                            format!(
+                                "record seq {e} was deleted: record seq {seq} follows seq {}",
+                                e - 1
+                            ),
                         ),
                         None => self.problem(
                             i,
@@ -371,7 +374,10 @@ impl Verifier<'_> {
                         .lines
                         .get(i + 1)
                         .and_then(|l| chain::parse(l.bytes))
-                        .and_then(|n| n.str("prev").map(|s| s == hex(&chain::line_hash(line.bytes))))
+                        .and_then(|n| {
+                            n.str("prev")
+                                .map(|s| s == hex(&chain::line_hash(line.bytes)))
+                        })
                         .unwrap_or(false);
                     report.problem = Some(if seq + 1 == e && next_links_here && i > 0 {
                         self.problem(
@@ -389,7 +395,9 @@ impl Verifier<'_> {
                             i,
                             ProblemKind::Inserted,
                             Some(seq),
-                            format!("a line repeating record seq {seq} was inserted (expected seq {e})"),
+                            format!(
+                                "a line repeating record seq {seq} was inserted (expected seq {e})"
+                            ),
                         )
                     });
                     return report;
@@ -405,7 +413,9 @@ impl Verifier<'_> {
                         .str("wrapped_key")
                         .and_then(|w| crate::crypto::unwrap_secret(master, aad.as_bytes(), w));
                     match k0 {
-                        Some(k) if p.str("key_commit") == Some(hex(&chain::commit(&k)).as_str()) => {
+                        Some(k)
+                            if p.str("key_commit") == Some(hex(&chain::commit(&k)).as_str()) =>
+                        {
                             mac_state = Some((k, [0; 32]));
                         }
                         _ => {
@@ -428,7 +438,9 @@ impl Verifier<'_> {
                             i,
                             ProblemKind::Altered,
                             Some(seq),
-                            format!("record seq {seq} was altered or inserted: its MAC does not verify"),
+                            format!(
+                                "record seq {seq} was altered or inserted: its MAC does not verify"
+                            ),
                         ));
                         return report;
                     }

@@ -251,7 +251,10 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let file = self.file.as_mut().ok_or(AuditError::Unavailable("no file"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or(AuditError::Unavailable("no file"))?;
         // A failed write may have left part of a line: cut back to what is
         // known written before appending again.
         let on_disk = file.metadata().map_err(io("inspect", &self.path))?.len();
@@ -274,7 +277,10 @@ impl Writer {
         if self.file_len >= self.max_file_bytes {
             // Seal the full file, then rename it away.
             self.checkpoint("rotate")?;
-            let file = self.file.as_mut().ok_or(AuditError::Unavailable("no file"))?;
+            let file = self
+                .file
+                .as_mut()
+                .ok_or(AuditError::Unavailable("no file"))?;
             file.write_all(&self.pending)
                 .and_then(|()| file.sync_data())
                 .map_err(io("write", &self.path))?;
@@ -303,7 +309,9 @@ impl Writer {
         match self.try_flush() {
             Ok(()) => {
                 if !self.health.ok.swap(true, Ordering::AcqRel) {
-                    info!("audit trail writable again; statements on protected columns are accepted");
+                    info!(
+                        "audit trail writable again; statements on protected columns are accepted"
+                    );
                 }
                 true
             }

@@ -110,7 +110,11 @@ impl Session<'_> {
             audit,
             ..
         } = self;
-        match (shared.protector.as_deref(), protect.as_mut(), audit.as_mut()) {
+        match (
+            shared.protector.as_deref(),
+            protect.as_mut(),
+            audit.as_mut(),
+        ) {
             (Some(protector), Some(st), None) => {
                 st.on_client(protector, shared, user, frame, to_server)
             }
@@ -130,7 +134,11 @@ impl Session<'_> {
             audit,
             ..
         } = self;
-        match (shared.protector.as_deref(), protect.as_mut(), audit.as_mut()) {
+        match (
+            shared.protector.as_deref(),
+            protect.as_mut(),
+            audit.as_mut(),
+        ) {
             (Some(protector), Some(st), None) => st.on_server(protector, shared, frame, to_client),
             (Some(protector), Some(st), Some(a)) => {
                 st.on_server_audited(a, protector, shared, frame, to_client)

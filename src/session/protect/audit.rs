@@ -73,7 +73,10 @@ impl ProtectState {
                 if let Some(parse) = Parse::decode(frame.body()) {
                     let sql = String::from_utf8_lossy(parse.query);
                     let snapshot = protector.snapshot();
-                    a.parse(parse.name, Planned::of(&sql, &snapshot.plan(&sql), &snapshot));
+                    a.parse(
+                        parse.name,
+                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot),
+                    );
                 }
             }
             b'B' => {
