@@ -47,10 +47,17 @@ impl Veiled {
         schema();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit").join("audit.jsonl");
+        // Checkpoints by count only, unless a test asks for an interval:
+        // no test depends on how fast the clock runs.
+        let interval = if audit_extra.contains("checkpoint_interval") {
+            ""
+        } else {
+            "checkpoint_interval = \"1h\"\n"
+        };
         let head = format!(
             "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\
              [keyring]\ndir = \"{}\"\nmaster_key_file = \"{}\"\n\
-             [audit]\npath = \"{}\"\ncheckpoint_interval = \"1h\"\n{audit_extra}\n",
+             [audit]\npath = \"{}\"\n{interval}{audit_extra}\n",
             db().addr(),
             demo_keyring_dir().display(),
             demo_master_key_file().display(),
@@ -817,4 +824,84 @@ async fn start_refuses_an_unusable_audit_path() {
         .expect("thread")
         .expect_err("must not start");
     assert!(err.to_string().contains("audit"), "{err}");
+}
+
+#[tokio::test]
+async fn quiet_trails_are_sealed_by_the_interval_and_live_trails_verify_as_unsealed() {
+    let v = Veiled::start("checkpoint_interval = \"100ms\"");
+    let c = v.connect("mgr_ben").await;
+    c.query("SELECT phone FROM guests WHERE id = $1", &[&501i32])
+        .await
+        .expect("select");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            v.records()
+                .iter()
+                .any(|r| r["kind"] == "checkpoint" && r["reason"] == "interval")
+        })
+        .await,
+        "no interval checkpoint"
+    );
+    // While pgveil runs, the end of the trail is not a shutdown seal.
+    let key = public_key(&v.config_file);
+    let (code, out) = verify(&[v.path.to_str().expect("utf8"), "--public-key", &key]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("UNSEALED"), "{out}");
+    drop(c);
+    v.close().await;
+    let (code, out) = verify(&[v.path.to_str().expect("utf8"), "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn a_restart_continues_the_chain_after_a_crash() {
+    let first = Veiled::start("");
+    let c = first.connect("mgr_ben").await;
+    c.query("SELECT phone FROM guests WHERE id = $1", &[&601i32])
+        .await
+        .expect("select");
+    drop(c);
+    first.close().await;
+    // Make it look like a crash: no shutdown seal, and half a line.
+    let text = std::fs::read_to_string(&first.path).expect("read");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    let mut crashed = lines.join("\n");
+    crashed.push_str("\n{\"seq\":99,\"ts\":\"2026");
+    std::fs::write(&first.path, crashed).expect("write");
+
+    // A second pgveil on the same trail.
+    let cfg = Config::load(&first.config_file).expect("config");
+    let second = start_proxy(cfg);
+    let audit = second.shared().audit.clone().expect("audit");
+    let c = connect_to(second.local_addr(), "mgr_ben", None)
+        .await
+        .expect("connect");
+    c.query("SELECT phone FROM guests WHERE id = $1", &[&602i32])
+        .await
+        .expect("select");
+    drop(c);
+    audit.flush().await;
+    second.shutdown();
+    audit.close().await;
+
+    let recs = first.records();
+    let starts: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "start").collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[1]["torn_bytes"], 20);
+    let (code, out) = verify(&["--config", first.config_file.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ended without a shutdown checkpoint"), "{out}");
+    assert!(out.contains("every MAC verified"), "{out}");
+}
+
+#[test]
+fn a_second_writer_on_the_same_trail_is_refused() {
+    let v = Veiled::start("");
+    let cfg = Config::load(&v.config_file).expect("config");
+    let err = pgveil::audit::Audit::start(&cfg).expect_err("locked");
+    assert!(
+        err.to_string().contains("in use by another pgveil"),
+        "{err}"
+    );
 }
