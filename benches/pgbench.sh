@@ -8,6 +8,7 @@
 #
 # Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds)
 #   CLIENTS=8 DURATION=10 ROUNDS=2 SCALE=10 WORKLOADS="select-simple ..." benches/pgbench.sh
+#   PGVEIL_BIN=... FORWARDER_BIN=... benches/pgbench.sh   (prebuilt binaries, no cargo)
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # postgresql pgbouncer). Run as root or as a normal user.
 set -euo pipefail
@@ -18,11 +19,13 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
-WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write"}
+WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write guests-read"}
 TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
-# The guests workload (benches/guests.sql) compares PgBouncer and pgveil on
-# a plain table with pgveil encrypting three columns of the same table.
-GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc"}
+# The guests workloads (benches/guests.sql: write-heavy; benches/guests-read.sql:
+# read-heavy) compare PgBouncer and pgveil on a plain table with pgveil
+# encrypting three columns of the same table, without and with the audit
+# trail (pgveil-enc-audit: [audit] path set, one record per statement).
+GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc pgveil-enc-audit"}
 PGVEIL_WORKERS=${PGVEIL_WORKERS:-0}
 
 bindir=""
@@ -33,12 +36,19 @@ done
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 [ -x "$PGBOUNCER" ] || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
 
-echo "building release binaries ..."
-cargo build --release --quiet --bin pgveil
-forwarder=$(cargo bench --bench forwarder --no-run --message-format=json 2>/dev/null \
-  | grep -o '"executable":"[^"]*forwarder[^"]*"' | tail -n 1 | cut -d'"' -f4)
+# PGVEIL_BIN and FORWARDER_BIN skip the build (e.g. when builds must be
+# serialized with other work on the machine); CARGO_TARGET_DIR is honoured.
+if [ -n "${PGVEIL_BIN:-}" ] && [ -n "${FORWARDER_BIN:-}" ]; then
+  pgveil=$PGVEIL_BIN; forwarder=$FORWARDER_BIN
+else
+  echo "building release binaries ..."
+  cargo build --release --quiet --bin pgveil
+  forwarder=$(cargo bench --bench forwarder --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*forwarder[^"]*"' | tail -n 1 | cut -d'"' -f4)
+  pgveil=${CARGO_TARGET_DIR:-target}/release/pgveil
+fi
 [ -x "$forwarder" ] || { echo "could not build benches/forwarder.rs" >&2; exit 1; }
-pgveil=target/release/pgveil
+[ -x "$pgveil" ] || { echo "pgveil binary not found at $pgveil" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/pgveil-bench-XXXXXX)
 run_as=()
@@ -140,21 +150,39 @@ column = "id_number"
 type = "text"
 encrypt = "searchable"
 level = 4
+[[roles]]
+name = "bench"
+members = ["postgres"]
+clearance = 4
 EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-enc.log" &
 pids+=($!); ENC_PID=$!
+# The same with the audit trail on.
+AUDIT_PORT=$(free_port)
+sed "s/^listen = .*/listen = \"127.0.0.1:$AUDIT_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-enc-audit.toml"
+printf '[audit]\npath = "%s"\n' "$work/audit/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc-audit.toml" 2>"$work/pgveil-enc-audit.log" &
+pids+=($!); AUDIT_PID=$!
 
-for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT; do
+for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT $AUDIT_PORT; do
   for _ in $(seq 100); do
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
     sleep 0.1
   done
 done
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc) echo "$ENC_PORT";; esac; }
-pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc) echo "$ENC_PID";; *) echo "";; esac; }
-db_of() { case $2 in guests-write) if [ "$1" = pgveil-enc ]; then echo enc; else echo plain; fi;; *) echo postgres;; esac; }
-targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; *) echo "$TARGETS";; esac; }
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc) echo "$ENC_PORT";; pgveil-enc-audit) echo "$AUDIT_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc) echo "$ENC_PID";; pgveil-enc-audit) echo "$AUDIT_PID";; *) echo "";; esac; }
+db_of() { case $2 in guests-*) case $1 in pgveil-enc*) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
+targets_of() { case $1 in guests-*) echo "$GUEST_TARGETS";; *) echo "$TARGETS";; esac; }
+
+# 10,000 guests for the read workload: plain directly, encrypted through
+# pgveil (COPY FROM STDIN is encrypted on the way).
+seed() { seq 1 10000 | awk '{ printf "guest %d\t1390%07d\t1101051949%08d\tseed\n", $1, $1, $1 }'; }
+seed | "$bindir/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d plain \
+  -c "\\copy bench_guests (name, phone, id_number, note) FROM STDIN"
+seed | "$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc \
+  -c "\\copy bench_guests (name, phone, id_number, note) FROM STDIN"
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 args_of() {
   case $1 in
@@ -163,6 +191,7 @@ args_of() {
     select-prepared) echo "-S -M prepared";;
     tpcb-prepared) echo "-M prepared";;
     guests-write) echo "-M prepared -f benches/guests.sql";;
+    guests-read) echo "-M prepared -f benches/guests-read.sql";;
   esac
 }
 
@@ -191,7 +220,7 @@ done
 
 echo
 echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
-awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc" '
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-enc-audit" '
   { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
   END {
     nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
@@ -201,9 +230,9 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc" '
       if (n[k]) printf "%-16s %-10s %12.0f %10.3f %14s\n", wls[i], tg[j], tps[k]/n[k], lat[k]/n[k], (ncpu[k] ? sprintf("%.1f", cpu[k]/ncpu[k]) : "-")
     }
     print ""
-    printf "%-16s %14s %16s %16s %18s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil"
+    printf "%-16s %14s %16s %16s %18s %14s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil", "audit-on/off"
     for (i = 1; i <= nw; i++) {
-      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
-      printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
+      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]; a = tps[w SUBSEP "pgveil-enc-audit"]
+      printf "%-16s %14s %16s %16s %18s %14s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-"), (a && e ? sprintf("%.3f", a/e) : "-")
     }
   }' "$results"
