@@ -566,8 +566,9 @@ async fn tampering_is_detected_and_the_record_named() {
     // checkpoint's signature gives it away; the MAC names the record.
     let mut relinked = edited.clone();
     for i in target + 1..relinked.len() {
-        let prev =
-            pgveil::audit::chain::hex(&pgveil::audit::chain::line_hash(relinked[i - 1].as_bytes()));
+        let prev = pgveil::audit::chain::hex(
+            &pgveil::audit::chain::line_link(relinked[i - 1].as_bytes()).expect("sealed line"),
+        );
         let rec: Value = serde_json::from_str(&relinked[i]).expect("json");
         let old = rec["prev"].as_str().expect("prev").to_owned();
         relinked[i] = relinked[i].replace(&old, &prev);

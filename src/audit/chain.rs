@@ -7,17 +7,18 @@
 //! {"seq":8,…,"kind":"checkpoint",…,"prev":"<H(line 7)>","sig":"<Ed25519>","mac":"<MAC 8>"}
 //! ```
 //!
-//! * `prev` links each line to the hash of the line before it
-//!   (`H(line) = SHA-256("pgveil audit v1 line\0" ‖ line)`), across
-//!   restarts and rotated files, so order and completeness are fixed;
+//! * the line's *body* is everything before `,"mac"`, and its digest
+//!   `d_i = SHA-256("pgveil audit v1 body\0" ‖ body)` is the one pass over
+//!   the line's bytes;
+//! * `mac` is `HMAC-SHA256(k_i, mac_{i-1} ‖ d_i)`; the key then moves
+//!   forward, `k_{i+1} = SHA-256(k_i)`, and `k_i` is overwritten. Each run
+//!   starts a chain with a random `k_0` and `mac_{-1}` = 32 zero bytes;
+//! * `prev` of the next line is the *link* `SHA-256("pgveil audit v1
+//!   link\0" ‖ d_i ‖ mac_i)`, across restarts and rotated files, so order
+//!   and completeness are fixed and anyone can check them;
 //! * `sig` (checkpoints only) is an Ed25519 signature over
-//!   `"pgveil audit v1 checkpoint\0" ‖ body`, where body is the line up to
-//!   the `,"sig"` — it covers `prev`, so one signature seals every line
-//!   before it;
-//! * `mac` is `HMAC-SHA256(k_i, mac_{i-1} ‖ body)`, body being the line up
-//!   to the `,"mac"`; the key then moves forward, `k_{i+1} = SHA-256(k_i)`,
-//!   and `k_i` is overwritten. Each run starts a chain with a random `k_0`
-//!   and `mac_{-1}` = 32 zero bytes.
+//!   `"pgveil audit v1 checkpoint\0" ‖ the line up to ,"sig"` — it covers
+//!   `prev`, so one signature seals every line before it.
 //!
 //! The suffixes have fixed lengths, so a verifier recovers the exact bytes
 //! that were hashed, signed and MACed without re-serializing JSON.
@@ -25,12 +26,14 @@
 use ring::digest::{digest, Context, SHA256};
 use ring::hmac;
 use ring::signature::Ed25519KeyPair;
-use serde::Serialize;
+use std::io::Write;
 
-use super::record::{Event, Stamped};
+use super::record::{write_rfc3339, Event, Stamped};
 
-/// Domain separation for line hashes.
-const LINE_DOMAIN: &[u8] = b"pgveil audit v1 line\0";
+/// Domain separation for body digests.
+const BODY_DOMAIN: &[u8] = b"pgveil audit v1 body\0";
+/// Domain separation for links.
+const LINK_DOMAIN: &[u8] = b"pgveil audit v1 link\0";
 /// Domain separation for checkpoint signatures.
 pub const SIG_DOMAIN: &[u8] = b"pgveil audit v1 checkpoint\0";
 /// Domain separation for MAC key commitments.
@@ -47,13 +50,18 @@ pub const GENESIS: [u8; 32] = [0; 32];
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
+    let mut v = Vec::with_capacity(bytes.len() * 2);
+    hex_into(bytes, &mut v);
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// Appends lowercase hex of `bytes` to `out`.
+pub fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
     }
-    s
 }
 
 /// Parses lowercase or uppercase hex of exactly `N` bytes.
@@ -71,14 +79,32 @@ pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// The hash a following record's `prev` must hold.
-pub fn line_hash(line: &[u8]) -> [u8; 32] {
+/// The digest of a line's body (the line up to `,"mac"`).
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
     let mut ctx = Context::new(&SHA256);
-    ctx.update(LINE_DOMAIN);
-    ctx.update(line);
+    ctx.update(BODY_DOMAIN);
+    ctx.update(body);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+/// The link the following record's `prev` must hold.
+pub fn link(digest: &[u8; 32], mac: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(LINK_DOMAIN);
+    ctx.update(digest);
+    ctx.update(mac);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The link of a whole line (without its newline); `None` when it is not
+/// a sealed record.
+pub fn line_link(line: &[u8]) -> Option<[u8; 32]> {
+    let (body, mac) = split_mac(line)?;
+    Some(link(&body_digest(body), &mac))
 }
 
 /// The next MAC key.
@@ -98,12 +124,12 @@ pub fn commit(key: &[u8; 32]) -> [u8; 32] {
     out
 }
 
-/// `HMAC-SHA256(key, prev_mac ‖ body)`.
-pub fn mac(key: &[u8; 32], prev_mac: &[u8; 32], body: &[u8]) -> [u8; 32] {
+/// `HMAC-SHA256(key, prev_mac ‖ digest)`.
+pub fn mac(key: &[u8; 32], prev_mac: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
     let k = hmac::Key::new(hmac::HMAC_SHA256, key);
     let mut ctx = hmac::Context::with_key(&k);
     ctx.update(prev_mac);
-    ctx.update(body);
+    ctx.update(digest);
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.sign().as_ref());
     out
@@ -113,7 +139,7 @@ pub fn mac(key: &[u8; 32], prev_mac: &[u8; 32], body: &[u8]) -> [u8; 32] {
 pub struct Chain {
     /// Sequence number of the next record.
     pub seq: u64,
-    /// Hash of the last line written (or [`GENESIS`]).
+    /// Link of the last line written (or [`GENESIS`]).
     pub prev_hash: [u8; 32],
     key: [u8; 32],
     prev_mac: [u8; 32],
@@ -134,16 +160,6 @@ impl Drop for Chain {
     fn drop(&mut self) {
         self.key.fill(0);
     }
-}
-
-/// The serialized head of a line; the event's fields are flattened in.
-#[derive(Serialize)]
-struct Head<'a> {
-    seq: u64,
-    ts: &'a str,
-    #[serde(flatten)]
-    event: &'a Event,
-    prev: String,
 }
 
 impl Chain {
@@ -174,7 +190,7 @@ impl Chain {
     /// Appends a signed checkpoint line; `reason` says why it was written.
     pub fn checkpoint(
         &mut self,
-        ts: String,
+        ts: std::time::SystemTime,
         reason: &str,
         signer: &Ed25519KeyPair,
         out: &mut Vec<u8>,
@@ -199,34 +215,43 @@ impl Chain {
         out: &mut Vec<u8>,
     ) -> Result<(), serde_json::Error> {
         let start = out.len();
-        if let Err(e) = serde_json::to_writer(
-            &mut *out,
-            &Head {
-                seq: self.seq,
-                ts: &rec.ts,
-                event: &rec.event,
-                prev: hex(&self.prev_hash),
-            },
-        ) {
+        // {"seq":N,"ts":"…", then the event's own fields, then "prev".
+        out.extend_from_slice(b"{\"seq\":");
+        let _ = write!(out, "{}", self.seq);
+        out.extend_from_slice(b",\"ts\":\"");
+        write_rfc3339(rec.ts, out);
+        out.push(b'"');
+        let event_at = out.len();
+        if let Err(e) = serde_json::to_writer(&mut *out, &rec.event) {
             out.truncate(start);
             return Err(e);
         }
-        out.pop(); // the closing brace; sealed fields follow
+        if out.get(event_at) != Some(&b'{') || out.last() != Some(&b'}') {
+            out.truncate(start);
+            return Err(serde::ser::Error::custom(
+                "an event must serialize as an object",
+            ));
+        }
+        out[event_at] = b',';
+        out.pop();
+        out.extend_from_slice(b",\"prev\":\"");
+        hex_into(&self.prev_hash, out);
+        out.push(b'"');
         if let Some(signer) = signer {
             let mut msg = Vec::with_capacity(SIG_DOMAIN.len() + out.len() - start);
             msg.extend_from_slice(SIG_DOMAIN);
             msg.extend_from_slice(&out[start..]);
             let sig = signer.sign(&msg);
             out.extend_from_slice(b",\"sig\":\"");
-            out.extend_from_slice(hex(sig.as_ref()).as_bytes());
+            hex_into(sig.as_ref(), out);
             out.push(b'"');
         }
-        let m = mac(&self.key, &self.prev_mac, &out[start..]);
+        let digest = body_digest(&out[start..]);
+        let m = mac(&self.key, &self.prev_mac, &digest);
         out.extend_from_slice(b",\"mac\":\"");
-        out.extend_from_slice(hex(&m).as_bytes());
-        out.extend_from_slice(b"\"}");
-        self.prev_hash = line_hash(&out[start..]);
-        out.push(b'\n');
+        hex_into(&m, out);
+        out.extend_from_slice(b"\"}\n");
+        self.prev_hash = link(&digest, &m);
         self.prev_mac = m;
         let next = next_key(&self.key);
         self.key.fill(0);
@@ -269,13 +294,18 @@ impl Parsed<'_> {
     }
 }
 
+/// The body and MAC of a line.
+fn split_mac(line: &[u8]) -> Option<(&[u8], [u8; 32])> {
+    let cut = line.len().checked_sub(MAC_SUFFIX_LEN)?;
+    let (body, suffix) = line.split_at(cut);
+    let hexmac = suffix.strip_prefix(b",\"mac\":\"")?.strip_suffix(b"\"}")?;
+    Some((body, unhex::<32>(std::str::from_utf8(hexmac).ok()?)?))
+}
+
 /// Splits a line (without its newline); `None` when it is not a sealed
 /// record.
 pub fn parse(line: &[u8]) -> Option<Parsed<'_>> {
-    let cut = line.len().checked_sub(MAC_SUFFIX_LEN)?;
-    let (mac_body, suffix) = line.split_at(cut);
-    let hexmac = suffix.strip_prefix(b",\"mac\":\"")?.strip_suffix(b"\"}")?;
-    let mac = unhex::<32>(std::str::from_utf8(hexmac).ok()?)?;
+    let (mac_body, mac) = split_mac(line)?;
     let mut signed = None;
     let mut body = mac_body;
     if let Some(cut) = mac_body.len().checked_sub(SIG_SUFFIX_LEN) {
@@ -313,7 +343,7 @@ mod tests {
     fn reload(key: [u8; 32]) -> Stamped {
         let _ = key;
         Stamped {
-            ts: "2024-01-01T00:00:00.000Z".into(),
+            ts: std::time::UNIX_EPOCH,
             event: Event::ConfigReloaded {
                 path: "p".into(),
                 outcome: "ok".into(),
@@ -329,7 +359,7 @@ mod tests {
         let mut out = Vec::new();
         c.seal(&reload(k0), &mut out).expect("seal");
         c.seal(&reload(k0), &mut out).expect("seal");
-        c.checkpoint("t".into(), "count", &signer(), &mut out)
+        c.checkpoint(std::time::UNIX_EPOCH, "count", &signer(), &mut out)
             .expect("checkpoint");
         let lines: Vec<&[u8]> = out
             .split(|b| *b == b'\n')
@@ -343,8 +373,10 @@ mod tests {
             let p = parse(line).expect("parse");
             assert_eq!(p.seq(), Some(i as u64));
             assert_eq!(p.str("prev"), Some(hex(&prev).as_str()));
-            assert_eq!(p.mac, mac(&key, &prev_mac, p.mac_body));
-            prev = line_hash(line);
+            let d = body_digest(p.mac_body);
+            assert_eq!(p.mac, mac(&key, &prev_mac, &d));
+            prev = link(&d, &p.mac);
+            assert_eq!(line_link(line), Some(prev));
             prev_mac = p.mac;
             key = next_key(&key);
         }

@@ -104,7 +104,10 @@ pub fn recover(path: &Path) -> Result<Tail, AuditError> {
             reason: "no sequence number".into(),
         })?;
         tail.next_seq = seq + 1;
-        tail.prev_hash = chain::line_hash(last);
+        tail.prev_hash = chain::line_link(last).ok_or_else(|| AuditError::Unreadable {
+            path: file.to_path_buf(),
+            reason: "not a sealed audit record".into(),
+        })?;
         Ok(true)
     };
     match std::fs::read(path) {

@@ -11,6 +11,7 @@
 //! [`Event::Start`] and [`Event::Checkpoint`].
 
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One auditable event.
@@ -105,22 +106,25 @@ pub enum Event {
 }
 
 /// One statement on protected columns.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+///
+/// Shared parts are `Arc`s: a prepared statement's fingerprint, tables and
+/// columns are computed once at Parse and only referenced per execution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatementRecord {
     /// Connection id (see [`Event::ConnectionOpened`]).
     pub conn: u64,
     /// PostgreSQL user.
-    pub user: String,
+    pub user: Arc<str>,
     /// Policy role.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Arc<str>>,
     /// The SQL with every literal and parameter replaced by `?`; `None`
     /// when pgveil saw only the result (a prepared statement it did not plan).
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Arc<str>>,
     /// `schema.table` of every protected column involved.
-    pub tables: Vec<String>,
+    pub tables: Arc<[Arc<str>]>,
     /// What happened to each protected column.
-    pub columns: Vec<ColumnUse>,
+    pub columns: Arc<[ColumnUse]>,
     /// DataRows sent to the client.
     pub rows: u64,
     /// Bytes of those DataRows.
@@ -133,7 +137,7 @@ pub struct StatementRecord {
     /// SQLSTATE of the error, when it failed (never the message: server
     /// messages can quote values).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sqlstate: Option<String>,
+    pub sqlstate: Option<Arc<str>>,
     /// From the client's request to the end of the result.
     pub duration_us: u64,
     /// The approval that allowed it, if any.
@@ -145,7 +149,7 @@ pub struct StatementRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ColumnUse {
     /// `schema.table.column`.
-    pub column: String,
+    pub column: Arc<str>,
     /// What happened to it.
     pub action: ColumnAction,
 }
@@ -226,11 +230,12 @@ pub struct ApprovalUsed {
     pub conn: Option<u64>,
 }
 
-/// An event with the time it happened.
+/// An event with the time it happened (formatted by the writer, off the
+/// session's path).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stamped {
-    /// RFC 3339 UTC time, millisecond precision.
-    pub ts: String,
+    /// When it happened.
+    pub ts: SystemTime,
     /// The event.
     pub event: Event,
 }
@@ -239,14 +244,22 @@ impl Stamped {
     /// Stamps `event` with the current time.
     pub fn now(event: Event) -> Self {
         Stamped {
-            ts: rfc3339(SystemTime::now()),
+            ts: SystemTime::now(),
             event,
         }
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` without a date library.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC) without a date library.
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339(t, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`rfc3339`] of `t` to `out`, digit by digit (no formatting
+/// machinery: the writer does this for every record).
+pub fn write_rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let days = (secs / 86_400) as i64;
@@ -261,13 +274,29 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    fn digits(out: &mut Vec<u8>, n: u64, width: usize) {
+        let mut buf = [b'0'; 4];
+        let mut n = n;
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    }
+    digits(out, year.clamp(0, 9999) as u64, 4);
+    let parts: [(u8, u64, usize); 6] = [
+        (b'-', month as u64, 2),
+        (b'-', day as u64, 2),
+        (b'T', rem / 3600, 2),
+        (b':', rem / 60 % 60, 2),
+        (b':', rem % 60, 2),
+        (b'.', u64::from(d.subsec_millis()), 3),
+    ];
+    for (sep, n, width) in parts {
+        out.push(sep);
+        digits(out, n, width);
+    }
+    out.push(b'Z');
 }
 
 #[cfg(test)]
@@ -287,14 +316,21 @@ mod tests {
         let e = Event::Statement(Box::new(StatementRecord {
             conn: 3,
             user: "alice".into(),
+            role: None,
             fingerprint: Some("SELECT phone FROM guests WHERE id = ?".into()),
-            tables: vec!["public.guests".into()],
+            tables: vec!["public.guests".into()].into(),
             columns: vec![ColumnUse {
                 column: "public.guests.phone".into(),
                 action: ColumnAction::Masked,
-            }],
+            }]
+            .into(),
             rows: 1,
-            ..Default::default()
+            bytes: 0,
+            affected: None,
+            outcome: Outcome::Ok,
+            sqlstate: None,
+            duration_us: 0,
+            approval: None,
         }));
         let v: serde_json::Value = serde_json::to_value(&e).expect("json");
         assert_eq!(v["kind"], "statement");

@@ -37,7 +37,8 @@ pub enum SpoolEvent {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SpoolFile {
-    ts: String,
+    /// When the event happened, milliseconds since the Unix epoch.
+    ts_ms: u64,
     event: SpoolEvent,
 }
 
@@ -79,14 +80,14 @@ pub fn put(path: &Path, event: SpoolEvent) -> Result<(), AuditError> {
             .create(&dir)
             .map_err(io("create spool directory", &dir))?;
     }
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let body = serde_json::to_vec(&SpoolFile {
-        ts: super::record::rfc3339(std::time::SystemTime::now()),
+        ts_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
         event,
     })?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
+    let nanos = since_epoch.as_nanos();
     let name = format!("{nanos:024}-{}.json", std::process::id());
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp")
@@ -127,7 +128,7 @@ pub fn take(path: &Path, taken: &[PathBuf]) -> Vec<(PathBuf, Stamped)> {
                 Some(f) => Some((
                     p,
                     Stamped {
-                        ts: f.ts,
+                        ts: std::time::UNIX_EPOCH + std::time::Duration::from_millis(f.ts_ms),
                         event: f.event.into_event(),
                     },
                 )),

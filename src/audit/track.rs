@@ -14,6 +14,10 @@
 //! reserved for its record. When none can be had (the trail is unhealthy
 //! or its queue full) the statement is refused with SQLSTATE 58030, so no
 //! access to protected data goes unrecorded.
+//!
+//! Per execution this costs a few small allocations: what a statement's
+//! plan says (fingerprint, columns, tables) is computed once at Parse and
+//! shared by `Arc` with every record of its executions.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -33,11 +37,12 @@ use crate::rewrite::Snapshot;
 use crate::sql::{Plan, Refusal};
 
 /// What planning said about one statement text, kept per prepared
-/// statement and portal.
+/// statement and portal, and shared by every record of its executions.
 #[derive(Debug)]
 pub struct Planned {
-    fingerprint: String,
-    columns: Vec<ColumnUse>,
+    fingerprint: Arc<str>,
+    columns: Arc<[ColumnUse]>,
+    tables: Arc<[Arc<str>]>,
     /// SQLSTATE when pgveil refused the statement at planning.
     refused: Option<&'static str>,
 }
@@ -53,7 +58,7 @@ impl Planned {
                 .find(|c| c.full_name == name)
                 .is_some_and(|c| c.protection.encrypts())
         };
-        let columns = match plan {
+        let columns: Vec<ColumnUse> = match plan {
             Ok(p) => match &**p {
                 Plan::Passthrough => return None,
                 Plan::Rewrite(rw) if rw.touched.is_empty() => return None,
@@ -61,7 +66,7 @@ impl Planned {
                     .touched
                     .iter()
                     .map(|c| ColumnUse {
-                        column: c.clone(),
+                        column: Arc::from(c.as_str()),
                         action: if encrypts(c) {
                             ColumnAction::Encrypted
                         } else {
@@ -74,7 +79,7 @@ impl Planned {
                     .iter()
                     .flatten()
                     .map(|c| ColumnUse {
-                        column: c.full_name.clone(),
+                        column: Arc::from(c.full_name.as_str()),
                         action: ColumnAction::Encrypted,
                     })
                     .collect(),
@@ -82,26 +87,41 @@ impl Planned {
             Err(_) => Vec::new(),
         };
         Some(Planned {
-            fingerprint: fingerprint(sql),
-            columns,
+            fingerprint: Arc::from(fingerprint(sql)),
+            tables: tables_of(&columns),
+            columns: columns.into(),
             refused: plan.as_ref().err().map(|r| r.sqlstate),
         })
     }
 }
 
+/// `schema.table` of each column, in order, without duplicates.
+fn tables_of(columns: &[ColumnUse]) -> Arc<[Arc<str>]> {
+    let mut tables: Vec<Arc<str>> = Vec::new();
+    for c in columns {
+        if let Some((table, _)) = c.column.rsplit_once('.') {
+            if !tables.iter().any(|t| &**t == table) {
+                tables.push(Arc::from(table));
+            }
+        }
+    }
+    tables.into()
+}
+
 /// A statement being recorded.
 #[derive(Debug)]
 struct Open {
-    fingerprint: Option<String>,
-    /// Columns the statement text touches (written, compared, read).
-    columns: Vec<ColumnUse>,
+    /// The statement's plan (absent when only its result was protected).
+    planned: Option<Arc<Planned>>,
+    /// Fingerprint of a statement opened from its result.
+    fingerprint: Option<Arc<str>>,
     /// Columns in its result, with what the role was shown.
     shown: Vec<ColumnUse>,
     started: Instant,
     rows: u64,
     bytes: u64,
     affected: Option<u64>,
-    outcome: Option<(Outcome, Option<String>)>,
+    outcome: Option<(Outcome, Option<Arc<str>>)>,
     approval: Option<String>,
     /// The queue slot reserved for the record.
     permit: Option<OwnedPermit<Msg>>,
@@ -110,34 +130,50 @@ struct Open {
 }
 
 impl Open {
-    fn new(fingerprint: Option<String>, columns: Vec<ColumnUse>) -> Box<Self> {
+    fn new(planned: Option<Arc<Planned>>, fingerprint: Option<Arc<str>>) -> Box<Self> {
+        let outcome = planned
+            .as_ref()
+            .and_then(|p| p.refused)
+            .map(|code| (Outcome::Refused, Some(Arc::from(code))));
         Box::new(Open {
+            planned,
             fingerprint,
-            columns,
             shown: Vec::new(),
             started: Instant::now(),
             rows: 0,
             bytes: 0,
             affected: None,
-            outcome: None,
+            outcome,
             approval: None,
             permit: None,
             shaped: false,
         })
     }
 
-    fn of(planned: &Planned) -> Box<Self> {
-        let mut open = Open::new(Some(planned.fingerprint.clone()), planned.columns.clone());
-        if planned.refused.is_some() {
-            open.outcome = Some((Outcome::Refused, planned.refused.map(str::to_owned)));
-        }
-        open
-    }
-
-    fn fail(&mut self, outcome: Outcome, sqlstate: Option<String>) {
+    fn fail(&mut self, outcome: Outcome, sqlstate: Option<Arc<str>>) {
         if self.outcome.is_none() {
             self.outcome = Some((outcome, sqlstate));
         }
+    }
+
+    /// Columns in the result by what the role was shown; the others by
+    /// how they reached the server.
+    fn columns(&mut self) -> (Arc<[ColumnUse]>, Arc<[Arc<str>]>) {
+        let planned = self.planned.as_deref();
+        if self.shown.is_empty() {
+            return match planned {
+                Some(p) => (p.columns.clone(), p.tables.clone()),
+                None => (Arc::from([]), Arc::from([])),
+            };
+        }
+        let mut columns = std::mem::take(&mut self.shown);
+        for c in planned.map_or(&[][..], |p| &p.columns[..]) {
+            if !columns.iter().any(|s| s.column == c.column) {
+                columns.push(c.clone());
+            }
+        }
+        let tables = tables_of(&columns);
+        (columns.into(), tables)
     }
 }
 
@@ -159,8 +195,8 @@ pub struct SessionAudit {
     audit: Arc<Audit>,
     conn: u64,
     client: String,
-    user: String,
-    role: Option<String>,
+    user: Arc<str>,
+    role: Option<Arc<str>>,
     opened: Option<Instant>,
     statements: u64,
     units: VecDeque<Unit>,
@@ -169,7 +205,7 @@ pub struct SessionAudit {
     /// A Parse or Bind pgveil refused: its record is opened at the Sync.
     refused_pending: Option<Arc<Planned>>,
     /// The first error of the current batch, for the requests it skipped.
-    batch_error: Option<(Outcome, Option<String>)>,
+    batch_error: Option<(Outcome, Option<Arc<str>>)>,
 }
 
 /// The refusal for statements that cannot be recorded.
@@ -186,7 +222,7 @@ impl SessionAudit {
             audit,
             conn,
             client: client.to_string(),
-            user: String::new(),
+            user: Arc::from(""),
             role: None,
             opened: None,
             statements: 0,
@@ -203,15 +239,27 @@ impl SessionAudit {
         if self.opened.is_some() {
             return;
         }
-        self.user = user.to_owned();
-        self.role = role.map(str::to_owned);
+        self.user = Arc::from(user);
+        self.role = role.map(Arc::from);
         self.opened = Some(Instant::now());
         let _ = self.audit.log(Event::ConnectionOpened {
             conn: self.conn,
-            user: self.user.clone(),
-            role: self.role.clone(),
+            user: user.to_owned(),
+            role: role.map(str::to_owned),
             client: self.client.clone(),
         });
+    }
+
+    /// Opens a record for `planned`, reserving its queue slot unless pgveil
+    /// refuses the statement anyway. `Err`: it must be refused.
+    fn open(&self, planned: Arc<Planned>) -> (Box<Open>, Result<(), Refusal>) {
+        let refused = planned.refused.is_some();
+        let mut open = Open::new(Some(planned), None);
+        if refused {
+            return (open, Ok(()));
+        }
+        let gate = self.reserve(&mut open);
+        (open, gate)
     }
 
     /// Reserves the record's queue slot, or refuses.
@@ -224,7 +272,7 @@ impl SessionAudit {
             None => {
                 open.fail(
                     Outcome::Refused,
-                    Some(AUDIT_UNAVAILABLE_SQLSTATE.to_owned()),
+                    Some(Arc::from(AUDIT_UNAVAILABLE_SQLSTATE)),
                 );
                 Err(unavailable())
             }
@@ -237,12 +285,7 @@ impl SessionAudit {
         let (open, gate) = match planned {
             None => (None, Ok(())),
             Some(p) => {
-                let mut open = Open::of(&p);
-                let gate = if p.refused.is_some() {
-                    Ok(())
-                } else {
-                    self.reserve(&mut open)
-                };
+                let (open, gate) = self.open(Arc::new(p));
                 (Some(open), gate)
             }
         };
@@ -271,7 +314,13 @@ impl SessionAudit {
     pub fn bind(&mut self, portal: &[u8], statement: &[u8]) {
         match self.prepared.get(statement) {
             Some(p) => {
-                self.portals.insert(portal.to_vec(), p.clone());
+                let p = p.clone();
+                match self.portals.get_mut(portal) {
+                    Some(slot) => *slot = p,
+                    None => {
+                        self.portals.insert(portal.to_vec(), p);
+                    }
+                }
             }
             None => {
                 self.portals.remove(portal);
@@ -291,15 +340,10 @@ impl SessionAudit {
     /// Execute of `portal`. `Err` means it must be refused because it
     /// cannot be recorded.
     pub fn execute(&mut self, portal: &[u8]) -> Result<(), Refusal> {
-        let (open, gate) = match self.portals.get(portal) {
+        let (open, gate) = match self.portals.get(portal).cloned() {
             None => (None, Ok(())),
             Some(p) => {
-                let mut open = Open::of(p);
-                let gate = if p.refused.is_some() {
-                    Ok(())
-                } else {
-                    self.reserve(&mut open)
-                };
+                let (open, gate) = self.open(p);
                 (Some(open), gate)
             }
         };
@@ -318,7 +362,7 @@ impl SessionAudit {
             // failing statement before this Sync: record it there.
             self.units.push_back(Unit {
                 execute: true,
-                open: Some(Open::of(&p)),
+                open: Some(Open::new(Some(p), None)),
                 query: None,
             });
         }
@@ -372,39 +416,40 @@ impl SessionAudit {
         &mut self,
         columns: impl Iterator<Item = (&'a str, &'a Action)>,
     ) -> Result<(), Refusal> {
-        let Some(unit) = self.units.front_mut() else {
-            return Ok(());
-        };
         let mut result = Ok(());
-        if unit.open.is_none() {
-            let fp = unit.query.take().and_then(|f| {
+        let needs_open = self.units.front().is_some_and(|u| u.open.is_none());
+        if needs_open {
+            let query = self.units.front_mut().and_then(|u| u.query.take());
+            let fp = query.and_then(|f| {
                 crate::proto::extended::query_text(f.body())
-                    .map(|t| fingerprint(&String::from_utf8_lossy(t)))
+                    .map(|t| Arc::from(fingerprint(&String::from_utf8_lossy(t))))
             });
-            let mut open = Open::new(fp, Vec::new());
-            match self.audit.reserve() {
-                Some(p) => open.permit = Some(p),
-                None => {
-                    open.fail(
-                        Outcome::Refused,
-                        Some(AUDIT_UNAVAILABLE_SQLSTATE.to_owned()),
-                    );
-                    result = Err(unavailable());
-                }
+            let mut open = Open::new(None, fp);
+            result = self.reserve(&mut open);
+            if let Some(unit) = self.units.front_mut() {
+                unit.open = Some(open);
             }
-            unit.open = Some(open);
         }
-        if let Some(open) = unit.open.as_mut() {
-            open.shaped = true;
-            for (name, action) in columns {
-                let use_ = ColumnUse {
-                    column: name.to_owned(),
-                    action: ColumnAction::of(action),
-                };
-                if !open.shown.contains(&use_) {
-                    open.shown.push(use_);
-                }
+        let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) else {
+            return result;
+        };
+        open.shaped = true;
+        for (name, action) in columns {
+            let action = ColumnAction::of(action);
+            if open
+                .shown
+                .iter()
+                .any(|c| &*c.column == name && c.action == action)
+            {
+                continue;
             }
+            // Reuse the plan's copy of the name when it has one.
+            let column = open
+                .planned
+                .as_ref()
+                .and_then(|p| p.columns.iter().find(|c| &*c.column == name))
+                .map_or_else(|| Arc::from(name), |c| c.column.clone());
+            open.shown.push(ColumnUse { column, action });
         }
         result
     }
@@ -431,9 +476,8 @@ impl SessionAudit {
                 }
             }
             b'C' => {
-                let affected = command_rows(frame.get(5..).unwrap_or_default());
                 if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
-                    if let Some(n) = affected {
+                    if let Some(n) = command_rows(frame.get(5..).unwrap_or_default()) {
                         open.affected = Some(open.affected.unwrap_or(0) + n);
                     }
                 }
@@ -442,7 +486,7 @@ impl SessionAudit {
             b'I' | b's' => self.end_execute(),
             b'E' => {
                 let body = frame.get(5..).unwrap_or_default();
-                let code = error_field(body, b'C').map(str::to_owned);
+                let code: Option<Arc<str>> = error_field(body, b'C').map(Arc::from);
                 let ours = error_field(body, b'M').is_some_and(|m| m.starts_with("pgveil:"));
                 let outcome = if ours {
                     Outcome::Refused
@@ -492,28 +536,17 @@ impl SessionAudit {
             return;
         };
         self.statements += 1;
-        // Columns in the result are reported by what the role was shown;
-        // the others by how they reached the server.
-        let mut columns = std::mem::take(&mut open.shown);
-        for c in open.columns.drain(..) {
-            if !columns.iter().any(|s| s.column == c.column) {
-                columns.push(c);
-            }
-        }
-        let mut tables: Vec<String> = Vec::new();
-        for c in &columns {
-            if let Some((table, _)) = c.column.rsplit_once('.') {
-                if !tables.iter().any(|t| t == table) {
-                    tables.push(table.to_owned());
-                }
-            }
-        }
+        let (columns, tables) = open.columns();
         let (outcome, sqlstate) = open.outcome.take().unwrap_or((Outcome::Ok, None));
+        let fingerprint = match &open.planned {
+            Some(p) => Some(p.fingerprint.clone()),
+            None => open.fingerprint.take(),
+        };
         let record = Stamped::now(Event::Statement(Box::new(StatementRecord {
             conn: self.conn,
             user: self.user.clone(),
             role: self.role.clone(),
-            fingerprint: open.fingerprint.take(),
+            fingerprint,
             tables,
             columns,
             rows: open.rows,
@@ -540,15 +573,15 @@ impl Drop for SessionAudit {
         // Requests still waiting for a reply: the connection ended first.
         while let Some(mut unit) = self.units.pop_front() {
             if let Some(open) = unit.open.as_mut() {
-                open.fail(Outcome::Error, Some("08006".to_owned()));
+                open.fail(Outcome::Error, Some(Arc::from("08006")));
             }
             self.finish(unit);
         }
         if let Some(opened) = self.opened {
             let _ = self.audit.log(Event::ConnectionClosed {
                 conn: self.conn,
-                user: std::mem::take(&mut self.user),
-                role: self.role.take(),
+                user: self.user.to_string(),
+                role: self.role.as_deref().map(str::to_owned),
                 client: std::mem::take(&mut self.client),
                 statements: self.statements,
                 duration_ms: u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),

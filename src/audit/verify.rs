@@ -375,8 +375,8 @@ impl Verifier<'_> {
                         .get(i + 1)
                         .and_then(|l| chain::parse(l.bytes))
                         .and_then(|n| {
-                            n.str("prev")
-                                .map(|s| s == hex(&chain::line_hash(line.bytes)))
+                            let here = chain::line_link(line.bytes)?;
+                            n.str("prev").map(|s| s == hex(&here))
                         })
                         .unwrap_or(false);
                     report.problem = Some(if seq + 1 == e && next_links_here && i > 0 {
@@ -433,7 +433,7 @@ impl Verifier<'_> {
                     }
                 }
                 if let Some((k, prev_mac)) = mac_state.as_mut() {
-                    if chain::mac(k, prev_mac, p.mac_body) != p.mac {
+                    if chain::mac(k, prev_mac, &chain::body_digest(p.mac_body)) != p.mac {
                         report.problem = Some(self.problem(
                             i,
                             ProblemKind::Altered,
@@ -551,7 +551,7 @@ impl Verifier<'_> {
                 last_kind_shutdown = false;
             }
             report.records += 1;
-            prev_hash = chain::line_hash(line.bytes);
+            prev_hash = chain::link(&chain::body_digest(p.mac_body), &p.mac);
             expected = Some(seq + 1);
         }
         report.tail = match (report.records, last_kind_shutdown) {

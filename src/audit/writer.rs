@@ -210,9 +210,12 @@ impl Writer {
         if self.pending_first_seq.is_none() {
             self.pending_first_seq = Some(self.chain.seq);
         }
-        let ts = super::record::rfc3339(std::time::SystemTime::now());
-        self.chain
-            .checkpoint(ts, reason, self.keyring.signing_key(), &mut self.pending)?;
+        self.chain.checkpoint(
+            std::time::SystemTime::now(),
+            reason,
+            self.keyring.signing_key(),
+            &mut self.pending,
+        )?;
         Ok(())
     }
 
