@@ -160,7 +160,7 @@ pids+=($!); ENC_PID=$!
 # The same with the audit trail on.
 AUDIT_PORT=$(free_port)
 sed "s/^listen = .*/listen = \"127.0.0.1:$AUDIT_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-enc-audit.toml"
-printf '[audit]\npath = "%s"\n' "$work/audit/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
+printf '[audit]\npath = "%s"\n' "${AUDIT_DIR:-$work/audit}/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc-audit.toml" 2>"$work/pgveil-enc-audit.log" &
 pids+=($!); AUDIT_PID=$!
 

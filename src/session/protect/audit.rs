@@ -10,7 +10,7 @@ use super::{write_query, Pending, ProtectState};
 use crate::audit::track::Planned;
 use crate::audit::SessionAudit;
 use crate::net::Frame;
-use crate::proto::extended::{self, Bind, Parse};
+use crate::proto::extended::{self, Parse};
 use crate::rewrite::{refusal_sql, Protector};
 use crate::server::Shared;
 use crate::session::frontend::Flow;
@@ -80,8 +80,8 @@ impl ProtectState {
                 }
             }
             b'B' => {
-                if let Some(bind) = Bind::decode(frame.body()) {
-                    a.bind(bind.portal, bind.statement);
+                if let Some((portal, statement)) = bind_names(frame.body()) {
+                    a.bind(portal, statement);
                 }
             }
             b'C' => {
@@ -112,8 +112,8 @@ impl ProtectState {
                     }
                 }
                 b'B' => {
-                    if let Some(b) = Bind::decode(frame.body()) {
-                        a.refused_request(b.statement);
+                    if let Some((_, statement)) = bind_names(frame.body()) {
+                        a.refused_request(statement);
                     }
                 }
                 _ => {}
@@ -176,4 +176,14 @@ impl ProtectState {
         }
         handled
     }
+}
+
+/// The portal and statement names at the start of a Bind body, without
+/// decoding its parameters.
+fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut parts = body.splitn(3, |b| *b == 0);
+    let portal = parts.next()?;
+    let statement = parts.next()?;
+    parts.next()?;
+    Some((portal, statement))
 }
