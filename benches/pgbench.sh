@@ -8,7 +8,11 @@
 #
 # Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds)
 #   CLIENTS=8 DURATION=10 ROUNDS=2 SCALE=10 WORKLOADS="select-simple ..." benches/pgbench.sh
+#   WORKLOADS="guests-read guests-guard" benches/pgbench.sh   (read mixes: roles; bulk-read guard)
+#   WORKLOADS="guests-write guests-read" GUEST_TARGETS="pgveil-enc pgveil-enc-audit" \
+#     READ_TARGETS="pgveil-manager pgveil-manager-audit" benches/pgbench.sh   (audit trail on/off)
 #   PGVEIL_BIN=... FORWARDER_BIN=... benches/pgbench.sh   (prebuilt binaries, no cargo)
+#   AUDIT_DIR=/dev/shm/x benches/pgbench.sh   (where the audited targets write their trail)
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # postgresql pgbouncer). Run as root or as a normal user.
 set -euo pipefail
@@ -19,13 +23,23 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
-WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write guests-read"}
+WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepared guests-write guests-read guests-guard"}
 TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
-# The guests workloads (benches/guests.sql: write-heavy; benches/guests-read.sql:
-# read-heavy) compare PgBouncer and pgveil on a plain table with pgveil
-# encrypting three columns of the same table, without and with the audit
-# trail (pgveil-enc-audit: [audit] path set, one record per statement).
+# The guests workload (benches/guests.sql) compares PgBouncer and pgveil on
+# a plain table with pgveil encrypting three columns of the same table.
+# pgveil-enc-audit is pgveil-enc with the audit trail on ([audit] path set:
+# one record per statement).
 GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc pgveil-enc-audit"}
+# The read-heavy mix (benches/guests-read.sql) looks a guest up by phone and
+# returns five protected columns: through pgveil on the plain table, and
+# through pgveil on the encrypted table as a manager (clear) and as front
+# desk (masked).
+# pgveil-manager-audit: the manager through the audited pgveil.
+READ_TARGETS=${READ_TARGETS:-"pgveil pgveil-manager pgveil-frontdesk pgveil-manager-audit"}
+READ_ROWS=${READ_ROWS:-10000}
+# The guard mix (benches/guests-guard.sql) compares the same policy role with
+# and without bulk-read limits (max_rows, window_rows) on the encrypted table.
+GUARD_TARGETS=${GUARD_TARGETS:-"pgveil-read pgveil-capped"}
 PGVEIL_WORKERS=${PGVEIL_WORKERS:-0}
 
 bindir=""
@@ -37,7 +51,7 @@ PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 [ -x "$PGBOUNCER" ] || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
 
 # PGVEIL_BIN and FORWARDER_BIN skip the build (e.g. when builds must be
-# serialized with other work on the machine); CARGO_TARGET_DIR is honoured.
+# serialized with other work on the machine).
 if [ -n "${PGVEIL_BIN:-}" ] && [ -n "${FORWARDER_BIN:-}" ]; then
   pgveil=$PGVEIL_BIN; forwarder=$FORWARDER_BIN
 else
@@ -85,8 +99,21 @@ EOF
 
 psql_direct() { "$bindir/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 psql_direct -d postgres -c "CREATE DATABASE plain" -c "CREATE DATABASE enc"
-psql_direct -d plain -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name text, phone text, id_number text, note text); CREATE INDEX ON bench_guests (phone);"
-psql_direct -d enc -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name bytea, phone bytea, id_number bytea, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d plain -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name text, phone text, id_number text, email text, address text, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d enc -c "CREATE TABLE bench_guests (id serial PRIMARY KEY, name bytea, phone bytea, id_number bytea, email text, address bytea, note text); CREATE INDEX ON bench_guests (phone);"
+psql_direct -d postgres -c "CREATE ROLE bench_manager LOGIN; CREATE ROLE bench_frontdesk LOGIN;"
+for db in plain enc; do
+  psql_direct -d "$db" -c "GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;"
+done
+# READ_ROWS guests with phones 13800000001.. for the read mix.
+awk -v n="$READ_ROWS" 'BEGIN {
+  for (i = 1; i <= n; i++) {
+    if (i % 500 == 1) printf "INSERT INTO bench_guests (name, phone, id_number, email, address, note) VALUES\n"
+    printf "(%s, %s, %s, %s, %s, %s)%s\n", "'"'"'Guest Number " i "'"'"'", "'"'"'" (13800000000 + i) "'"'"'",
+      "'"'"'" (110105199001010000 + i) "'"'"'", "'"'"'guest" i "@example.com'"'"'",
+      "'"'"'No. " i " Long Street, Springfield'"'"'", "'"'"'bench'"'"'", (i % 500 == 0 || i == n) ? ";" : ","
+  }
+}' > "$work/guests-rows.sql"
 
 cat > "$work/pgbouncer.ini" <<EOF
 [databases]
@@ -138,22 +165,43 @@ column = "name"
 type = "text"
 encrypt = "randomized"
 level = 3
+mask = "name"
 [[columns]]
 table = "bench_guests"
 column = "phone"
 type = "text"
 encrypt = "searchable"
 level = 3
+mask = "phone"
 [[columns]]
 table = "bench_guests"
 column = "id_number"
 type = "text"
 encrypt = "searchable"
 level = 4
+mask = "cn_id"
+[[columns]]
+table = "bench_guests"
+column = "email"
+type = "text"
+encrypt = "none"
+level = 3
+mask = "email"
+[[columns]]
+table = "bench_guests"
+column = "address"
+type = "text"
+encrypt = "randomized"
+level = 3
+mask = "address"
 [[roles]]
-name = "bench"
-members = ["postgres"]
+name = "manager"
+members = ["bench_manager"]
 clearance = 4
+[[roles]]
+name = "frontdesk"
+members = ["bench_frontdesk"]
+clearance = 2
 EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-enc.log" &
 pids+=($!); ENC_PID=$!
@@ -164,25 +212,38 @@ printf '[audit]\npath = "%s"\n' "${AUDIT_DIR:-$work/audit}/audit.jsonl" >> "$wor
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc-audit.toml" 2>"$work/pgveil-enc-audit.log" &
 pids+=($!); AUDIT_PID=$!
 
-for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT $AUDIT_PORT; do
+# The same policy with one role for the bench user, without and with
+# bulk-read limits (the window is large enough never to refuse).
+READ_PORT=$(free_port); CAPPED_PORT=$(free_port)
+read_role='[[roles]]
+name = "reader"
+members = ["postgres"]
+clearance = 2'
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$READ_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-read.toml"
+printf '%s\n' "$read_role" >> "$work/pgveil-read.toml"
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$CAPPED_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-capped.toml"
+printf '%s\nmax_rows = 1000\nmax_bytes = 10000000\nwindow_rows = 1000000000000\nwindow = "10m"\n' "$read_role" >> "$work/pgveil-capped.toml"
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-read.toml" 2>"$work/pgveil-read.log" &
+pids+=($!); READ_PID=$!
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-capped.toml" 2>"$work/pgveil-capped.log" &
+pids+=($!); CAPPED_PID=$!
+
+for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT $READ_PORT $CAPPED_PORT $AUDIT_PORT; do
   for _ in $(seq 100); do
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
     sleep 0.1
   done
 done
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc) echo "$ENC_PORT";; pgveil-enc-audit) echo "$AUDIT_PORT";; esac; }
-pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc) echo "$ENC_PID";; pgveil-enc-audit) echo "$AUDIT_PID";; *) echo "";; esac; }
-db_of() { case $2 in guests-*) case $1 in pgveil-enc*) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
-targets_of() { case $1 in guests-*) echo "$GUEST_TARGETS";; *) echo "$TARGETS";; esac; }
+# Load the read mix's guests: encrypted through pgveil, plain directly.
+"$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc -f "$work/guests-rows.sql" >/dev/null
+psql_direct -d plain -f "$work/guests-rows.sql" >/dev/null
 
-# 10,000 guests for the read workload: plain directly, encrypted through
-# pgveil (COPY FROM STDIN is encrypted on the way).
-seed() { seq 1 10000 | awk '{ printf "guest %d\t1390%07d\t1101051949%08d\tseed\n", $1, $1, $1 }'; }
-seed | "$bindir/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d plain \
-  -c "\\copy bench_guests (name, phone, id_number, note) FROM STDIN"
-seed | "$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc \
-  -c "\\copy bench_guests (name, phone, id_number, note) FROM STDIN"
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; pgveil-read) echo "$READ_PORT";; pgveil-capped) echo "$CAPPED_PORT";; pgveil-enc-audit|pgveil-manager-audit) echo "$AUDIT_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; pgveil-read) echo "$READ_PID";; pgveil-capped) echo "$CAPPED_PID";; pgveil-enc-audit|pgveil-manager-audit) echo "$AUDIT_PID";; *) echo "";; esac; }
+db_of() { case $2 in guests-guard) echo enc;; guests-*) case $1 in pgveil-enc*|pgveil-manager*|pgveil-frontdesk) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
+user_of() { case $1 in pgveil-manager|pgveil-manager-audit) echo bench_manager;; pgveil-frontdesk) echo bench_frontdesk;; *) echo postgres;; esac; }
+targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; guests-read) echo "$READ_TARGETS";; guests-guard) echo "$GUARD_TARGETS";; *) echo "$TARGETS";; esac; }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 args_of() {
   case $1 in
@@ -191,9 +252,11 @@ args_of() {
     select-prepared) echo "-S -M prepared";;
     tpcb-prepared) echo "-M prepared";;
     guests-write) echo "-M prepared -f benches/guests.sql";;
-    guests-read) echo "-M prepared -f benches/guests-read.sql";;
+    guests-read) echo "-M prepared -D rows=$READ_ROWS -f benches/guests-read.sql";;
+    guests-guard) echo "-M prepared -f benches/guests-guard.sql";;
   esac
 }
+
 
 results="$work/results.tsv"
 : > "$results"
@@ -205,7 +268,7 @@ for round in $(seq "$ROUNDS"); do
       port=$(port_of "$target"); pid=$(pid_of "$target")
       before=$(cpu_ticks "$pid")
       # shellcheck disable=SC2046
-      out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -c "$CLIENTS" -j "$THREADS" \
+      out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U "$(user_of "$target")" -n -c "$CLIENTS" -j "$THREADS" \
               -T "$DURATION" $(args_of "$wl") "$(db_of "$target" "$wl")" 2>&1) || { echo "$out" >&2; exit 1; }
       after=$(cpu_ticks "$pid")
       tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
@@ -220,7 +283,7 @@ done
 
 echo
 echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
-awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-enc-audit" '
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-enc-audit pgveil-manager pgveil-manager-audit pgveil-frontdesk pgveil-read pgveil-capped" '
   { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
   END {
     nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
@@ -230,9 +293,23 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-enc-au
       if (n[k]) printf "%-16s %-10s %12.0f %10.3f %14s\n", wls[i], tg[j], tps[k]/n[k], lat[k]/n[k], (ncpu[k] ? sprintf("%.1f", cpu[k]/ncpu[k]) : "-")
     }
     print ""
-    printf "%-16s %14s %16s %16s %18s %14s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil", "audit-on/off"
+    printf "%-16s %14s %16s %16s %18s\n", "workload", "pgveil/direct", "pgveil/pgbouncer", "pgveil/forwarder", "pgveil-enc/pgveil"
     for (i = 1; i <= nw; i++) {
-      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]; a = tps[w SUBSEP "pgveil-enc-audit"]
-      printf "%-16s %14s %16s %16s %18s %14s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-"), (a && e ? sprintf("%.3f", a/e) : "-")
+      w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
+      if (!v) continue
+      printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
     }
+    aw = tps["guests-write" SUBSEP "pgveil-enc-audit"]; ew = tps["guests-write" SUBSEP "pgveil-enc"]
+    ar = tps["guests-read" SUBSEP "pgveil-manager-audit"]; er = tps["guests-read" SUBSEP "pgveil-manager"]
+    if ((aw && ew) || (ar && er)) {
+      print ""
+      printf "audit on/off: guests-write %s, guests-read (manager) %s  (target >= 0.95)\n", (aw && ew ? sprintf("%.3f", aw/ew) : "-"), (ar && er ? sprintf("%.3f", ar/er) : "-")
+    }
+    m = tps["guests-read" SUBSEP "pgveil-manager"]; fd = tps["guests-read" SUBSEP "pgveil-frontdesk"]; p = tps["guests-read" SUBSEP "pgveil"]
+    if (p && (m || fd)) {
+      print ""
+      printf "guests-read: manager (clear)/plain = %s, frontdesk (masked)/plain = %s  (target >= 0.80)\n", (m ? sprintf("%.3f", m/p) : "-"), (fd ? sprintf("%.3f", fd/p) : "-")
+    }
+    r = tps["guests-guard" SUBSEP "pgveil-read"]; c = tps["guests-guard" SUBSEP "pgveil-capped"]
+    if (r && c) printf "\nguests-guard: capped / uncapped role = %.3f  (target >= 0.90)\n", c/r
   }' "$results"

@@ -69,6 +69,9 @@ pub struct Config {
     /// Defaults (`[defaults]`).
     #[serde(default)]
     pub defaults: crate::policy::role::Defaults,
+    /// Who may approve one-off bulk exports (`[approvals]`).
+    #[serde(default)]
+    pub approvals: crate::guard::ApprovalsConfig,
     /// The audit trail (`[audit]`); off unless `path` is set.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod guard;
 pub mod migrate;
 pub mod net;
 pub mod policy;

@@ -53,6 +53,9 @@ enum Command {
         #[command(subcommand)]
         command: pgveil::crypto::cli::KeyringCommand,
     },
+    /// Approve a one-off bulk export: prints a signed approval token (last
+    /// line) that the requester sets with `SET pgveil.approval = '<token>'`.
+    Approve(pgveil::guard::cli::ApproveArgs),
     /// Encrypt existing plaintext columns online, re-encrypt after a key
     /// rotation, or decrypt back (roll back). Batched and resumable; see
     /// docs/MIGRATE.md.
@@ -86,6 +89,12 @@ fn main() -> ExitCode {
             pgveil::audit::spool::keyring_command(&cfg, &command).map_err(|e| e.to_string())
         }),
         Command::Migrate { command } => pgveil::migrate::run(command).map_err(|e| e.to_string()),
+        Command::Approve(args) => pgveil::guard::cli::run(&args, &mut std::io::stdout())
+            .map_err(|e| e.to_string())
+            .and_then(|approval| {
+                pgveil::audit::spool::approval_issued(&args.config, &approval)
+                    .map_err(|e| e.to_string())
+            }),
         Command::Audit { command } => {
             return match pgveil::audit::cli::run(&command, &mut std::io::stdout()) {
                 Ok(verdict) => ExitCode::from(verdict.code()),

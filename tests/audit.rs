@@ -44,6 +44,11 @@ struct Veiled {
 
 impl Veiled {
     fn start(audit_extra: &str) -> Veiled {
+        Veiled::start_with(audit_extra, "", POLICY)
+    }
+
+    /// With `sections` (e.g. `[approvals]`) before the policy.
+    fn start_with(audit_extra: &str, sections: &str, policy: &str) -> Veiled {
         schema();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit").join("audit.jsonl");
@@ -63,7 +68,7 @@ impl Veiled {
             demo_master_key_file().display(),
             path.display()
         );
-        let text = format!("{head}{POLICY}");
+        let text = format!("{head}{sections}\n{policy}");
         let config_file = dir.path().join("pgveil.toml");
         std::fs::write(&config_file, &text).expect("write config");
         let proxy = start_proxy(Config::parse(&text).expect("config"));
@@ -278,6 +283,8 @@ async fn every_event_kind_is_recorded_and_no_value_leaks() {
             requester: "fd_amy".into(),
             approver: "mgr_ben".into(),
             scope: "public.guests".into(),
+            max_rows: None,
+            single_use: None,
             expires: None,
         })
         .expect("approval issued");
@@ -905,4 +912,157 @@ fn a_second_writer_on_the_same_trail_is_refused() {
         err.to_string().contains("in use by another pgveil"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn blocked_bulk_reads_and_approvals_are_recorded() {
+    let policy = POLICY.replace(
+        "members = [\"frontdesk\"]\nclearance = 2\n",
+        "members = [\"frontdesk\"]\nclearance = 2\nmax_rows = 2\n",
+    );
+    assert!(policy.contains("max_rows = 2"));
+    let v = Veiled::start_with("", "[approvals]\napprovers = [\"mgr_ben\"]\n", &policy);
+    let mgr = v.connect("mgr_ben").await;
+    mgr.batch_execute(
+        "INSERT INTO guests (id, name, phone) VALUES (801, 'Bulk One', '13500000801'), \
+         (802, 'Bulk Two', '13500000802'), (803, 'Bulk Three', '13500000803')",
+    )
+    .await
+    .expect("insert");
+    let fd = v.connect("fd_amy").await;
+    let bulk = "SELECT name FROM guests WHERE id BETWEEN 801 AND 803";
+    let err = fd.simple_query(bulk).await.expect_err("over the cap");
+    assert_eq!(db_err(&err).0, "42501");
+
+    let out = pgveil()
+        .args([
+            "approve",
+            "--requester",
+            "fd_amy",
+            "--approver",
+            "mgr_ben",
+            "--tables",
+            "guests",
+            "--max-rows",
+            "10",
+            "--ttl",
+            "1h",
+            "--reason",
+            "export",
+            "--config",
+        ])
+        .arg(&v.config_file)
+        .output()
+        .expect("pgveil approve");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = stdout.lines().last().expect("token").to_owned();
+    fd.batch_execute(&format!("SET pgveil.approval = '{token}'"))
+        .await
+        .expect("set approval");
+    let rows = fd.simple_query(bulk).await.expect("approved read");
+    assert_eq!(
+        rows.iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count(),
+        3
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            kinds(&v.records()).contains(&"approval_issued")
+        })
+        .await,
+        "the approval was not taken from the spool"
+    );
+    drop((mgr, fd));
+    v.audit().flush().await;
+    v.close().await;
+
+    let recs = v.records();
+    let issued = recs
+        .iter()
+        .find(|r| r["kind"] == "approval_issued")
+        .expect("issued");
+    let id = issued["approval"].as_str().expect("id").to_owned();
+    assert_eq!(issued["requester"], "fd_amy");
+    assert_eq!(issued["approver"], "mgr_ben");
+    assert_eq!(issued["max_rows"], 10);
+    assert!(issued.get("reason").is_none());
+    let fd_st = statements(&recs, "fd_amy");
+    let blocked = fd_st
+        .iter()
+        .find(|r| r["outcome"] == "blocked")
+        .expect("blocked statement");
+    assert_eq!(blocked["sqlstate"], "42501");
+    assert_eq!(blocked["rows"], 0);
+    let approved = fd_st
+        .iter()
+        .find(|r| r["approval"] == id.as_str())
+        .expect("statement under the approval");
+    assert_eq!(approved["outcome"], "ok");
+    assert_eq!(approved["rows"], 3);
+    assert!(recs
+        .iter()
+        .any(|r| r["kind"] == "approval_used" && r["approval"] == id.as_str()));
+    assert!(!std::fs::read_to_string(&v.path)
+        .expect("read")
+        .contains(&token));
+    let key = public_key(&v.config_file);
+    let (code, out) = verify(&[v.path.to_str().expect("utf8"), "--public-key", &key]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn set_role_and_copy_to_are_recorded() {
+    let v = Veiled::start("");
+    let su = v.connect("postgres").await;
+    su.batch_execute(
+        "INSERT INTO guests (id, name, phone) VALUES (901, 'Role Test', '13400000901'), \
+         (902, 'Role Test2', '13400000902')",
+    )
+    .await
+    .expect("insert");
+    su.batch_execute("SET ROLE fd_amy").await.expect("set role");
+    let rows = su
+        .simple_query("SELECT phone FROM guests WHERE id = 901")
+        .await
+        .expect("read as frontdesk");
+    assert!(rows.iter().any(|m| matches!(m,
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("134****0901"))));
+    su.batch_execute("RESET ROLE").await.expect("reset role");
+    let out = psql(
+        v.addr(),
+        "fd_amy",
+        None,
+        &["-c", "COPY guests (name, phone) TO STDOUT"],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let copied = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(copied >= 2);
+    drop(su);
+    v.audit().flush().await;
+    v.close().await;
+    let recs = v.records();
+    let as_fd = statements(&recs, "postgres")
+        .into_iter()
+        .find(|r| r["fingerprint"] == "SELECT phone FROM guests WHERE id = ?")
+        .expect("the read after SET ROLE");
+    assert_eq!(as_fd["role"], "frontdesk", "{as_fd}");
+    assert_eq!(
+        action_of(as_fd, "public.guests.phone").as_deref(),
+        Some("masked")
+    );
+    let copy = statements(&recs, "fd_amy")
+        .into_iter()
+        .find(|r| r["fingerprint"] == "COPY guests (name, phone) TO STDOUT")
+        .expect("COPY TO record");
+    assert_eq!(copy["rows"], copied as u64, "{copy}");
+    assert_eq!(copy["affected"], copied as u64, "{copy}");
+    assert_eq!(
+        action_of(copy, "public.guests.phone").as_deref(),
+        Some("masked")
+    );
+    let raw = std::fs::read_to_string(&v.path).expect("read");
+    assert!(!raw.contains("13400000901") && !raw.contains("Role Test"));
 }

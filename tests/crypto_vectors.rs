@@ -3,8 +3,10 @@
 //! `fixtures/crypto_vectors.json` holds a fixed master key, a keyring file
 //! made with it, the root keys inside, and envelopes of typed values. This
 //! test recomputes every envelope *independently* with `ring` (HKDF,
-//! AES-GCM) and the RustCrypto `cmac`/`aes` crates (searchable nonce) from
-//! the documented format (HKDF labels, AAD layout, nonce rule), checks that
+//! AES-256-GCM for randomized mode) and the RustCrypto `aes-gcm-siv` crate
+//! (AES-256-GCM-SIV for searchable mode, which derives the RFC 8452 message
+//! keys itself) from the documented format (HKDF labels, AAD layout, fixed
+//! nonce, envelope layout per mode), checks that
 //! pgveil decrypts it to the expected text and binary output, and that
 //! pgveil's own encryption reproduces the searchable envelopes exactly. If
 //! any of it changes, old data would stop decrypting: the test fails
@@ -58,9 +60,10 @@ mod spec {
     }
 
     pub struct Keys {
+        /// AES-256-GCM, randomized mode.
         pub aead: LessSafeKey,
-        /// The 32-byte AES-256-CMAC key of the searchable nonce PRF.
-        pub prf: [u8; 32],
+        /// The AES-256-GCM-SIV key-generating key, searchable mode.
+        pub siv: [u8; 32],
     }
 
     struct Len32;
@@ -74,39 +77,52 @@ mod spec {
     pub fn derive(root: &[u8], column: &str) -> Keys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"pgveil column keys v1").extract(root);
         let enc_info = [&b"pgveil enc\0"[..], column.as_bytes()];
-        let prf_info = [&b"pgveil prf-cmac\0"[..], column.as_bytes()];
+        let siv_info = [&b"pgveil siv\0"[..], column.as_bytes()];
         let enc = prk.expand(&enc_info, &AES_256_GCM).expect("okm");
-        let mut prf = [0u8; 32];
-        prk.expand(&prf_info, Len32)
+        let mut siv = [0u8; 32];
+        prk.expand(&siv_info, Len32)
             .expect("okm")
-            .fill(&mut prf)
+            .fill(&mut siv)
             .expect("fill");
         Keys {
             aead: LessSafeKey::new(UnboundKey::from(enc)),
-            prf,
+            siv,
         }
     }
 
-    /// First 12 bytes of AES-256-CMAC (RFC 4493 with AES-256) of the
-    /// canonical value, with a fresh MAC per value.
-    pub fn searchable_nonce(keys: &Keys, canonical: &[u8]) -> [u8; 12] {
-        use cmac::Mac as _;
-        let mut mac = cmac::Cmac::<aes::Aes256>::new_from_slice(&keys.prf).expect("32-byte key");
-        mac.update(canonical);
-        mac.finalize().into_bytes()[..12]
-            .try_into()
-            .expect("12 bytes")
+    /// Searchable envelope: `01 03 version` ‖ AES-256-GCM-SIV(key-generating
+    /// key, nonce = 12 zero bytes, AAD = those 6 bytes ‖ column) of the
+    /// canonical value ‖ tag. No nonce is stored.
+    pub fn seal_searchable(keys: &Keys, version: u32, column: &str, canonical: &[u8]) -> Vec<u8> {
+        use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+        let mut env = vec![1, 3];
+        env.extend_from_slice(&version.to_be_bytes());
+        let mut aad = env.clone();
+        aad.extend_from_slice(column.as_bytes());
+        let cipher = aes_gcm_siv::Aes256GcmSiv::new(&keys.siv.into());
+        let mut ct = canonical.to_vec();
+        let tag = cipher
+            .encrypt_inout_detached(
+                &aes_gcm_siv::Nonce::from([0u8; 12]),
+                &aad,
+                ct.as_mut_slice().into(),
+            )
+            .expect("seal");
+        env.extend_from_slice(&ct);
+        env.extend_from_slice(&tag);
+        env
     }
 
-    pub fn seal(
+    /// Randomized envelope: `01 01 version` ‖ nonce ‖ AES-256-GCM(key,
+    /// nonce, AAD = the first 6 bytes ‖ column) of the canonical value ‖ tag.
+    pub fn seal_randomized(
         keys: &Keys,
-        mode: u8,
         version: u32,
         column: &str,
         nonce: [u8; 12],
         canonical: &[u8],
     ) -> Vec<u8> {
-        let mut env = vec![1, mode];
+        let mut env = vec![1, 1];
         env.extend_from_slice(&version.to_be_bytes());
         let mut aad = env.clone();
         aad.extend_from_slice(column.as_bytes());
@@ -128,18 +144,35 @@ mod spec {
     pub fn open(keys: &Keys, column: &str, env: &[u8]) -> Vec<u8> {
         let mut aad = env[..6].to_vec();
         aad.extend_from_slice(column.as_bytes());
-        let nonce = Nonce::try_assume_unique_for_key(&env[6..18]).expect("nonce");
-        let mut ct = env[18..].to_vec();
-        keys.aead
-            .open_in_place(nonce, Aad::from(&aad), &mut ct)
-            .expect("opens")
-            .to_vec()
+        match env[1] {
+            1 => {
+                let nonce = Nonce::try_assume_unique_for_key(&env[6..18]).expect("nonce");
+                let mut ct = env[18..].to_vec();
+                keys.aead
+                    .open_in_place(nonce, Aad::from(&aad), &mut ct)
+                    .expect("opens")
+                    .to_vec()
+            }
+            3 => {
+                use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+                aes_gcm_siv::Aes256GcmSiv::new(&keys.siv.into())
+                    .decrypt(
+                        &aes_gcm_siv::Nonce::from([0u8; 12]),
+                        Payload {
+                            msg: &env[6..],
+                            aad: &aad,
+                        },
+                    )
+                    .expect("opens")
+            }
+            m => panic!("mode byte {m}"),
+        }
     }
 }
 
 fn mode_of(name: &str) -> (Mode, u8) {
     match name {
-        "searchable" => (Mode::Searchable, 2),
+        "searchable" => (Mode::Searchable, 3),
         "randomized" => (Mode::Randomized, 1),
         other => panic!("unknown mode {other}"),
     }
@@ -206,6 +239,7 @@ fn vectors_match() {
 
     let vectors = fx["vectors"].as_array().expect("vectors");
     assert!(vectors.len() >= 20);
+    let mut seen = std::collections::HashMap::new();
     for v in vectors {
         let name = v["name"].as_str().expect("name");
         let column = v["column"].as_str().expect("column");
@@ -213,10 +247,13 @@ fn vectors_match() {
         let (mode, mode_byte) = mode_of(v["mode"].as_str().expect("mode"));
         let version = v["key_version"].as_u64().expect("version") as u32;
         let canonical = unhex(v["canonical_hex"].as_str().expect("canonical"));
-        let nonce: [u8; 12] = unhex(v["nonce_hex"].as_str().expect("nonce"))
-            .try_into()
-            .expect("12");
         let want_env = unhex(v["envelope_hex"].as_str().expect("envelope"));
+        assert_eq!(
+            want_env[..2],
+            [1, mode_byte],
+            "{name}: format and mode bytes"
+        );
+        *seen.entry((mode, version)).or_insert(0) += 1;
 
         // 1. Independent recomputation from the spec.
         let root = unhex(
@@ -225,14 +262,24 @@ fn vectors_match() {
                 .expect("root"),
         );
         let keys = spec::derive(&root, column);
-        if mode == Mode::Searchable {
-            assert_eq!(
-                spec::searchable_nonce(&keys, &canonical),
-                nonce,
-                "{name}: nonce rule"
-            );
-        }
-        let env = spec::seal(&keys, mode_byte, version, column, nonce, &canonical);
+        let env = match mode {
+            Mode::Searchable => {
+                // No nonce field: 22 bytes of overhead.
+                assert!(
+                    v.get("nonce_hex").is_none(),
+                    "{name}: searchable stores no nonce"
+                );
+                assert_eq!(want_env.len(), canonical.len() + 22, "{name}: length");
+                spec::seal_searchable(&keys, version, column, &canonical)
+            }
+            Mode::Randomized => {
+                let nonce: [u8; 12] = unhex(v["nonce_hex"].as_str().expect("nonce"))
+                    .try_into()
+                    .expect("12");
+                assert_eq!(want_env.len(), canonical.len() + 34, "{name}: length");
+                spec::seal_randomized(&keys, version, column, nonce, &canonical)
+            }
+        };
         assert_eq!(hex(&env), hex(&want_env), "{name}: envelope");
         assert_eq!(spec::open(&keys, column, &env), canonical, "{name}: opens");
 
@@ -285,6 +332,49 @@ fn vectors_match() {
                     "{name}: canonical"
                 );
             }
+        }
+    }
+    // The searchable mode is checked under the active and an older live
+    // version (equality search after a rotation), next to randomized ones.
+    for key in [
+        (Mode::Searchable, 2),
+        (Mode::Searchable, 1),
+        (Mode::Randomized, 2),
+        (Mode::Randomized, 1),
+    ] {
+        assert!(seen.contains_key(&key), "no vector for {key:?}");
+    }
+}
+
+/// An envelope of the retired pre-release searchable format (mode byte 2:
+/// AES-CMAC nonce, AES-256-GCM), as the committed vectors held it before
+/// the switch to AES-256-GCM-SIV ("phone searchable", same keyring). It
+/// is refused with a typed error; it is never decrypted, as GCM-SIV or
+/// otherwise.
+#[test]
+fn retired_searchable_envelope_is_refused() {
+    const OLD: &str = "010200000002c15b54a9d4ed7644d9941a74ecfac6f26469ea1b0a14b502e51c44d7d0a36aaca954f0b48c94055f5bb9d79b80";
+    let text = std::fs::read_to_string(fixture_path()).expect("read fixtures/crypto_vectors.json");
+    let fx: Value = serde_json::from_str(&text).expect("json");
+    let (_dir, kr, _) = open_keyring(&fx);
+    for mode in [Mode::Searchable, Mode::Randomized] {
+        let c = kr
+            .column("public.guests.phone", LogicalType::Text, mode)
+            .expect("column");
+        for f in [Format::Text, Format::Binary] {
+            let mut out = b"kept".to_vec();
+            let e = c
+                .decrypt(&unhex(OLD), f, &mut out)
+                .expect_err("retired format");
+            assert!(
+                matches!(
+                    e,
+                    pgveil::crypto::CryptoError::UnknownEnvelopeMode { mode: 2, .. }
+                ),
+                "{e}"
+            );
+            assert_eq!(e.sqlstate(), "XX001");
+            assert_eq!(out, b"kept");
         }
     }
 }
@@ -599,19 +689,32 @@ fn generate_vectors() {
         c.encrypt(&bytes, f, &mut tmp).expect("encrypt");
         let active = spec::derive(&unhex(roots["2"].as_str().expect("root")), column);
         let canonical = spec::open(&active, column, &tmp);
-        let nonce = match m {
-            Mode::Searchable => spec::searchable_nonce(&keys, &canonical),
-            // Fixed, distinct nonces so randomized vectors are exact.
-            Mode::Randomized => std::array::from_fn(|k| (0xa0 + i as u8).wrapping_add(k as u8)),
+        let (env, nonce) = match m {
+            Mode::Searchable => (
+                spec::seal_searchable(&keys, version, column, &canonical),
+                None,
+            ),
+            Mode::Randomized => {
+                // Fixed, distinct nonces so randomized vectors are exact.
+                let nonce: [u8; 12] =
+                    std::array::from_fn(|k| (0xa0 + i as u8).wrapping_add(k as u8));
+                (
+                    spec::seal_randomized(&keys, version, column, nonce, &canonical),
+                    Some(nonce),
+                )
+            }
         };
-        let env = spec::seal(&keys, mode_byte, version, column, nonce, &canonical);
+        assert_eq!(env[1], mode_byte);
         let mut v = json!({
             "name": name, "column": column, "type": ty, "mode": mode, "key_version": version,
             "input_format": fmt,
-            "canonical_hex": hex(&canonical), "nonce_hex": hex(&nonce), "envelope_hex": hex(&env),
+            "canonical_hex": hex(&canonical), "envelope_hex": hex(&env),
             "text_output": String::from_utf8(decrypt(&c, &env, Format::Text)).expect("utf8"),
             "binary_output_hex": hex(&decrypt(&c, &env, Format::Binary)),
         });
+        if let Some(nonce) = nonce {
+            v["nonce_hex"] = json!(hex(&nonce));
+        }
         v[if fmt == "text" { "input" } else { "input_hex" }] = json!(input);
         vectors.push(v);
     }

@@ -56,6 +56,38 @@ type = "int4"
 encrypt = "searchable"
 level = 2
 
+[[columns]]
+table = "rcopy"
+column = "name"
+type = "text"
+encrypt = "randomized"
+level = 3
+mask = "name"
+
+[[columns]]
+table = "rcopy"
+column = "phone"
+type = "text"
+encrypt = "searchable"
+level = 3
+mask = "phone"
+
+[[columns]]
+table = "rcopy"
+column = "id_number"
+type = "text"
+encrypt = "randomized"
+level = 4
+mask = "cn_id"
+
+[[columns]]
+table = "rcopy"
+column = "email"
+type = "text"
+encrypt = "none"
+level = 3
+mask = "email"
+
 [[roles]]
 name = "frontdesk"
 members = ["frontdesk"]
@@ -71,7 +103,7 @@ clearance = 4
 name = "auditor"
 members = ["auditors"]
 clearance = 0
-columns = { "public.rguests.id_number" = "deny" }
+columns = { "public.rguests.id_number" = "deny", "public.rcopy.id_number" = "deny" }
 
 [[roles]]
 name = "analyst"
@@ -102,7 +134,17 @@ fn veil() -> SocketAddr {
                    CREATE ROLE aud_carol LOGIN IN ROLE auditors; \
                    CREATE ROLE nobody_dan LOGIN; \
                    CREATE ROLE ana_erin LOGIN IN ROLE analysts; \
-                 EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 DO $$ BEGIN \
+                   CREATE ROLE mf_gina LOGIN IN ROLE managers, frontdesk; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 CREATE VIEW rguests_pv AS SELECT id, phone, name AS guest_name, note FROM rguests; \
+                 CREATE VIEW rguests_vv AS SELECT id, phone AS tel FROM rguests_pv; \
+                 CREATE VIEW rguests_cv AS SELECT id, note, encode(phone, 'hex') AS phone_hex FROM rguests; \
+                 GRANT SELECT ON rguests_pv, rguests_vv, rguests_cv TO PUBLIC; \
+                 DROP TABLE IF EXISTS rcopy; \
+                 CREATE TABLE rcopy (id int PRIMARY KEY, name bytea, phone bytea, id_number bytea, email text, note text); \
+                 GRANT ALL ON rcopy TO PUBLIC;",
             )
             .unwrap();
             let text = format!(
@@ -120,6 +162,13 @@ fn veil() -> SocketAddr {
                         "INSERT INTO rguests VALUES \
                          (1, '张三丰', '110105194912310021', '13812345678', 'zhang.san@example.com', '1949-12-31', 42, 'a'), \
                          (2, 'Alice Smith', '310101199001010012', '13987654321', 'alice@example.com', '1990-05-17', NULL, 'b')",
+                    )
+                    .await
+                    .unwrap();
+                    c.batch_execute(
+                        "INSERT INTO rcopy VALUES \
+                         (1, '张三丰', '13812345678', '110105194912310021', 'zhang.san@example.com', 'tab\there'), \
+                         (2, 'Back\\slash', NULL, NULL, NULL, NULL)",
                     )
                     .await
                     .unwrap();
@@ -429,35 +478,78 @@ async fn plaintext_stored_columns_are_not_reachable_through_expressions() {
 
 /// COPY TO STDOUT is not masked by role yet, so protected columns may not
 /// leave through it: refused; plain columns of the same table still can.
+/// `COPY` through psql as `user`; stdout, or the error text.
+fn psql_copy(user: &str, sql: &str) -> Result<String, String> {
+    let out = psql(veil(), user, None, &["-c", sql], "");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stdout + &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
 #[tokio::test]
-async fn copy_to_of_protected_columns_is_refused() {
-    let out = psql(
-        veil(),
-        "fd_alice",
-        None,
-        &["-c", "COPY rguests TO STDOUT"],
-        "",
+async fn copy_to_stdout_is_decrypted_and_masked_by_role() {
+    let _ = veil();
+    // Text format: clear for the manager, with COPY's escapes intact.
+    assert_eq!(
+        psql_copy("mgr_bob", "COPY rcopy TO STDOUT").unwrap(),
+        "1\t张三丰\t13812345678\t110105194912310021\tzhang.san@example.com\ttab\\there\n\
+         2\tBack\\\\slash\t\\N\t\\N\t\\N\t\\N\n"
     );
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    // Masked for the front desk, NULLs stay NULL.
+    assert_eq!(
+        psql_copy(
+            "fd_alice",
+            "COPY rcopy (id, phone, name, email, id_number) TO STDOUT"
+        )
+        .unwrap(),
+        "1\t138****5678\t张**\tz********@example.com\t110105********0021\n\
+         2\t\\N\tB*********\t\\N\t\\N\n"
+    );
+    // CSV with a header and a custom delimiter.
+    assert_eq!(
+        psql_copy(
+            "fd_alice",
+            "COPY rcopy (id, phone) TO STDOUT WITH (FORMAT csv, HEADER, DELIMITER ';')"
+        )
+        .unwrap(),
+        "id;phone\n1;138****5678\n2;\n"
+    );
+    // The auditor may not see ID numbers: refused, no row sent.
+    let err = psql_copy("aud_carol", "COPY rcopy TO STDOUT").unwrap_err();
     assert!(
-        text.contains("is not supported yet") && !text.contains("zhang.san"),
-        "{text}"
+        err.contains("public.rcopy.id_number") && !err.contains("张"),
+        "{err}"
     );
-    let out = psql(
-        veil(),
-        "fd_alice",
-        None,
-        &["-c", "COPY rguests (id, note) TO STDOUT"],
-        "",
+    assert_eq!(
+        psql_copy("aud_carol", "COPY rcopy (id, phone) TO STDOUT").unwrap(),
+        "1\t138****5678\n2\t\\N\n"
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Binary format cannot be masked: refused.
+    let err = psql_copy("mgr_bob", "COPY rcopy TO STDOUT WITH (FORMAT binary)").unwrap_err();
+    assert!(err.contains("binary"), "{err}");
+    // Plain columns of the table pass as they are.
+    assert_eq!(
+        psql_copy("fd_alice", "COPY rcopy (id, note) TO STDOUT").unwrap(),
+        "1\ttab\\there\n2\t\\N\n"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1\ta"));
+}
+
+#[tokio::test]
+async fn copy_to_stdout_through_the_extended_protocol_is_masked() {
+    use futures_util::TryStreamExt;
+    let c = as_user("fd_alice").await;
+    let stream = c
+        .copy_out("COPY rcopy (id, phone) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b)).collect();
+    assert_eq!(text, "1\t138****5678\n2\t\\N\n");
+    // The session goes on normally afterwards.
+    assert_eq!(phone(&c).await, MASKED);
 }
 
 #[tokio::test]
@@ -520,4 +612,302 @@ async fn table_recreated_outside_pgveil_is_picked_up_from_its_new_oid() {
         "results of the re-created table were never decrypted"
     );
     proxy.shutdown();
+}
+
+/// `phone` of guest 1 as `c` sees it.
+async fn phone(c: &tokio_postgres::Client) -> String {
+    text_rows(c, "SELECT phone FROM rguests WHERE id = 1").await[0][0].clone()
+}
+
+const CLEAR: &str = "13812345678";
+const MASKED: &str = "138****5678";
+
+#[tokio::test]
+async fn set_role_changes_the_policy_role_and_reset_restores_it() {
+    let c = as_user("mf_gina").await;
+    assert_eq!(phone(&c).await, CLEAR, "member of managers");
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED, "after SET ROLE frontdesk");
+    // A role the user is not a member of: PostgreSQL refuses, nothing changes.
+    let err = c.simple_query("SET ROLE auditors").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR, "after RESET ROLE");
+    c.simple_query("SET role = 'frontdesk'").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("SET ROLE NONE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+    // Extended protocol: SET ROLE sent as a prepared statement.
+    c.execute("SET ROLE frontdesk", &[]).await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.execute("RESET ROLE", &[]).await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+}
+
+#[tokio::test]
+async fn role_changes_follow_transactions_and_savepoints() {
+    let c = as_user("mf_gina").await;
+    // SET LOCAL ends with the transaction.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SET LOCAL ROLE frontdesk").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR, "SET LOCAL ROLE outlived COMMIT");
+    // A rolled-back SET ROLE is undone.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR, "SET ROLE outlived ROLLBACK");
+    // ROLLBACK TO SAVEPOINT brings back the role in effect at the savepoint.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    c.simple_query("SAVEPOINT a").await.unwrap();
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+    c.simple_query("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    assert_eq!(
+        phone(&c).await,
+        MASKED,
+        "ROLLBACK TO did not restore the role"
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED, "committed SET ROLE was lost");
+    // An error in the transaction, then ROLLBACK: back to the committed role.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert!(c.simple_query("SELECT 1/0").await.is_err());
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+}
+
+#[tokio::test]
+async fn statements_prepared_before_set_role_are_shown_by_the_new_role() {
+    let c = as_user("mf_gina").await;
+    let stmt = c
+        .prepare("SELECT phone FROM rguests WHERE id = $1")
+        .await
+        .unwrap();
+    let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), CLEAR);
+    c.simple_query("SET ROLE frontdesk").await.unwrap();
+    let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        MASKED,
+        "stale plan after SET ROLE"
+    );
+    c.simple_query("RESET ROLE").await.unwrap();
+    let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), CLEAR);
+}
+
+#[tokio::test]
+async fn role_changes_pgveil_cannot_follow_are_refused() {
+    let c = as_user("mf_gina").await;
+    for sql in [
+        "SELECT set_config('role', 'frontdesk', false)",
+        "SELECT set_config('role', 'frontdesk', true)",
+        "DO $$ BEGIN SET ROLE frontdesk; END $$",
+        "DO $$ BEGIN EXECUTE 'set role frontdesk'; END $$",
+        "SET ROLE frontdesk; SELECT phone FROM rguests WHERE id = 1",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert!(
+            db.message().starts_with("pgveil:"),
+            "{sql}: {}",
+            db.message()
+        );
+        assert!(
+            ["42501", "0A000"].contains(&db.code().code()),
+            "{sql}: {}",
+            db.code().code()
+        );
+        // The server's role did not change behind pgveil's back.
+        let who = text_rows(&c, "SELECT current_user").await;
+        assert_eq!(who, vec![vec!["mf_gina"]], "{sql}");
+    }
+    // Harmless set_config still works.
+    c.simple_query("SELECT set_config('application_name', 'x', false)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn role_set_in_the_startup_packet_is_followed() {
+    let mut cfg = tokio_postgres::Config::new();
+    let addr = veil();
+    cfg.host(addr.ip().to_string())
+        .port(addr.port())
+        .user("mf_gina")
+        .dbname("postgres")
+        .options("-c role=frontdesk");
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(phone(&c).await, MASKED);
+    c.simple_query("RESET ROLE").await.unwrap();
+    assert_eq!(phone(&c).await, CLEAR);
+}
+
+#[test]
+fn psql_set_role_then_select_is_masked() {
+    let out = psql(
+        veil(),
+        "mf_gina",
+        None,
+        &[
+            "-c",
+            "SET ROLE frontdesk",
+            "-c",
+            "SELECT phone FROM rguests WHERE id = 1",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(MASKED) && !stdout.contains(CLEAR),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn views_exposing_protected_columns_are_decrypted_and_masked_by_role() {
+    let mgr = as_user("mgr_bob").await;
+    let fd = as_user("fd_alice").await;
+    let sql = "SELECT phone, guest_name, note FROM rguests_pv WHERE id = 1";
+    assert_eq!(text_rows(&mgr, sql).await, vec![vec![CLEAR, "张三丰", "a"]]);
+    assert_eq!(text_rows(&fd, sql).await, vec![vec![MASKED, "张**", "a"]]);
+    // A view of a view.
+    let sql = "SELECT tel FROM rguests_vv WHERE id = 1";
+    assert_eq!(text_rows(&mgr, sql).await, vec![vec![CLEAR]]);
+    assert_eq!(text_rows(&fd, sql).await, vec![vec![MASKED]]);
+    // Equality on the view's column is encrypted like on the table's, in
+    // the simple and the extended protocol.
+    assert_eq!(
+        text_rows(
+            &mgr,
+            "SELECT id FROM rguests_pv WHERE phone = '13812345678'"
+        )
+        .await,
+        vec![vec!["1"]]
+    );
+    let rows = mgr
+        .query(
+            "SELECT guest_name FROM rguests_vv JOIN rguests_pv USING (id) WHERE tel = $1",
+            &[&CLEAR],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "张三丰");
+    // Transforming the view's protected column is refused like on the table.
+    let err = fd
+        .simple_query("SELECT upper(phone) FROM rguests_pv")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().starts_with("pgveil:")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn view_columns_computed_from_protected_columns_are_refused() {
+    let mgr = as_user("mgr_bob").await;
+    for sql in [
+        "SELECT phone_hex FROM rguests_cv",
+        "SELECT * FROM rguests_cv WHERE id = 1",
+    ] {
+        let err = mgr.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("public.rguests_cv.phone_hex"),
+            "{}",
+            db.message()
+        );
+        let err = mgr.query(sql, &[]).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{sql}: {err}");
+    }
+    // Its other columns still read normally.
+    assert_eq!(
+        text_rows(&mgr, "SELECT id, note FROM rguests_cv WHERE id = 1").await,
+        vec![vec!["1", "a"]]
+    );
+}
+
+#[tokio::test]
+async fn returning_shows_protected_columns_by_role() {
+    let mgr = as_user("mgr_bob").await;
+    let fd = as_user("fd_alice").await;
+    let rows = text_rows(
+        &mgr,
+        "INSERT INTO rguests (id, name, phone) VALUES (95, '王五', '13700001111') RETURNING id, phone, name",
+    )
+    .await;
+    assert_eq!(rows, vec![vec!["95", "13700001111", "王五"]]);
+    let rows = fd
+        .query(
+            "UPDATE rguests SET phone = $1 WHERE id = 95 RETURNING phone, name",
+            &[&"13700002222"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "137****2222");
+    assert_eq!(rows[0].get::<_, String>(1), "王*");
+    let rows = text_rows(&fd, "DELETE FROM rguests WHERE id = 95 RETURNING phone").await;
+    assert_eq!(rows, vec![vec!["137****2222"]]);
+}
+
+#[tokio::test]
+async fn union_of_the_same_protected_columns_is_decrypted_and_masked() {
+    let mgr = as_user("mgr_bob").await;
+    let fd = as_user("fd_alice").await;
+    let sql = "SELECT id, phone, name FROM rguests WHERE id = 1 \
+               UNION ALL SELECT id, phone, name FROM rguests WHERE id = 2 ORDER BY id";
+    assert_eq!(
+        text_rows(&mgr, sql).await,
+        vec![
+            vec!["1", CLEAR, "张三丰"],
+            vec!["2", "13987654321", "Alice Smith"]
+        ]
+    );
+    assert_eq!(
+        text_rows(&fd, sql).await,
+        vec![
+            vec!["1", MASKED, "张**"],
+            vec!["2", "139****4321", "A**** S****"]
+        ]
+    );
+    // Extended protocol with binary results, and a subquery over the union.
+    let rows = fd
+        .query(
+            "SELECT u.phone FROM (SELECT phone FROM rguests WHERE id = $1 \
+             UNION SELECT phone FROM rguests WHERE id = $1) u",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "UNION over a searchable column deduplicates");
+    assert_eq!(rows[0].get::<_, String>(0), MASKED);
+    // Without ALL over a randomized column, or over different columns: refused.
+    for sql in [
+        "SELECT name FROM rguests UNION SELECT name FROM rguests",
+        "SELECT phone FROM rguests UNION ALL SELECT id_number FROM rguests",
+        "SELECT phone FROM rguests UNION ALL SELECT 'x'",
+    ] {
+        let err = mgr.simple_query(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}: {}", db.message());
+    }
 }

@@ -203,7 +203,8 @@ pub enum Outcome {
 }
 
 /// A bulk-read approval was issued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApprovalIssued {
     /// Approval id.
     pub approval: String,
@@ -211,10 +212,16 @@ pub struct ApprovalIssued {
     pub requester: String,
     /// Who approved (never the requester).
     pub approver: String,
-    /// What it allows (e.g. a statement fingerprint or table), never values.
+    /// What it allows (the tables whose caps it lifts), never values.
     pub scope: String,
+    /// Rows per statement it allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    /// Consumed by its first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_use: Option<bool>,
     /// Until when it is valid (RFC 3339), when limited.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
 }
 

@@ -32,6 +32,8 @@ pub enum SpoolEvent {
         /// The destroyed version.
         version: u32,
     },
+    /// `pgveil approve` issued an approval.
+    ApprovalIssued(super::record::ApprovalIssued),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +54,7 @@ impl SpoolEvent {
                 source,
             },
             SpoolEvent::KeyDestroyed { version } => Event::KeyDestroyed { version, source },
+            SpoolEvent::ApprovalIssued(a) => Event::ApprovalIssued(a),
         }
     }
 }
@@ -139,6 +142,34 @@ pub fn take(path: &Path, taken: &[PathBuf]) -> Vec<(PathBuf, Stamped)> {
             }
         })
         .collect()
+}
+
+/// After `pgveil approve` issued `approval`, hands the event to the audit
+/// trail of the configuration `config` (when `[audit] path` is set). The
+/// approver's free-text reason is left out: it is not checked for values.
+pub fn approval_issued(config: &Path, approval: &crate::guard::Approval) -> Result<(), AuditError> {
+    let cfg = crate::config::Config::load(config).map_err(|e| AuditError::Io {
+        action: "read",
+        path: config.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let Some(path) = cfg.audit.path.as_deref() else {
+        return Ok(());
+    };
+    let expires =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(approval.expires_unix_ms);
+    put(
+        path,
+        SpoolEvent::ApprovalIssued(super::record::ApprovalIssued {
+            approval: approval.id.clone(),
+            requester: approval.requester.clone(),
+            approver: approval.approver.clone(),
+            scope: approval.tables.join(","),
+            max_rows: Some(approval.max_rows),
+            single_use: Some(approval.single_use),
+            expires: Some(super::record::rfc3339(expires)),
+        }),
+    )
 }
 
 /// After a successful `pgveil keyring rotate|destroy`, hands the event to

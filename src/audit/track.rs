@@ -32,7 +32,7 @@ use super::handle::Audit;
 use super::record::{ColumnAction, ColumnUse, Event, Outcome, Stamped, StatementRecord};
 use super::writer::Msg;
 use crate::net::Frame;
-use crate::policy::role::Action;
+use crate::policy::role::{Action, PolicyRole};
 use crate::rewrite::Snapshot;
 use crate::sql::{Plan, Refusal};
 
@@ -49,8 +49,14 @@ pub struct Planned {
 
 impl Planned {
     /// What the audit needs from a plan; `None` when the statement touches
-    /// no protected column (and is not refused).
-    pub fn of(sql: &str, plan: &Result<Arc<Plan>, Refusal>, snapshot: &Snapshot) -> Option<Self> {
+    /// no protected column (and is not refused). `role` decides what a
+    /// `COPY … TO STDOUT` shows of each column.
+    pub fn of(
+        sql: &str,
+        plan: &Result<Arc<Plan>, Refusal>,
+        snapshot: &Snapshot,
+        role: Option<&PolicyRole>,
+    ) -> Option<Self> {
         let encrypts = |name: &str| {
             snapshot
                 .catalog()
@@ -83,6 +89,18 @@ impl Planned {
                         action: ColumnAction::Encrypted,
                     })
                     .collect(),
+                Plan::CopyOut(copy) => {
+                    let nobody = PolicyRole::nobody("");
+                    let role = role.unwrap_or(&nobody);
+                    copy.fields
+                        .iter()
+                        .flatten()
+                        .map(|c| ColumnUse {
+                            column: Arc::from(c.full_name.as_str()),
+                            action: ColumnAction::of(&snapshot.action(role, c)),
+                        })
+                        .collect()
+                }
             },
             Err(_) => Vec::new(),
         };
@@ -206,6 +224,8 @@ pub struct SessionAudit {
     refused_pending: Option<Arc<Planned>>,
     /// The first error of the current batch, for the requests it skipped.
     batch_error: Option<(Outcome, Option<Arc<str>>)>,
+    /// Approvals already recorded as used on this connection.
+    approvals_used: Vec<String>,
 }
 
 /// The refusal for statements that cannot be recorded.
@@ -231,6 +251,7 @@ impl SessionAudit {
             portals: HashMap::new(),
             refused_pending: None,
             batch_error: None,
+            approvals_used: Vec::new(),
         }
     }
 
@@ -381,10 +402,19 @@ impl SessionAudit {
         }
     }
 
-    /// The approval that allowed the latest statement (vault rule).
+    /// The policy role now in effect (it follows `SET ROLE`).
+    pub fn note_role(&mut self, role: Option<&str>) {
+        if self.role.as_deref() != role {
+            self.role = role.map(Arc::from);
+        }
+    }
+
+    /// The approval the result being released runs under (vault rule).
     pub fn note_approval(&mut self, approval: &str) {
-        if let Some(open) = self.units.back_mut().and_then(|u| u.open.as_mut()) {
-            open.approval = Some(approval.to_owned());
+        if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
+            if open.approval.as_deref() != Some(approval) {
+                open.approval = Some(approval.to_owned());
+            }
         }
     }
 
@@ -400,7 +430,7 @@ impl SessionAudit {
     pub fn wants_row_shape(&self) -> bool {
         self.units
             .front()
-            .is_some_and(|u| u.execute && u.open.as_ref().map_or(true, |o| !o.shaped))
+            .is_some_and(|u| u.execute && u.open.as_ref().is_none_or(|o| !o.shaped))
     }
 
     /// Whether a RowDescription's shape is wanted (a simple query's result).
@@ -469,7 +499,8 @@ impl SessionAudit {
 
     fn server_frame(&mut self, tag: u8, frame: &[u8]) {
         match tag {
-            b'D' => {
+            // DataRows, and CopyData of a COPY … TO STDOUT.
+            b'D' | b'd' => {
                 if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
                     open.rows += 1;
                     open.bytes += frame.len() as u64;
@@ -487,8 +518,11 @@ impl SessionAudit {
             b'E' => {
                 let body = frame.get(5..).unwrap_or_default();
                 let code: Option<Arc<str>> = error_field(body, b'C').map(Arc::from);
-                let ours = error_field(body, b'M').is_some_and(|m| m.starts_with("pgveil:"));
-                let outcome = if ours {
+                let message = error_field(body, b'M').unwrap_or("");
+                let outcome = if message.starts_with("pgveil: bulk read refused") {
+                    // The bulk-read guard's refusals (caps and windows).
+                    Outcome::Blocked
+                } else if message.starts_with("pgveil:") {
                     Outcome::Refused
                 } else {
                     Outcome::Error
@@ -538,6 +572,18 @@ impl SessionAudit {
         self.statements += 1;
         let (columns, tables) = open.columns();
         let (outcome, sqlstate) = open.outcome.take().unwrap_or((Outcome::Ok, None));
+        if let Some(id) = open.approval.as_deref() {
+            if !self.approvals_used.iter().any(|a| a == id) {
+                self.approvals_used.push(id.to_owned());
+                let _ = self
+                    .audit
+                    .log(Event::ApprovalUsed(super::record::ApprovalUsed {
+                        approval: id.to_owned(),
+                        user: self.user.to_string(),
+                        conn: Some(self.conn),
+                    }));
+            }
+        }
         let fingerprint = match &open.planned {
             Some(p) => Some(p.fingerprint.clone()),
             None => open.fingerprint.take(),

@@ -75,6 +75,9 @@ pub(super) struct Writer {
     rotate_due: bool,
     /// Spool files whose events are sealed but not yet written.
     spooled: Vec<PathBuf>,
+    /// The shutdown checkpoint is sealed: nothing may follow it, not even
+    /// a rotation's checkpoint (the next start rotates instead).
+    closing: bool,
     /// Held for as long as the writer runs.
     _lock: nix::fcntl::Flock<File>,
 }
@@ -160,6 +163,7 @@ impl Writer {
             pending_first_seq: None,
             rotate_due: false,
             spooled: Vec::new(),
+            closing: false,
             _lock: lock,
         };
         w.reopen(false)?;
@@ -283,7 +287,7 @@ impl Writer {
         for f in self.spooled.drain(..) {
             let _ = std::fs::remove_file(&f);
         }
-        if self.file_len >= self.max_file_bytes {
+        if self.file_len >= self.max_file_bytes && !self.closing {
             // Seal the full file, then rename it away.
             self.checkpoint("rotate")?;
             let file = self
@@ -412,6 +416,7 @@ impl Writer {
         if let Err(e) = self.checkpoint("shutdown") {
             warn!(error = %e, "final audit checkpoint failed");
         }
+        self.closing = true;
         // A few retries: a shutdown while the disk is full should not
         // lose the tail if space comes back quickly.
         for _ in 0..5 {

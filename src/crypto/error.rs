@@ -203,9 +203,12 @@ pub enum CryptoError {
         format: u8,
     },
 
-    /// An envelope whose mode byte is neither randomized nor searchable.
+    /// An envelope whose mode byte is neither randomized (1) nor searchable
+    /// (3): altered, or the retired pre-release searchable format (2).
     #[error(
-        "pgveil: the stored value in column {column} has unknown mode byte {mode}; it was altered"
+        "pgveil: the stored value in column {column} has unknown mode byte {mode}; it was \
+         altered, or written in the retired pre-release searchable format (mode 2), which \
+         this pgveil does not read"
     )]
     UnknownEnvelopeMode {
         /// The column's full name.

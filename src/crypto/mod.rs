@@ -11,8 +11,10 @@
 //!   destroyed) and an Ed25519 signing key, in `keyring/keyring.toml`
 //!   ([`store`] writes it atomically); managed by the [`cli`] commands.
 //! * [`ColumnCipher`] — per-column keys derived by HKDF from each live root
-//!   key, built once; [`ColumnCipher::encrypt`] / [`ColumnCipher::decrypt`]
-//!   are the hot path and append into a caller-provided buffer.
+//!   key, built once (AES-256-GCM for randomized mode, AES-256-GCM-SIV with
+//!   its message keys precomputed for searchable mode, `siv`);
+//!   [`ColumnCipher::encrypt`] / [`ColumnCipher::decrypt`] are the hot
+//!   path and append into a caller-provided buffer.
 //! * [`envelope`] — the stored byte layout (`docs/FORMAT.md`).
 //! * `value` — validation and canonicalization of the logical types, and
 //!   rendering in PostgreSQL text or binary wire format.
@@ -30,6 +32,7 @@ mod keyring;
 mod master;
 mod nonce;
 mod secret;
+mod siv;
 pub mod store;
 mod types;
 mod value;

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::column::RootSlot;
-use super::envelope::{HEADER_LEN, OVERHEAD};
+use super::envelope::{header_len, overhead};
 use super::secret::Secret32;
 use super::*;
 
@@ -203,7 +203,7 @@ proptest! {
     fn random_bodies_with_valid_headers_never_decrypt(
         body in prop::collection::vec(any::<u8>(), 28..100),
         version in 1u32..=2,
-        mode in 1u8..=2,
+        mode in 1u8..=3,
     ) {
         let c = cipher(COL, LogicalType::Text, Mode::Randomized);
         let mut env = vec![1, mode];
@@ -236,10 +236,13 @@ proptest! {
 fn envelope_layout() {
     let c = cipher(COL, LogicalType::Text, Mode::Searchable);
     let env = enc(&c, b"+86 138 0013 8000", Format::Text).expect("enc");
-    assert_eq!(env.len(), 17 + OVERHEAD);
-    assert_eq!(&env[..6], &[1, 2, 0, 0, 0, 2]);
+    // Searchable: no nonce is stored (it is fixed), 22 bytes of overhead.
+    assert_eq!(env.len(), 17 + 22);
+    assert_eq!(env.len(), 17 + overhead(Mode::Searchable));
+    assert_eq!(&env[..6], &[1, 3, 0, 0, 0, 2]);
     let r = cipher(COL, LogicalType::Text, Mode::Randomized);
     let env = enc(&r, b"x", Format::Text).expect("enc");
+    assert_eq!(env.len(), 1 + 34);
     assert_eq!(&env[..2], &[1, 1]);
 }
 
@@ -271,16 +274,24 @@ fn every_header_byte_is_authenticated() {
                 if i == 0 {
                     assert!(matches!(e, CryptoError::UnknownFormat { .. }), "{e}");
                 }
-                if i >= HEADER_LEN {
+                if i >= header_len(mode) {
                     assert!(matches!(e, CryptoError::NotAuthentic { .. }), "{e}");
                 }
             }
         }
-        // A valid but different mode byte or version is caught by the AAD.
+        // A valid but different mode byte is caught by the AAD (or, read
+        // as randomized, the envelope is too short for a nonce); a changed
+        // version by the AAD.
         let mut other_mode = env.clone();
-        other_mode[1] = if env[1] == 1 { 2 } else { 1 };
+        other_mode[1] = if env[1] == 1 { 3 } else { 1 };
         assert!(matches!(
             dec(&c, &other_mode, Format::Text),
+            Err(CryptoError::NotAuthentic { .. } | CryptoError::Truncated { .. })
+        ));
+        let mut longer = enc(&c, b"+86 138 0013 8000 ext. 42", Format::Text).expect("enc");
+        longer[1] = if longer[1] == 1 { 3 } else { 1 };
+        assert!(matches!(
+            dec(&c, &longer, Format::Text),
             Err(CryptoError::NotAuthentic { .. })
         ));
         let mut other_version = env.clone();
@@ -294,18 +305,56 @@ fn every_header_byte_is_authenticated() {
 
 #[test]
 fn truncation_is_detected() {
-    let c = cipher(COL, LogicalType::Text, Mode::Randomized);
-    let env = enc(&c, b"address line", Format::Text).expect("enc");
-    for n in 0..env.len() {
-        let e = dec(&c, &env[..n], Format::Text).expect_err("truncated");
-        assert_eq!(e.sqlstate(), "XX001");
-        if n < OVERHEAD {
-            assert!(matches!(e, CryptoError::Truncated { .. }), "{n}: {e}");
+    for mode in [Mode::Randomized, Mode::Searchable] {
+        let c = cipher(COL, LogicalType::Text, mode);
+        let env = enc(&c, b"address line", Format::Text).expect("enc");
+        for n in 0..env.len() {
+            let e = dec(&c, &env[..n], Format::Text).expect_err("truncated");
+            assert_eq!(e.sqlstate(), "XX001");
+            if n < overhead(mode) {
+                assert!(matches!(e, CryptoError::Truncated { .. }), "{n}: {e}");
+            }
         }
+        let mut longer = env.clone();
+        longer.push(0);
+        assert!(dec(&c, &longer, Format::Text).is_err());
+        // The empty value has the shortest envelope of its mode.
+        let empty = enc(&c, b"", Format::Text).expect("empty");
+        assert_eq!(empty.len(), overhead(mode));
+        assert_eq!(dec(&c, &empty, Format::Text).expect("empty"), b"");
     }
-    let mut longer = env.clone();
-    longer.push(0);
-    assert!(dec(&c, &longer, Format::Text).is_err());
+}
+
+/// Mode byte 2, the retired pre-release searchable format (AES-CMAC nonce,
+/// AES-GCM), is refused with its own typed error before any key is used,
+/// whatever follows it.
+#[test]
+fn retired_searchable_mode_is_refused() {
+    let c = cipher(COL, LogicalType::Text, Mode::Searchable);
+    let mut env = enc(&c, b"13800138000", Format::Text).expect("enc");
+    env[1] = 2;
+    env.extend_from_slice(&[0; 12]);
+    let e = dec(&c, &env, Format::Text).expect_err("retired");
+    assert!(
+        matches!(e, CryptoError::UnknownEnvelopeMode { mode: 2, .. }),
+        "{e}"
+    );
+    assert_eq!(e.sqlstate(), "XX001");
+    assert!(e.to_string().contains("retired"), "{e}");
+}
+
+/// A failed decryption leaves the caller's buffer exactly as it was.
+#[test]
+fn failed_decrypt_leaves_buffer_as_it_was() {
+    for mode in [Mode::Randomized, Mode::Searchable] {
+        let c = cipher(COL, LogicalType::Text, mode);
+        let mut env = enc(&c, b"a value to forge", Format::Text).expect("enc");
+        let last = env.len() - 1;
+        env[last] ^= 1;
+        let mut out = bytes::BytesMut::from(&b"kept"[..]);
+        assert!(c.decrypt(&env, Format::Text, &mut out).is_err());
+        assert_eq!(&out[..], b"kept");
+    }
 }
 
 #[test]

@@ -242,25 +242,30 @@ pub enum Mode {
     /// because it reveals nothing but the length.
     #[default]
     Randomized,
-    /// Deterministic nonce derived from the value: equal values in the same
-    /// column under the same key version give the same envelope.
+    /// Deterministic AES-256-GCM-SIV: equal values in the same column under
+    /// the same key version give the same envelope.
     Searchable,
 }
 
 impl Mode {
     /// The mode byte written in the envelope header.
+    ///
+    /// Byte 2 is retired: it marked the pre-release searchable format (an
+    /// AES-CMAC nonce with AES-GCM). It is never written again and such
+    /// envelopes are refused (see `docs/FORMAT.md`).
     pub fn byte(&self) -> u8 {
         match self {
             Mode::Randomized => 1,
-            Mode::Searchable => 2,
+            Mode::Searchable => 3,
         }
     }
 
-    /// Reads a mode byte from an envelope header.
+    /// Reads a mode byte from an envelope header; `None` for an unknown or
+    /// retired one.
     pub fn from_byte(b: u8) -> Option<Mode> {
         match b {
             1 => Some(Mode::Randomized),
-            2 => Some(Mode::Searchable),
+            3 => Some(Mode::Searchable),
             _ => None,
         }
     }
@@ -325,5 +330,7 @@ mod tests {
             Some(Mode::Searchable)
         );
         assert_eq!(Mode::from_byte(0), None);
+        // The retired pre-release searchable mode is not read.
+        assert_eq!(Mode::from_byte(2), None);
     }
 }

@@ -41,7 +41,7 @@ mod state;
 pub use error::MigrateError;
 
 use crate::config::Config;
-use crate::crypto::envelope::{Header, FORMAT_V1};
+use crate::crypto::envelope::{self, Header, FORMAT_V1};
 use crate::crypto::{ColumnCipher, CryptoError, Format, Keyring, LogicalType, Mode};
 use batches::PassOptions;
 use plan::Target;
@@ -243,9 +243,17 @@ pub(crate) fn sql_type(ty: LogicalType) -> &'static str {
 
 /// SQL that is true for every value shaped like an envelope (length,
 /// format and mode bytes). A superset of the real envelopes, used to find
-/// candidates cheaply on the server.
+/// candidates cheaply on the server. The length bound is the shortest
+/// envelope of any mode (an empty searchable value, 22 bytes), so short
+/// searchable values (an int4 is 26 bytes) are never taken for plaintext.
+/// The retired pre-release searchable mode (2) is not an envelope here.
 pub(crate) fn envelope_shape_sql(col: &str) -> String {
-    format!("(length({col}) >= 34 AND get_byte({col}, 0) = 1 AND get_byte({col}, 1) IN (1, 2))")
+    format!(
+        "(length({col}) >= {} AND get_byte({col}, 0) = {FORMAT_V1} AND get_byte({col}, 1) IN ({}, {}))",
+        envelope::MIN_LEN,
+        Mode::Randomized.byte(),
+        Mode::Searchable.byte(),
+    )
 }
 
 /// A crypto error as a batch reason (without the `pgveil:` prefix).
@@ -271,5 +279,23 @@ pub(crate) fn report_indexes(t: &Target) {
             ),
         };
         println!("{}: index {name} ({def}): {advice}", t.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every envelope the cipher writes has the shape the server-side
+    /// filter looks for, including the shortest ones (searchable bool,
+    /// empty text); the retired mode 2 does not.
+    #[test]
+    fn envelope_shape_covers_every_mode_and_length() {
+        assert_eq!(
+            envelope_shape_sql("c"),
+            "(length(c) >= 22 AND get_byte(c, 0) = 1 AND get_byte(c, 1) IN (1, 3))"
+        );
+        assert_eq!(envelope::MIN_LEN, envelope::overhead(Mode::Searchable));
+        assert!(envelope::MIN_LEN <= envelope::overhead(Mode::Randomized));
     }
 }

@@ -10,8 +10,9 @@ pub enum Protection {
     None,
     /// AES-256-GCM with a random nonce: reveals nothing but length.
     Randomized,
-    /// Deterministic per column and key version: allows `=`, `IN`, joins,
-    /// GROUP BY on the column, and so reveals which rows share a value.
+    /// Deterministic AES-256-GCM-SIV per column and key version: allows
+    /// `=`, `IN`, joins, GROUP BY on the column, and so reveals which rows
+    /// share a value.
     Searchable,
 }
 

@@ -26,6 +26,22 @@ pub struct RoleConfig {
     /// "null" | "deny" | <mask spec>`.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// Bulk-read guard: rows with a visible protected column per statement.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    /// Bulk-read guard: the same rows' size in bytes per statement.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Bulk-read guard: rows one user may receive per `window`, across all
+    /// its connections.
+    #[serde(default)]
+    pub window_rows: Option<u64>,
+    /// Bulk-read guard: the rolling window's length (e.g. `"10m"`).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<std::time::Duration>,
+    /// Bulk-read guard: `"explain"` to check the server's row estimate first.
+    #[serde(default)]
+    pub precheck: Option<String>,
 }
 
 /// The `[defaults]` section.
@@ -66,6 +82,8 @@ pub struct PolicyRole {
     pub clearance: u8,
     /// Overrides by full column name.
     pub overrides: BTreeMap<String, Override>,
+    /// Bulk-read limits; `None` streams results without counting.
+    pub limits: Option<crate::guard::Limits>,
 }
 
 /// A per-column override.
@@ -108,10 +126,19 @@ impl PolicyRole {
             let o = Override::parse(v).map_err(|e| format!("role {}: {col}: {e}", c.name))?;
             overrides.insert(col.clone(), o);
         }
+        let limits = crate::guard::Limits::from_keys(crate::guard::LimitKeys {
+            max_rows: c.max_rows,
+            max_bytes: c.max_bytes,
+            window_rows: c.window_rows,
+            window: c.window,
+            precheck: c.precheck.as_deref(),
+        })
+        .map_err(|e| format!("role {}: {e}", c.name))?;
         Ok(PolicyRole {
             name: c.name.clone(),
             clearance,
             overrides,
+            limits,
         })
     }
 
@@ -121,6 +148,7 @@ impl PolicyRole {
             name: name.to_owned(),
             clearance: 0,
             overrides: BTreeMap::new(),
+            limits: None,
         }
     }
 

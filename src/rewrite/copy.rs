@@ -11,7 +11,7 @@ use crate::crypto::{ColumnCipher, CryptoError, Format};
 use bytes::{BufMut, BytesMut};
 use std::sync::Arc;
 
-/// Text or CSV; binary COPY into encrypted columns is refused earlier.
+/// Text or CSV; binary COPY of protected columns is refused earlier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyKind {
     /// PostgreSQL's text format (backslash escapes, `\N` for NULL).
@@ -20,11 +20,9 @@ pub enum CopyKind {
     Csv,
 }
 
-/// How the stream is laid out and which fields to encrypt.
+/// How a COPY stream is laid out, in either direction.
 #[derive(Debug, Clone)]
-pub struct CopySpec {
-    /// One entry per field in stream order; `Some` fields are encrypted.
-    pub fields: Vec<Option<Arc<ColumnCipher>>>,
+pub struct CopyLayout {
     /// Text or CSV.
     pub kind: CopyKind,
     /// Field separator.
@@ -39,7 +37,16 @@ pub struct CopySpec {
     pub header: bool,
 }
 
-/// Why a COPY stream could not be encrypted. Never carries a value.
+/// A COPY FROM stream's layout and which fields to encrypt.
+#[derive(Debug, Clone)]
+pub struct CopySpec {
+    /// One entry per field in stream order; `Some` fields are encrypted.
+    pub fields: Vec<Option<Arc<ColumnCipher>>>,
+    /// How the stream is laid out.
+    pub layout: CopyLayout,
+}
+
+/// Why a COPY stream could not be rewritten. Never carries a value.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// A row has a different number of fields than the column list.
@@ -63,6 +70,17 @@ pub enum CopyError {
     /// A quoted CSV field never ends.
     #[error("pgveil: COPY row {0}: unterminated CSV quoted field")]
     Unterminated(u64),
+    /// A field could not be decrypted or shown (COPY TO); the message
+    /// names the column.
+    #[error("{message} (COPY row {row})")]
+    Field {
+        /// 1-based data row number.
+        row: u64,
+        /// SQLSTATE for the client.
+        sqlstate: &'static str,
+        /// What went wrong, naming the column, never the value.
+        message: String,
+    },
 }
 
 impl CopyError {
@@ -70,47 +88,51 @@ impl CopyError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             CopyError::Crypto { source, .. } => source.sqlstate(),
+            CopyError::Field { sqlstate, .. } => sqlstate,
             _ => "22P04", // bad_copy_file_format
         }
     }
 }
 
-/// Rewrites a COPY FROM STDIN stream, encrypting protected fields.
+/// Splits a COPY stream into rows whatever the CopyData boundaries: keeps
+/// the unfinished tail of the last message, passes the header and the
+/// end-of-data marker through, and hands each data row's body to a
+/// rewriter. Memory is bounded by the longest row.
 #[derive(Debug)]
-pub struct CopyEncryptor {
-    spec: CopySpec,
+struct RowStream {
     pending: Vec<u8>,
     header_done: bool,
     rows: u64,
-    field_buf: Vec<u8>,
-    envelope: Vec<u8>,
 }
 
-impl CopyEncryptor {
-    /// Starts a stream.
-    pub fn new(spec: CopySpec) -> Self {
-        let header_done = !spec.header;
-        CopyEncryptor {
-            spec,
+/// Rewrites one data row body (without its line end) into `out`.
+type RowFn<'a> = dyn FnMut(&[u8], u64, &mut Vec<u8>) -> Result<(), CopyError> + 'a;
+
+impl RowStream {
+    fn new(layout: &CopyLayout) -> Self {
+        RowStream {
             pending: Vec::new(),
-            header_done,
+            header_done: !layout.header,
             rows: 0,
-            field_buf: Vec::new(),
-            envelope: Vec::new(),
         }
     }
 
-    /// Takes one CopyData payload; appends a CopyData frame with every row
-    /// completed so far (rewritten) to `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), CopyError> {
+    fn feed(
+        &mut self,
+        layout: &CopyLayout,
+        data: &[u8],
+        out: &mut BytesMut,
+        rewrite: &mut RowFn<'_>,
+    ) -> Result<(), CopyError> {
         let mut pending = std::mem::take(&mut self.pending);
         pending.extend_from_slice(data);
         let mut rewritten = Vec::with_capacity(pending.len() * 2);
         let mut start = 0;
         let result = loop {
-            match row_end(&pending[start..], &self.spec) {
+            match row_end(&pending[start..], layout) {
                 Some(len) => {
-                    if let Err(e) = self.rewrite_row(&pending[start..start + len], &mut rewritten) {
+                    let row = &pending[start..start + len];
+                    if let Err(e) = self.row(layout, row, &mut rewritten, rewrite) {
                         break Err(e);
                     }
                     start += len;
@@ -125,25 +147,34 @@ impl CopyEncryptor {
         Ok(())
     }
 
-    /// Ends the stream at CopyDone: a last row without a newline is
-    /// rewritten too.
-    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), CopyError> {
+    fn finish(
+        &mut self,
+        layout: &CopyLayout,
+        out: &mut BytesMut,
+        rewrite: &mut RowFn<'_>,
+    ) -> Result<(), CopyError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if self.spec.kind == CopyKind::Csv && open_quote(&self.pending, &self.spec) {
+        if layout.kind == CopyKind::Csv && open_quote(&self.pending, layout) {
             return Err(CopyError::Unterminated(self.rows + 1));
         }
         let mut row = std::mem::take(&mut self.pending);
         row.push(b'\n');
         let mut rewritten = Vec::with_capacity(row.len() * 2);
-        self.rewrite_row(&row, &mut rewritten)?;
+        self.row(layout, &row, &mut rewritten, rewrite)?;
         emit(out, &rewritten);
         Ok(())
     }
 
-    /// Rewrites one row (with its newline) into `out`.
-    fn rewrite_row(&mut self, row: &[u8], out: &mut Vec<u8>) -> Result<(), CopyError> {
+    /// One row (with its newline) into `out`.
+    fn row(
+        &mut self,
+        layout: &CopyLayout,
+        row: &[u8],
+        out: &mut Vec<u8>,
+        rewrite: &mut RowFn<'_>,
+    ) -> Result<(), CopyError> {
         let body = row.strip_suffix(b"\n").unwrap_or(row);
         let (body, eol) = match body.strip_suffix(b"\r") {
             Some(b) => (b, &b"\r\n"[..]),
@@ -154,67 +185,286 @@ impl CopyEncryptor {
             out.extend_from_slice(row);
             return Ok(());
         }
-        if self.spec.kind == CopyKind::Text && body == b"\\." {
+        if layout.kind == CopyKind::Text && body == b"\\." {
             out.extend_from_slice(row); // end-of-data marker
             return Ok(());
         }
         self.rows += 1;
-        let row_no = self.rows;
-        let fields = split_fields(body, &self.spec);
-        if fields.len() != self.spec.fields.len() {
-            return Err(CopyError::FieldCount {
-                row: row_no,
-                got: fields.len(),
-                expected: self.spec.fields.len(),
-            });
-        }
-        for (i, raw) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(self.spec.delimiter);
-            }
-            let Some(cipher) = &self.spec.fields[i] else {
-                out.extend_from_slice(raw);
-                continue;
-            };
-            let is_null = match self.spec.kind {
-                CopyKind::Text => *raw == self.spec.null.as_slice(),
-                CopyKind::Csv => {
-                    *raw == self.spec.null.as_slice() && !raw.starts_with(&[self.spec.quote])
-                }
-            };
-            if is_null {
-                out.extend_from_slice(raw);
-                continue;
-            }
-            self.field_buf.clear();
-            match self.spec.kind {
-                CopyKind::Text => unescape_text(raw, &mut self.field_buf),
-                CopyKind::Csv => {
-                    unquote_csv(raw, self.spec.quote, self.spec.escape, &mut self.field_buf)
-                }
-            }
-            self.envelope.clear();
-            cipher
-                .encrypt(&self.field_buf, Format::Text, &mut self.envelope)
-                .map_err(|source| CopyError::Crypto {
-                    row: row_no,
-                    source,
-                })?;
-            if self.spec.kind == CopyKind::Text {
-                out.push(b'\\');
-            }
-            out.extend_from_slice(b"\\x");
-            push_hex(out, &self.envelope);
-        }
+        rewrite(body, self.rows, out)?;
         out.extend_from_slice(eol);
         Ok(())
+    }
+}
+
+/// Rewrites a COPY FROM STDIN stream, encrypting protected fields.
+#[derive(Debug)]
+pub struct CopyEncryptor {
+    spec: CopySpec,
+    stream: RowStream,
+    field_buf: Vec<u8>,
+    envelope: Vec<u8>,
+}
+
+impl CopyEncryptor {
+    /// Starts a stream.
+    pub fn new(spec: CopySpec) -> Self {
+        CopyEncryptor {
+            stream: RowStream::new(&spec.layout),
+            spec,
+            field_buf: Vec::new(),
+            envelope: Vec::new(),
+        }
+    }
+
+    /// Takes one CopyData payload; appends a CopyData frame with every row
+    /// completed so far (rewritten) to `out`.
+    pub fn feed(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), CopyError> {
+        let CopyEncryptor {
+            spec,
+            stream,
+            field_buf,
+            envelope,
+        } = self;
+        stream.feed(&spec.layout, data, out, &mut |body, row, out| {
+            encrypt_row(spec, body, row, field_buf, envelope, out)
+        })
+    }
+
+    /// Ends the stream at CopyDone: a last row without a newline is
+    /// rewritten too.
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), CopyError> {
+        let CopyEncryptor {
+            spec,
+            stream,
+            field_buf,
+            envelope,
+        } = self;
+        stream.finish(&spec.layout, out, &mut |body, row, out| {
+            encrypt_row(spec, body, row, field_buf, envelope, out)
+        })
+    }
+}
+
+fn encrypt_row(
+    spec: &CopySpec,
+    body: &[u8],
+    row_no: u64,
+    field_buf: &mut Vec<u8>,
+    envelope: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), CopyError> {
+    let layout = &spec.layout;
+    let fields = split_fields(body, layout);
+    if fields.len() != spec.fields.len() {
+        return Err(CopyError::FieldCount {
+            row: row_no,
+            got: fields.len(),
+            expected: spec.fields.len(),
+        });
+    }
+    for (i, raw) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(layout.delimiter);
+        }
+        let Some(cipher) = &spec.fields[i] else {
+            out.extend_from_slice(raw);
+            continue;
+        };
+        if is_null(raw, layout) {
+            out.extend_from_slice(raw);
+            continue;
+        }
+        field_buf.clear();
+        decode_field(raw, layout, field_buf);
+        envelope.clear();
+        cipher
+            .encrypt(field_buf, Format::Text, envelope)
+            .map_err(|source| CopyError::Crypto {
+                row: row_no,
+                source,
+            })?;
+        if layout.kind == CopyKind::Text {
+            out.push(b'\\');
+        }
+        out.extend_from_slice(b"\\x");
+        push_hex(out, envelope);
+    }
+    Ok(())
+}
+
+/// Rewrites a COPY TO STDOUT stream: each selected field is decoded,
+/// passed to a function that says what the client may see (`false` for
+/// NULL), and encoded again; the rest is relayed as it came.
+#[derive(Debug)]
+pub struct CopyOutRewriter {
+    layout: CopyLayout,
+    selected: Vec<bool>,
+    stream: RowStream,
+    value: Vec<u8>,
+    shown: Vec<u8>,
+}
+
+/// Produces what the client sees of field `i`'s decoded `value` into the
+/// buffer; `Ok(false)` means NULL.
+pub type ShowFn<'a> = dyn FnMut(usize, &[u8], &mut Vec<u8>) -> Result<bool, CopyError> + 'a;
+
+impl CopyOutRewriter {
+    /// Starts a stream; `selected[i]` marks the fields to rewrite.
+    pub fn new(layout: CopyLayout, selected: Vec<bool>) -> Self {
+        CopyOutRewriter {
+            stream: RowStream::new(&layout),
+            layout,
+            selected,
+            value: Vec::new(),
+            shown: Vec::new(),
+        }
+    }
+
+    /// Takes one CopyData payload from the server; appends a CopyData
+    /// frame with every row completed so far to `out`.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut BytesMut,
+        show: &mut ShowFn<'_>,
+    ) -> Result<(), CopyError> {
+        let CopyOutRewriter {
+            layout,
+            selected,
+            stream,
+            value,
+            shown,
+        } = self;
+        stream.feed(layout, data, out, &mut |body, row, out| {
+            show_row(layout, selected, body, row, value, shown, out, show)
+        })
+    }
+
+    /// At CopyDone: a last row without a newline is rewritten too.
+    pub fn finish(&mut self, out: &mut BytesMut, show: &mut ShowFn<'_>) -> Result<(), CopyError> {
+        let CopyOutRewriter {
+            layout,
+            selected,
+            stream,
+            value,
+            shown,
+        } = self;
+        stream.finish(layout, out, &mut |body, row, out| {
+            show_row(layout, selected, body, row, value, shown, out, show)
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn show_row(
+    layout: &CopyLayout,
+    selected: &[bool],
+    body: &[u8],
+    row: u64,
+    value: &mut Vec<u8>,
+    shown: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    show: &mut ShowFn<'_>,
+) -> Result<(), CopyError> {
+    let fields = split_fields(body, layout);
+    if fields.len() != selected.len() {
+        return Err(CopyError::FieldCount {
+            row,
+            got: fields.len(),
+            expected: selected.len(),
+        });
+    }
+    for (i, raw) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(layout.delimiter);
+        }
+        if !selected[i] || is_null(raw, layout) {
+            out.extend_from_slice(raw);
+            continue;
+        }
+        value.clear();
+        decode_field(raw, layout, value);
+        shown.clear();
+        match show(i, value, shown) {
+            Ok(true) => encode_field(shown, layout, out),
+            Ok(false) => out.extend_from_slice(&layout.null),
+            Err(CopyError::Field {
+                sqlstate, message, ..
+            }) => {
+                return Err(CopyError::Field {
+                    row,
+                    sqlstate,
+                    message,
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a raw field is the NULL string (a quoted CSV field never is).
+fn is_null(raw: &[u8], layout: &CopyLayout) -> bool {
+    match layout.kind {
+        CopyKind::Text => raw == layout.null.as_slice(),
+        CopyKind::Csv => raw == layout.null.as_slice() && !raw.starts_with(&[layout.quote]),
+    }
+}
+
+/// A raw field's value: text escapes or CSV quoting removed.
+fn decode_field(raw: &[u8], layout: &CopyLayout, out: &mut Vec<u8>) {
+    match layout.kind {
+        CopyKind::Text => unescape_text(raw, out),
+        CopyKind::Csv => unquote_csv(raw, layout.quote, layout.escape, out),
+    }
+}
+
+/// Writes a value as a field PostgreSQL's COPY FROM would read back as the
+/// same value (and never as NULL).
+fn encode_field(value: &[u8], layout: &CopyLayout, out: &mut Vec<u8>) {
+    match layout.kind {
+        CopyKind::Text => {
+            for &b in value {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' if layout.delimiter == b'\t' => out.extend_from_slice(b"\\t"),
+                    d if d == layout.delimiter => {
+                        out.push(b'\\');
+                        out.push(d);
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+        CopyKind::Csv => {
+            let needs_quotes = value.is_empty()
+                || value == layout.null.as_slice()
+                || value.starts_with(b"\\.")
+                || value.iter().any(|&b| {
+                    b == layout.delimiter || b == layout.quote || b == b'\n' || b == b'\r'
+                });
+            if !needs_quotes {
+                out.extend_from_slice(value);
+                return;
+            }
+            out.push(layout.quote);
+            for &b in value {
+                if b == layout.quote || b == layout.escape {
+                    out.push(layout.escape);
+                }
+                out.push(b);
+            }
+            out.push(layout.quote);
+        }
     }
 }
 
 /// Length (newline included) of the first complete row of `buf`, if any.
 /// A text-format newline always ends a row (data newlines are escaped); in
 /// CSV a newline inside quotes does not.
-fn row_end(buf: &[u8], spec: &CopySpec) -> Option<usize> {
+fn row_end(buf: &[u8], spec: &CopyLayout) -> Option<usize> {
     match spec.kind {
         CopyKind::Text => memchr::memchr(b'\n', buf).map(|i| i + 1),
         CopyKind::Csv => {
@@ -247,7 +497,7 @@ fn row_end(buf: &[u8], spec: &CopySpec) -> Option<usize> {
 }
 
 /// Whether CSV text ends inside a quoted field.
-fn open_quote(buf: &[u8], spec: &CopySpec) -> bool {
+fn open_quote(buf: &[u8], spec: &CopyLayout) -> bool {
     let mut quoted = false;
     let mut i = 0;
     while i < buf.len() {
@@ -276,7 +526,7 @@ fn emit(out: &mut BytesMut, data: &[u8]) {
 }
 
 /// Splits a row into raw (still escaped or quoted) fields.
-fn split_fields<'a>(body: &'a [u8], spec: &CopySpec) -> Vec<&'a [u8]> {
+fn split_fields<'a>(body: &'a [u8], spec: &CopyLayout) -> Vec<&'a [u8]> {
     let mut fields = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -465,12 +715,14 @@ mod tests {
         let c = cipher();
         let mut enc = CopyEncryptor::new(CopySpec {
             fields: vec![None, Some(c.clone())],
-            kind: CopyKind::Text,
-            delimiter: b'\t',
-            null: b"\\N".to_vec(),
-            quote: b'"',
-            escape: b'"',
-            header: false,
+            layout: CopyLayout {
+                kind: CopyKind::Text,
+                delimiter: b'\t',
+                null: b"\\N".to_vec(),
+                quote: b'"',
+                escape: b'"',
+                header: false,
+            },
         });
         let mut out = BytesMut::new();
         enc.feed(b"1\t138001", &mut out).unwrap();
@@ -500,12 +752,14 @@ mod tests {
         let c = cipher();
         let mut enc = CopyEncryptor::new(CopySpec {
             fields: vec![Some(c.clone()), None],
-            kind: CopyKind::Csv,
-            delimiter: b',',
-            null: Vec::new(),
-            quote: b'"',
-            escape: b'"',
-            header: true,
+            layout: CopyLayout {
+                kind: CopyKind::Csv,
+                delimiter: b',',
+                null: Vec::new(),
+                quote: b'"',
+                escape: b'"',
+                header: true,
+            },
         });
         let mut out = BytesMut::new();
         enc.feed(
@@ -530,12 +784,14 @@ mod tests {
         let c = cipher();
         let spec = CopySpec {
             fields: vec![None, Some(c)],
-            kind: CopyKind::Csv,
-            delimiter: b',',
-            null: Vec::new(),
-            quote: b'"',
-            escape: b'"',
-            header: false,
+            layout: CopyLayout {
+                kind: CopyKind::Csv,
+                delimiter: b',',
+                null: Vec::new(),
+                quote: b'"',
+                escape: b'"',
+                header: false,
+            },
         };
         let mut out = BytesMut::new();
         let err = CopyEncryptor::new(spec.clone())
@@ -554,17 +810,83 @@ mod tests {
     fn csv_split_and_unquote() {
         let spec = CopySpec {
             fields: vec![None, None, None],
-            kind: CopyKind::Csv,
-            delimiter: b',',
-            null: Vec::new(),
-            quote: b'"',
-            escape: b'"',
-            header: false,
+            layout: CopyLayout {
+                kind: CopyKind::Csv,
+                delimiter: b',',
+                null: Vec::new(),
+                quote: b'"',
+                escape: b'"',
+                header: false,
+            },
         };
-        let f = split_fields(br#"1,"a, ""b""",x"#, &spec);
+        let f = split_fields(br#"1,"a, ""b""",x"#, &spec.layout);
         assert_eq!(f, vec![&b"1"[..], &br#""a, ""b""""#[..], &b"x"[..]]);
         let mut out = Vec::new();
         unquote_csv(f[1], b'"', b'"', &mut out);
         assert_eq!(out, br#"a, "b""#);
+    }
+
+    fn layout(kind: CopyKind) -> CopyLayout {
+        let csv = kind == CopyKind::Csv;
+        CopyLayout {
+            kind,
+            delimiter: if csv { b',' } else { b'\t' },
+            null: if csv { Vec::new() } else { b"\\N".to_vec() },
+            quote: b'"',
+            escape: b'"',
+            header: csv,
+        }
+    }
+
+    /// Rewrites field 1 of each row to `f(value)`; `None` means NULL.
+    fn copy_out(kind: CopyKind, chunks: &[&[u8]], f: fn(&[u8]) -> Option<Vec<u8>>) -> String {
+        let mut rw = CopyOutRewriter::new(layout(kind), vec![false, true]);
+        let mut out = BytesMut::new();
+        let mut show = |_i: usize, v: &[u8], o: &mut Vec<u8>| match f(v) {
+            Some(x) => {
+                o.extend_from_slice(&x);
+                Ok(true)
+            }
+            None => Ok(false),
+        };
+        for c in chunks {
+            rw.feed(c, &mut out, &mut show).unwrap();
+        }
+        rw.finish(&mut out, &mut show).unwrap();
+        let mut text = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            text.extend_from_slice(&rest[5..1 + len]);
+            rest = &rest[1 + len..];
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn copy_out_text_escapes_what_it_shows() {
+        let out = copy_out(
+            CopyKind::Text,
+            &[b"1\tab\\\\c\n2\t\\N\n3\tx", b"y\n"],
+            |v| Some([b"<", v, b">\t\n"].concat()),
+        );
+        assert_eq!(out, "1\t<ab\\\\c>\\t\\n\n2\t\\N\n3\t<xy>\\t\\n\n");
+        let out = copy_out(CopyKind::Text, &[b"1\tsecret\n"], |_| None);
+        assert_eq!(out, "1\t\\N\n", "a masked-out value becomes NULL");
+    }
+
+    #[test]
+    fn copy_out_csv_quotes_when_needed_and_keeps_the_header() {
+        let out = copy_out(CopyKind::Csv, &[b"id,v\n1,\"a,b\"\n2,\n3,plain\n"], |v| {
+            Some(if v == b"plain" {
+                b"".to_vec()
+            } else {
+                [v, b"\"q\"\n"].concat()
+            })
+        });
+        assert_eq!(
+            out, "id,v\n1,\"a,b\"\"q\"\"\n\"\n2,\n3,\"\"\n",
+            "NULL stays unquoted-empty, an empty string is quoted"
+        );
     }
 }

@@ -33,9 +33,11 @@ pub struct Snapshot {
     missing: Option<Prefilter>,
     ciphers: HashMap<String, Arc<ColumnCipher>>,
     pseudonyms: HashMap<String, Arc<PseudonymKey>>,
-    plans: DashMap<Arc<str>, Result<Arc<Plan>, Refusal>>,
+    plans: DashMap<Arc<str>, Arc<Analyzed>>,
     /// Shared answer for statements the pre-filter rules out (no allocation).
     passthrough: Arc<Plan>,
+    /// The same, with the (empty) facts the bulk-read guard asks for.
+    passthrough_analysis: Arc<Analyzed>,
     policy: Arc<ReadPolicy>,
 }
 
@@ -48,6 +50,18 @@ pub struct Protector {
     /// Table OIDs seen in results that the catalog did not know; each
     /// triggers one reload (a protected table may have been re-created).
     seen_oids: dashmap::DashSet<u32>,
+    /// Bulk-read guard state shared by every session: window counters,
+    /// used single-use approvals, the approval verifying key.
+    guard: Arc<crate::guard::Guard>,
+}
+
+/// A cached analysis: the plan, and what the bulk-read guard needs.
+#[derive(Debug)]
+pub struct Analyzed {
+    /// How to relay the statement text, or why it is refused.
+    pub plan: Result<Arc<Plan>, Refusal>,
+    /// Statements that return protected columns.
+    pub reads: Vec<sql::BulkRead>,
 }
 
 /// The read side of the policy: roles and each column's mask.
@@ -99,12 +113,19 @@ impl Protector {
     ) -> Result<Self, crate::crypto::CryptoError> {
         let policy = Arc::new(policy);
         let snapshot = Snapshot::build(catalog, &keyring, policy.clone())?;
+        let guard = Arc::new(crate::guard::Guard::new(keyring.signing_public_key()));
         Ok(Protector {
             current: RwLock::new(Arc::new(snapshot)),
             keyring,
             policy,
             seen_oids: dashmap::DashSet::new(),
+            guard,
         })
+    }
+
+    /// The bulk-read guard's shared state.
+    pub fn guard(&self) -> &Arc<crate::guard::Guard> {
+        &self.guard
     }
 
     /// The current snapshot; sessions hold it for one statement.
@@ -158,7 +179,11 @@ impl Snapshot {
             let cipher = keyring.column(&col.full_name, col.logical_type, mode)?;
             ciphers.insert(col.full_name.clone(), Arc::new(cipher));
         }
-        let prefilter = Prefilter::new(&catalog.protected_names());
+        // The approval setting is a "protected name" too: a statement that
+        // mentions it outside pgveil's own SET must be analysed (and refused).
+        let mut names = catalog.protected_names();
+        names.push(sql::bulk::APPROVAL_SETTING.to_owned());
+        let prefilter = Prefilter::new(&names);
         let missing_names: Vec<String> = catalog
             .missing()
             .iter()
@@ -173,6 +198,10 @@ impl Snapshot {
             pseudonyms,
             plans: DashMap::new(),
             passthrough: Arc::new(Plan::Passthrough),
+            passthrough_analysis: Arc::new(Analyzed {
+                plan: Ok(Arc::new(Plan::Passthrough)),
+                reads: Vec::new(),
+            }),
             policy,
         })
     }
@@ -209,9 +238,19 @@ impl Snapshot {
 
     /// Plans a statement, from the cache when its text was seen before.
     pub fn plan(&self, sql: &str) -> Result<Arc<Plan>, Refusal> {
-        if let Some(m) = &self.missing {
-            if m.might_touch(sql) && !only_ddl(sql) {
-                return Err(Refusal {
+        if !self.prefilter.might_touch(sql) && !self.missing_hit(sql) {
+            return Ok(self.passthrough.clone());
+        }
+        self.analysis(sql).plan.clone()
+    }
+
+    /// The plan and the bulk-read facts of a statement, from the cache when
+    /// its text was seen before. Sessions of roles with bulk-read limits
+    /// ask for this; others only need [`Snapshot::plan`].
+    pub fn analysis(&self, sql: &str) -> Arc<Analyzed> {
+        if self.missing_hit(sql) {
+            return Arc::new(Analyzed {
+                plan: Err(Refusal {
                     sqlstate: "0A000",
                     message: format!(
                         "pgveil: the statement may touch a protected table or column that was not \
@@ -219,23 +258,36 @@ impl Snapshot {
                          reload pgveil's catalog, or fix the policy",
                         self.catalog.missing().join(", ")
                     ),
-                });
-            }
+                }),
+                reads: Vec::new(),
+            });
         }
         if !self.prefilter.might_touch(sql) {
-            return Ok(self.passthrough.clone());
+            return self.passthrough_analysis.clone();
         }
         if let Some(hit) = self.plans.get(sql) {
             return hit.value().clone();
         }
-        let planned = sql::analyze_with(sql, &self.catalog, &self.prefilter).map(Arc::new);
+        let analysis = sql::analyze_full(sql, &self.catalog, &self.prefilter);
+        let analyzed = Arc::new(Analyzed {
+            plan: analysis.plan.map(Arc::new),
+            reads: analysis.reads,
+        });
         if sql.len() <= MAX_CACHED_SQL {
             if self.plans.len() >= MAX_CACHED_PLANS {
                 self.plans.clear();
             }
-            self.plans.insert(Arc::from(sql), planned.clone());
+            self.plans.insert(Arc::from(sql), analyzed.clone());
         }
-        planned
+        analyzed
+    }
+
+    /// Whether `sql` may name a policy table missing from the database
+    /// (DDL creating it may pass).
+    fn missing_hit(&self, sql: &str) -> bool {
+        self.missing
+            .as_ref()
+            .is_some_and(|m| m.might_touch(sql) && !only_ddl(sql))
     }
 
     /// The cipher of a protected, encrypted column.

@@ -67,6 +67,9 @@ impl Session<'_> {
                 },
             ));
         };
+        if let Some(p) = self.protect.as_mut() {
+            p.note_backend_key(&upstream); // the bulk-read guard cancels with it
+        }
         let (mine, registration) = self
             .shared
             .cancels

@@ -16,6 +16,7 @@ mod frontend;
 mod protect;
 mod relay;
 mod results;
+mod roles;
 mod startup;
 
 use crate::net::FrameError;
@@ -105,6 +106,9 @@ struct Session<'a> {
     server_said_fatal: bool,
     /// Column-protection state, when policies are configured.
     protect: Option<protect::ProtectState>,
+    /// The role the StartupMessage sets (`options=-c role=…`), which is
+    /// in effect from the first statement.
+    startup_role: Option<String>,
     /// Audit state, when `[audit]` is on; its drop records the close.
     audit: Option<crate::audit::SessionAudit>,
 }
@@ -171,6 +175,7 @@ async fn serve(
         authenticated: false,
         cancel: None,
         server_said_fatal: false,
+        startup_role: roles::startup_role(packet.payload()),
         protect: shared
             .protector
             .is_some()

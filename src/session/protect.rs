@@ -17,19 +17,27 @@
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
 mod audit;
+mod guarded;
 
 use super::frontend::Flow;
-use super::results::{plan_row_description, rewrite_data_row, ResultPlan, RowPlan};
+use super::results::{
+    copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, CellBuffers,
+    FieldPlan, ResultPlan, RowPlan,
+};
+use super::roles::RoleTracker;
 use super::Session;
 use crate::net::Frame;
 use crate::policy::role::PolicyRole;
 use crate::proto::extended::{self, Bind, Parse};
 use crate::rewrite::bind::{client_param_types, encrypt_bind, server_param_types};
-use crate::rewrite::copy::{CopyEncryptor, CopyKind, CopySpec};
+use crate::rewrite::copy::{
+    CopyEncryptor, CopyError, CopyKind, CopyLayout, CopyOutRewriter, CopySpec,
+};
 use crate::rewrite::Protector;
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
-use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, Refusal};
+use crate::sql::role::{role_effects, RoleEffect};
+use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, ProtectedColumn, Refusal};
 use bytes::{BufMut, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -44,6 +52,15 @@ pub(super) struct Prepared {
     copy: Option<CopyIn>,
     /// The snapshot it was planned with, so Bind encrypts with the same keys.
     snapshot: Option<Arc<Snapshot>>,
+    /// What executing it does to the session's role (SET ROLE, SAVEPOINT…).
+    role_effect: Option<RoleEffect>,
+    /// Set when executing it starts a COPY TO STDOUT of protected columns.
+    copy_out: Option<CopyIn>,
+    /// The protected column behind each result column, when analysis
+    /// knows more than the RowDescription will say (set operations).
+    results: Option<Arc<[Option<ProtectedColumn>]>>,
+    /// What the bulk-read guard checks its Executes against (capped roles).
+    guard: Option<guarded::PreparedGuard>,
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -58,10 +75,27 @@ enum Pending {
     },
     /// Describe of a portal: RowDescription/NoData with the real formats.
     DescribePortal(Vec<u8>),
-    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery.
-    Execute(Option<Arc<ResultPlan>>),
+    /// Execute: DataRows until CommandComplete/PortalSuspended/EmptyQuery;
+    /// the portal's statement says what else its reply means (a role
+    /// effect, a COPY TO stream to mask), with the bulk-read guard's
+    /// decision for capped roles.
+    Execute(
+        Option<Arc<ResultPlan>>,
+        Option<Arc<Prepared>>,
+        Option<Box<guarded::ExecGuard>>,
+    ),
     /// Sync, Query or FunctionCall: answered by ReadyForQuery.
     Ready,
+    /// A simple Query of a capped role, with the guard's decision for its
+    /// results: answered by ReadyForQuery like `Ready`.
+    Query(Box<guarded::QueryGuard>),
+    /// `EXPLAIN` of a capped read (`precheck = "explain"`): its replies are
+    /// swallowed and decide whether the read itself is sent.
+    Explain,
+    /// A statement pgveil sent on its own to fail the server's transaction
+    /// after refusing a result in it; its ErrorResponse and ReadyForQuery
+    /// are swallowed.
+    Injected,
 }
 
 /// What pgveil knows about a portal's result.
@@ -70,6 +104,13 @@ struct PortalRows {
     statement: Vec<u8>,
     formats: Vec<i16>,
     described: Option<Arc<RowPlan>>,
+}
+
+/// A COPY TO STDOUT stream on its way to the client.
+#[derive(Debug)]
+pub(super) struct CopyOutState {
+    rewriter: CopyOutRewriter,
+    fields: Vec<Option<FieldPlan>>,
 }
 
 /// Per-session protection state.
@@ -86,8 +127,25 @@ pub(super) struct ProtectState {
     copy_failed: bool,
     /// The startup ReadyForQuery has been seen.
     ready_seen: bool,
-    /// The session's policy role, once authenticated.
+    /// The session's policy role, decided for `role_generation`.
     role: Option<PolicyRole>,
+    /// The [`RoleTracker::generation`] `role` was decided for.
+    role_generation: u64,
+    /// The PostgreSQL role the session acts as, once authenticated.
+    roles: Option<RoleTracker>,
+    /// Role effects of the current simple query's statements, in order.
+    query_effects: VecDeque<Option<RoleEffect>>,
+    /// Role effects of extended-protocol requests whose replies arrive
+    /// while pgveil suppresses a refused result.
+    orphan_effects: VecDeque<Option<RoleEffect>>,
+    /// The current simple query is a COPY TO STDOUT of protected columns.
+    query_copy_out: Option<CopyIn>,
+    /// Result columns of the current simple query, per SQL analysis.
+    query_results: Option<Arc<[Option<ProtectedColumn>]>>,
+    /// A COPY TO stream being decrypted and masked.
+    copy_out: Option<CopyOutState>,
+    /// Reused for every protected cell of every result.
+    cells: CellBuffers,
     /// Row shapes of described statements that return protected columns.
     statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
@@ -98,6 +156,11 @@ pub(super) struct ProtectState {
     suppress: bool,
     /// The snapshot results are planned with.
     snapshot: Option<Arc<Snapshot>>,
+    /// Bulk-read guard state (idle for roles without limits).
+    guard: guarded::GuardState,
+    /// Bytes pgveil sends the server on its own, queued by the backend
+    /// handler (which only writes to the client) for the relay to send.
+    inject: BytesMut,
 }
 
 impl Session<'_> {
@@ -147,14 +210,46 @@ impl Session<'_> {
         }
     }
 
+    /// Whether client frames must wait: a result was refused and the
+    /// server's ReadyForQuery that ends it is still to come, or an
+    /// `EXPLAIN` precheck decides whether the statement before them runs. Until then a
+    /// late cancel could hit, and the statement that fails the server's
+    /// transaction could be overtaken by, the client's next statement. A
+    /// batch not yet ended by Sync is not waited on (the Sync must pass).
+    #[inline]
+    pub(super) fn client_paused(&self) -> bool {
+        self.protect.as_ref().is_some_and(|p| {
+            (p.suppress
+                && p.pending
+                    .iter()
+                    .any(|x| matches!(x, Pending::Ready | Pending::Query(_))))
+                || p.guard_explaining()
+        })
+    }
+
+    /// Moves what the backend handler queued for the server into `to_server`.
+    #[inline]
+    pub(super) fn take_injected(&mut self, to_server: &mut BytesMut) {
+        if let Some(p) = self.protect.as_mut() {
+            if !p.inject.is_empty() {
+                to_server.extend_from_slice(&p.inject);
+                p.inject.clear();
+            }
+        }
+    }
+
     /// Resolves the policy role once the server accepted the user.
     pub(super) fn on_authenticated_protected(&mut self) {
         if let (Some(protector), Some(st)) =
             (self.shared.protector.as_deref(), self.protect.as_mut())
         {
-            let role = protector.snapshot().role_for(&self.user);
-            tracing::info!(user = %self.user, role = %role.name, "policy role");
+            let tracker = RoleTracker::new(&self.user, self.startup_role.take());
+            let role = protector.snapshot().role_for(tracker.current_user());
+            tracing::info!(user = %self.user, pg_role = tracker.current_user(), role = %role.name, "policy role");
             st.role = Some(role);
+            st.role_generation = tracker.generation();
+            st.roles = Some(tracker);
+            st.guard_authenticated(&self.user);
         }
     }
 }
@@ -214,20 +309,55 @@ impl ProtectState {
                 };
                 let utf8 = std::str::from_utf8(sql).is_ok();
                 let sql = String::from_utf8_lossy(sql);
+                // Bulk-read guard: the approval SET first (its token must
+                // never reach the server), then role changes, then the
+                // precheck.
+                if let Some(text) = self.intercept_approval(protector.guard(), &sql) {
+                    write_query(to_server, &text);
+                    return Flow::Continue;
+                }
+                match role_effects(&sql) {
+                    Ok(effects) => {
+                        self.query_effects = effects.map(VecDeque::from).unwrap_or_default()
+                    }
+                    Err(refusal) => {
+                        note_refusal(user, &refusal);
+                        write_query(to_server, &refusal_sql(&refusal));
+                        return Flow::Continue;
+                    }
+                }
                 let snapshot = protector.snapshot();
-                let planned = plan_and_render(&snapshot, &sql)
+                if let Err(refusal) = self.guard_query(protector.guard(), &snapshot, &sql) {
+                    note_refusal(user, &refusal);
+                    write_query(to_server, &refusal_sql(&refusal));
+                    return Flow::Continue;
+                }
+                let planned = plan_and_render(&snapshot, &sql, &mut self.query_results)
                     .and_then(|p| require_utf8(utf8, p))
                     .and_then(|p| match p {
                         Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
                         Planned::Same => Ok(Ready::Same),
                         Planned::Text(t) => Ok(Ready::Text(t)),
+                        Planned::CopyOut(copy) => Ok(Ready::CopyOut(copy)),
                     });
                 match planned {
-                    Ok(Ready::Same) => to_server.extend_from_slice(frame.as_bytes()),
-                    Ok(Ready::Text(text)) => write_query(to_server, &text),
+                    Ok(Ready::Same) => {
+                        if !self.guard_explain(&sql, Some(frame.as_bytes()), to_server) {
+                            to_server.extend_from_slice(frame.as_bytes());
+                        }
+                    }
+                    Ok(Ready::Text(text)) => {
+                        if !self.guard_explain(&text, None, to_server) {
+                            write_query(to_server, &text);
+                        }
+                    }
                     Ok(Ready::Copy(enc)) => {
                         to_server.extend_from_slice(frame.as_bytes());
                         self.copy = Some(enc);
+                    }
+                    Ok(Ready::CopyOut(copy)) => {
+                        to_server.extend_from_slice(frame.as_bytes());
+                        self.query_copy_out = Some(copy);
                     }
                     Err(refusal) => {
                         note_refusal(user, &refusal);
@@ -246,15 +376,17 @@ impl ProtectState {
                 let sql = String::from_utf8_lossy(parse.query).into_owned();
                 let name = parse.name.to_vec();
                 self.statement_rows.remove(&name);
-                let planned = plan_and_render_parse(&snapshot, &sql, &parse).and_then(|(p, r)| {
-                    if utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty()) {
-                        Ok((p, r))
-                    } else {
-                        Err(not_utf8())
+                let planned = role_effects(&sql).and_then(|effects| {
+                    let (mut p, r) = plan_and_render_parse(&snapshot, &sql, &parse)?;
+                    if !(utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty())) {
+                        return Err(not_utf8());
                     }
+                    p.role_effect = effects.and_then(|e| e.into_iter().next().flatten());
+                    Ok((p, r))
                 });
                 match planned {
-                    Ok((prepared, rewritten)) => {
+                    Ok((mut prepared, rewritten)) => {
+                        self.guard_prepare(&snapshot, &sql, &mut prepared);
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
                         match rewritten {
@@ -290,6 +422,7 @@ impl ProtectState {
                 }
                 self.pending
                     .push_back(Pending::ParseOrBind { injected: false });
+                self.guard_bind(&portal);
                 self.portal_rows.insert(
                     portal.clone(),
                     PortalRows {
@@ -336,6 +469,14 @@ impl ProtectState {
                         }
                     }
                 }
+                let guarded = match self.guard_execute(protector, portal) {
+                    Ok(g) => g,
+                    Err(refusal) => {
+                        note_refusal(user, &refusal);
+                        self.refused = Some(refusal);
+                        return Flow::Continue;
+                    }
+                };
                 let plan = self
                     .portal_rows
                     .get(portal)
@@ -346,7 +487,13 @@ impl ProtectState {
                             .get(&p.statement)
                             .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
                     });
-                self.pending.push_back(Pending::Execute(plan.map(Arc::new)));
+                let prepared = self
+                    .portals
+                    .get(portal)
+                    .filter(|p| p.role_effect.is_some() || p.copy_out.is_some())
+                    .cloned();
+                self.pending
+                    .push_back(Pending::Execute(plan.map(Arc::new), prepared, guarded));
                 to_server.extend_from_slice(frame.as_bytes());
             }
             b'C' => {
@@ -422,15 +569,54 @@ impl ProtectState {
         to_client: &mut BytesMut,
     ) -> bool {
         let tag = frame.tag();
+        if matches!(self.pending.front(), Some(Pending::Explain)) {
+            if let Some(handled) = self.on_explain_reply(frame) {
+                return handled;
+            }
+        }
+        if matches!(self.pending.front(), Some(Pending::Injected)) {
+            match tag {
+                b'Z' => {
+                    self.pending.pop_front();
+                    return true;
+                }
+                b'E' | b'C' => return true,
+                _ => {}
+            }
+        }
         if self.suppress && !matches!(tag, b'Z' | b'N' | b'A' | b'S') {
             // Replies to requests after a refused result are dropped, as if
-            // the server had skipped them after an error.
-            if tag == b'E' {
-                self.drop_until_sync();
+            // the server had skipped them after an error. The server did
+            // run them, so their role effects still count.
+            match tag {
+                b'E' => {
+                    self.on_server_error();
+                    self.drop_until_sync(false);
+                }
+                b'C' => {
+                    let effect = match self.orphan_effects.pop_front() {
+                        Some(e) => e,
+                        None => self.query_effects.pop_front().flatten(),
+                    };
+                    self.complete(effect, frame.body());
+                }
+                _ => {}
             }
             return true;
         }
         match tag {
+            b'H' => self.start_copy_out(protector, to_client),
+            b'd' if self.copy_out.is_some() => {
+                self.copy_out_data(frame.body(), to_client, false);
+                true
+            }
+            b'c' if self.copy_out.is_some() => {
+                if self.copy_out_data(&[], to_client, true) {
+                    to_client.extend_from_slice(frame.as_bytes());
+                }
+                self.copy_out = None;
+                true
+            }
             b'1' | b'2' => {
                 if let Some(Pending::ParseOrBind { injected }) = self.pending.front() {
                     let injected = *injected;
@@ -460,19 +646,33 @@ impl ProtectState {
                     .snapshot
                     .get_or_insert_with(|| protector.snapshot())
                     .clone();
-                let role = self
-                    .role
-                    .get_or_insert_with(|| snapshot.role_for(""))
-                    .clone();
-                let planned = plan_row_description(&snapshot, &role, frame.body(), |oid| {
-                    // A table the catalog does not know: perhaps a protected
-                    // table re-created outside pgveil. Reload once per OID.
-                    if protector.note_unknown_oid(oid) {
-                        if let Some(reload) = &shared.reload_catalog {
-                            reload.notify_one();
-                        }
+                let (role, generation) = self.policy_role(&snapshot);
+                let results = match self.pending.front() {
+                    Some(Pending::DescribeStatement { prepared, .. }) => {
+                        prepared.as_ref().and_then(|p| p.results.clone())
                     }
-                });
+                    Some(Pending::DescribePortal(name)) => {
+                        self.portals.get(name).and_then(|p| p.results.clone())
+                    }
+                    _ => self.query_results.take(),
+                };
+                let results = results.as_deref().unwrap_or_default();
+                let planned = plan_row_description(
+                    &snapshot,
+                    &role,
+                    generation,
+                    frame.body(),
+                    results,
+                    |oid| {
+                        // A table the catalog does not know: perhaps a protected
+                        // table re-created outside pgveil. Reload once per OID.
+                        if protector.note_unknown_oid(oid) {
+                            if let Some(reload) = &shared.reload_catalog {
+                                reload.notify_one();
+                            }
+                        }
+                    },
+                );
                 match self.pending.front() {
                     Some(Pending::DescribeStatement { name, .. }) => {
                         let name = name.clone();
@@ -497,9 +697,12 @@ impl ProtectState {
                         self.current = planned
                             .as_ref()
                             .map(|(row, _)| Arc::new(ResultPlan::described(row.clone())));
-                        if let Some((row, _)) = &planned {
-                            if let Some(col) = &row.denied {
-                                self.refuse_result(to_client, "42501", &denied_message(col));
+                        if let Some((row, rewritten)) = &planned {
+                            if let Some((code, message)) = row.refusal() {
+                                self.refuse_result(to_client, code, &message);
+                                return true;
+                            }
+                            if self.guard_hold_description(protector.guard(), row, rewritten) {
                                 return true;
                             }
                         }
@@ -524,32 +727,55 @@ impl ProtectState {
             }
             b'D' => {
                 let plan = match self.pending.front() {
-                    Some(Pending::Execute(plan)) => plan.clone(),
+                    Some(Pending::Execute(plan, ..)) => plan.clone(),
                     _ => self.current.clone(),
                 };
-                let Some(plan) = plan else {
+                let Some(mut plan) = plan else {
                     return false;
                 };
-                if let Some(col) = &plan.row.denied {
-                    self.refuse_result(to_client, "42501", &denied_message(col));
+                if plan.row.generation != self.generation() {
+                    plan = self.replan(protector, &plan);
+                }
+                if let Some((code, message)) = plan.row.refusal() {
+                    self.refuse_result(to_client, code, &message);
                     return true;
                 }
-                if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client) {
+                if let Some(done) =
+                    self.guard_row(protector.guard(), shared, &plan, frame.body(), to_client)
+                {
+                    return done;
+                }
+                if let Err(e) = rewrite_data_row(&plan, frame.body(), to_client, &mut self.cells) {
                     self.refuse_result(to_client, e.sqlstate, &e.message);
                 }
                 true
             }
             b'C' | b'I' | b's' => {
-                if matches!(self.pending.front(), Some(Pending::Execute(_))) {
+                if self.guard_end(protector.guard(), tag, to_client) {
+                    return true;
+                }
+                let effect = if let Some(Pending::Execute(_, prepared, _)) = self.pending.front() {
+                    let effect = prepared.as_ref().and_then(|p| p.role_effect.clone());
                     self.pending.pop_front();
+                    effect
                 } else {
                     self.current = None;
+                    match tag {
+                        b'C' => self.query_effects.pop_front().flatten(),
+                        _ => None,
+                    }
+                };
+                if tag == b'C' {
+                    self.complete(effect, frame.body());
                 }
                 false
             }
             b'E' => {
                 self.current = None;
-                self.drop_until_sync();
+                self.copy_out = None;
+                self.on_server_error();
+                self.guard_error();
+                self.drop_until_sync(false);
                 false
             }
             b'Z' if !self.ready_seen => {
@@ -560,8 +786,15 @@ impl ProtectState {
             b'Z' => {
                 self.current = None;
                 self.snapshot = None;
+                self.query_effects.clear();
+                self.orphan_effects.clear();
+                self.query_copy_out = None;
+                self.copy_out = None;
+                if let (Some(t), Some(status)) = (self.roles.as_mut(), frame.body().first()) {
+                    t.on_ready(*status);
+                }
                 while let Some(p) = self.pending.pop_front() {
-                    if matches!(p, Pending::Ready) {
+                    if matches!(p, Pending::Ready | Pending::Query(_)) {
                         break;
                     }
                 }
@@ -570,6 +803,17 @@ impl ProtectState {
                     // The client was told of an error: inside a transaction
                     // block it must see the block as failed.
                     if frame.body() == b"T" {
+                        // The statement ended on the server (the cancel, if
+                        // any, came too late): fail the server's transaction
+                        // too, so it matches what the client was told.
+                        write_query(
+                            &mut self.inject,
+                            &refusal_sql(&Refusal {
+                                sqlstate: "25P02",
+                                message: "pgveil: a result in this transaction was refused".into(),
+                            }),
+                        );
+                        self.pending.push_back(Pending::Injected);
                         to_client.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'E']);
                         return true;
                     }
@@ -581,19 +825,156 @@ impl ProtectState {
     }
 
     /// The server skips the rest of an extended batch after an error: those
-    /// requests get no reply.
-    fn drop_until_sync(&mut self) {
+    /// requests get no reply. When pgveil itself refused a result, the
+    /// server goes on running them, so `keep_effects` keeps their role
+    /// effects for the replies pgveil will swallow.
+    fn drop_until_sync(&mut self, keep_effects: bool) {
         while matches!(
             self.pending.front(),
             Some(
                 Pending::ParseOrBind { .. }
                     | Pending::DescribeStatement { .. }
                     | Pending::DescribePortal(_)
-                    | Pending::Execute(_)
+                    | Pending::Execute(..)
             )
         ) {
-            self.pending.pop_front();
+            if let Some(Pending::Execute(_, prepared, _)) = self.pending.pop_front() {
+                if keep_effects {
+                    self.orphan_effects
+                        .push_back(prepared.and_then(|p| p.role_effect.clone()));
+                }
+            }
         }
+    }
+
+    /// CopyOutResponse: when the COPY is one of protected columns, start
+    /// masking its stream by role (or refuse it for a denied column).
+    /// Returns `true` when the frame was swallowed.
+    fn start_copy_out(&mut self, protector: &Protector, to_client: &mut BytesMut) -> bool {
+        let copy = match self.pending.front() {
+            Some(Pending::Execute(_, Some(p), _)) => p.copy_out.clone(),
+            Some(Pending::Execute(..)) => None,
+            _ => self.query_copy_out.take(),
+        };
+        let Some(copy) = copy else {
+            return false;
+        };
+        let snapshot = self
+            .snapshot
+            .get_or_insert_with(|| protector.snapshot())
+            .clone();
+        let (role, _) = self.policy_role(&snapshot);
+        let (fields, denied) = copy_field_plans(&snapshot, &role, &copy.fields);
+        if let Some(col) = denied {
+            let message = format!(
+                "pgveil: permission denied for column {col}: your policy role may not read it; \
+                 leave it out of the COPY column list or ask for a role that may"
+            );
+            self.refuse_result(to_client, "42501", &message);
+            return true;
+        }
+        let selected = fields.iter().map(Option::is_some).collect();
+        self.copy_out = Some(CopyOutState {
+            rewriter: CopyOutRewriter::new(copy_layout(&copy), selected),
+            fields,
+        });
+        false
+    }
+
+    /// Masks CopyData (or, at `done`, the last unterminated row) into
+    /// `to_client`. On failure the rest of the COPY is replaced by one
+    /// error; returns whether the stream is still good.
+    fn copy_out_data(&mut self, data: &[u8], to_client: &mut BytesMut, done: bool) -> bool {
+        let Some(state) = self.copy_out.as_mut() else {
+            return false;
+        };
+        let CopyOutState { rewriter, fields } = state;
+        let cells = &mut self.cells;
+        let mut show = |i: usize, value: &[u8], out: &mut Vec<u8>| match fields
+            .get(i)
+            .and_then(Option::as_ref)
+        {
+            Some(field) => {
+                show_copy_field(field, value, out, cells).map_err(|e| CopyError::Field {
+                    row: 0,
+                    sqlstate: e.sqlstate,
+                    message: e.message,
+                })
+            }
+            None => {
+                out.extend_from_slice(value);
+                Ok(true)
+            }
+        };
+        let result = if done {
+            rewriter.finish(to_client, &mut show)
+        } else {
+            rewriter.feed(data, to_client, &mut show)
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.copy_out = None;
+                self.refuse_result(to_client, e.sqlstate(), &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// A statement completed: apply its role effect, or the end of the
+    /// transaction its tag announces.
+    fn complete(&mut self, effect: Option<RoleEffect>, body: &[u8]) {
+        let Some(tracker) = self.roles.as_mut() else {
+            return;
+        };
+        match effect {
+            Some(e) => tracker.apply(&e),
+            None => {
+                let tag = body.strip_suffix(&[0]).unwrap_or(body);
+                tracker.on_command_tag(tag);
+            }
+        }
+    }
+
+    fn on_server_error(&mut self) {
+        self.query_effects.clear();
+        if let Some(t) = self.roles.as_mut() {
+            t.on_error();
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.roles.as_ref().map_or(0, RoleTracker::generation)
+    }
+
+    /// The policy role for the PostgreSQL role the session acts as now.
+    fn policy_role(&mut self, snapshot: &Snapshot) -> (PolicyRole, u64) {
+        let generation = self.generation();
+        if self.role_generation != generation || self.role.is_none() {
+            let user = self.roles.as_ref().map_or("", RoleTracker::current_user);
+            let role = snapshot.role_for(user);
+            tracing::info!(pg_role = user, role = %role.name, "policy role changed");
+            self.role = Some(role);
+            self.role_generation = generation;
+        }
+        let role = self.role.get_or_insert_with(|| snapshot.role_for(""));
+        (role.clone(), generation)
+    }
+
+    /// A result planned before the role changed, decided again for the
+    /// current role; the new plan replaces the old for the rest of the result.
+    fn replan(&mut self, protector: &Protector, plan: &ResultPlan) -> Arc<ResultPlan> {
+        let snapshot = self
+            .snapshot
+            .get_or_insert_with(|| protector.snapshot())
+            .clone();
+        let (role, generation) = self.policy_role(&snapshot);
+        let plan = Arc::new(plan.for_role(&snapshot, &role, generation));
+        match self.pending.front_mut() {
+            Some(Pending::Execute(p, ..)) => *p = Some(plan.clone()),
+            _ => self.current = Some(plan.clone()),
+        }
+        plan
     }
 
     /// Replaces the rest of a result with one ErrorResponse.
@@ -607,15 +988,8 @@ impl ProtectState {
         );
         self.current = None;
         self.suppress = true;
-        self.drop_until_sync();
+        self.drop_until_sync(true);
     }
-}
-
-fn denied_message(column: &str) -> String {
-    format!(
-        "pgveil: permission denied for column {column}: your policy role may not read it; \
-         leave it out of the query or ask for a role that may"
-    )
 }
 
 /// Bind's result-format codes (count, then codes).
@@ -688,6 +1062,7 @@ enum Ready {
     Same,
     Text(String),
     Copy(CopyEncryptor),
+    CopyOut(CopyIn),
 }
 
 /// What a statement becomes.
@@ -698,14 +1073,26 @@ enum Planned {
     Text(String),
     /// Relay as is, then encrypt the COPY stream.
     Copy(CopyIn),
+    /// Relay as is, then decrypt and mask the COPY TO stream.
+    CopyOut(CopyIn),
 }
 
-fn plan_and_render(snapshot: &Snapshot, sql: &str) -> Result<Planned, Refusal> {
-    match &*snapshot.plan(sql)? {
+fn plan_and_render(
+    snapshot: &Snapshot,
+    sql: &str,
+    results: &mut Option<Arc<[Option<ProtectedColumn>]>>,
+) -> Result<Planned, Refusal> {
+    let plan = snapshot.plan(sql)?;
+    *results = match &*plan {
+        Plan::Rewrite(rw) if !rw.results.is_empty() => Some(rw.results.clone()),
+        _ => None,
+    };
+    match &*plan {
         Plan::Passthrough => Ok(Planned::Same),
         Plan::Rewrite(rw) if rw.edits.is_empty() => Ok(Planned::Same),
         Plan::Rewrite(rw) => snapshot.render(sql, &rw.edits).map(Planned::Text),
         Plan::CopyIn(copy) => Ok(Planned::Copy(copy.clone())),
+        Plan::CopyOut(copy) => Ok(Planned::CopyOut(copy.clone())),
     }
 }
 
@@ -723,12 +1110,30 @@ fn plan_and_render_parse(
                 targets: Vec::new(),
                 copy: Some(copy.clone()),
                 snapshot: Some(snapshot.clone()),
+                role_effect: None,
+                copy_out: None,
+                results: None,
+                guard: None,
+            },
+            None,
+        )),
+        Plan::CopyOut(copy) => Ok((
+            Prepared {
+                copy_out: Some(copy.clone()),
+                ..Prepared::default()
             },
             None,
         )),
         Plan::Rewrite(rw) => {
+            let results = (!rw.results.is_empty()).then(|| rw.results.clone());
             if rw.edits.is_empty() && rw.params.is_empty() {
-                return Ok((Prepared::default(), None));
+                return Ok((
+                    Prepared {
+                        results,
+                        ..Prepared::default()
+                    },
+                    None,
+                ));
             }
             let text = if rw.edits.is_empty() {
                 sql.to_owned()
@@ -747,6 +1152,10 @@ fn plan_and_render_parse(
                     targets: rw.params.clone(),
                     copy: None,
                     snapshot: Some(snapshot.clone()),
+                    role_effect: None,
+                    copy_out: None,
+                    results,
+                    guard: None,
                 },
                 Some(out),
             ))
@@ -764,6 +1173,13 @@ fn copy_encryptor(snapshot: &Snapshot, copy: &CopyIn) -> Result<CopyEncryptor, R
     }
     Ok(CopyEncryptor::new(CopySpec {
         fields,
+        layout: copy_layout(copy),
+    }))
+}
+
+/// The stream layout a COPY statement asked for.
+fn copy_layout(copy: &CopyIn) -> CopyLayout {
+    CopyLayout {
         kind: match copy.format {
             CopyFormat::Text => CopyKind::Text,
             CopyFormat::Csv => CopyKind::Csv,
@@ -773,7 +1189,7 @@ fn copy_encryptor(snapshot: &Snapshot, copy: &CopyIn) -> Result<CopyEncryptor, R
         quote: copy.quote,
         escape: copy.escape,
         header: copy.header,
-    }))
+    }
 }
 
 fn write_query(out: &mut BytesMut, sql: &str) {

@@ -37,6 +37,9 @@ pub(super) struct Relay {
     to_client: BytesMut,
     to_server: BytesMut,
     max_message: usize,
+    /// Client frames wait in `client_in` while the session refuses a result
+    /// (see [`Session::client_paused`]).
+    client_stalled: bool,
 }
 
 /// Which side ended the relay.
@@ -59,6 +62,7 @@ impl Relay {
             to_client: BytesMut::with_capacity(16 * 1024),
             to_server,
             max_message,
+            client_stalled: false,
         }
     }
 
@@ -139,7 +143,7 @@ impl Relay {
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
             }
-            if self.to_server.len() < HIGH_WATER {
+            if self.to_server.len() < HIGH_WATER && !session.client_paused() {
                 self.client_in
                     .reserve(read_hint(&self.client_in, self.max_message));
                 match poll_read_buf(Pin::new(&mut *client), cx, &mut self.client_in) {
@@ -156,7 +160,16 @@ impl Relay {
                     Poll::Pending => {}
                 }
             }
-            if self.to_client.len() < HIGH_WATER {
+            // The bulk-read guard holds server replies while a refused
+            // result's cancel is on its way (see session/protect/guarded.rs).
+            if session.server_paused() && session.poll_resume(cx).is_ready() {
+                self.drain_server(session)?;
+                progressed = true;
+                if let Some(end) = self.resume_client(session)? {
+                    return Poll::Ready(Ok(end));
+                }
+            }
+            if self.to_client.len() < HIGH_WATER && !session.server_paused() {
                 self.server_in
                     .reserve(read_hint(&self.server_in, self.max_message));
                 match poll_read_buf(Pin::new(&mut *server), cx, &mut self.server_in) {
@@ -166,6 +179,9 @@ impl Relay {
                     Poll::Ready(Ok(_)) => {
                         self.drain_server(session)?;
                         progressed = true;
+                        if let Some(end) = self.resume_client(session)? {
+                            return Poll::Ready(Ok(end));
+                        }
                     }
                     Poll::Pending => {}
                 }
@@ -178,23 +194,42 @@ impl Relay {
 
     /// Handles every complete client frame buffered so far.
     fn drain_client(&mut self, session: &mut Session<'_>) -> Result<Option<End>, SessionError> {
-        while let Some(frame) =
-            next_frame(&mut self.client_in, self.max_message).map_err(SessionError::ClientFrame)?
-        {
+        loop {
+            if session.client_paused() {
+                self.client_stalled = true;
+                return Ok(None);
+            }
+            let Some(frame) = next_frame(&mut self.client_in, self.max_message)
+                .map_err(SessionError::ClientFrame)?
+            else {
+                return Ok(None);
+            };
             if session.on_client_frame(&frame, &mut self.to_server) == Flow::Close {
                 return Ok(Some(End::Client { terminated: true }));
             }
         }
-        Ok(None)
+    }
+
+    /// Handles the client frames that waited while a result was refused.
+    fn resume_client(&mut self, session: &mut Session<'_>) -> Result<Option<End>, SessionError> {
+        if !self.client_stalled || session.client_paused() {
+            return Ok(None);
+        }
+        self.client_stalled = false;
+        self.drain_client(session)
     }
 
     /// Handles every complete server frame buffered so far.
     fn drain_server(&mut self, session: &mut Session<'_>) -> Result<(), SessionError> {
-        while let Some(frame) =
-            next_frame(&mut self.server_in, self.max_message).map_err(SessionError::ServerFrame)?
-        {
+        while !session.server_paused() {
+            let Some(frame) = next_frame(&mut self.server_in, self.max_message)
+                .map_err(SessionError::ServerFrame)?
+            else {
+                break;
+            };
             session.on_server_frame(&frame, &mut self.to_client)?;
         }
+        session.take_injected(&mut self.to_server);
         Ok(())
     }
 }

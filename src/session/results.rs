@@ -23,6 +23,9 @@ pub(super) struct FieldPlan {
     action: Action,
     cipher: Option<Arc<ColumnCipher>>,
     pseudonym: Option<Arc<PseudonymKey>>,
+    /// The column is being migrated: a value that is not one of its
+    /// envelopes is legacy plaintext.
+    legacy: bool,
 }
 
 /// The protected fields of one row shape.
@@ -31,8 +34,83 @@ pub(super) struct RowPlan {
     fields: Vec<Option<FieldPlan>>,
     /// A column the role may not receive: the result is refused.
     pub(super) denied: Option<String>,
+    /// A view column that may be computed from a protected column: the
+    /// result is refused for every role.
+    computed: Option<String>,
     /// Format codes as the RowDescription stated them.
     pub(super) described_formats: Vec<i16>,
+    /// The role generation the actions were decided for (see
+    /// `RoleTracker::generation`); a plan from before a `SET ROLE` is
+    /// re-decided before it shows a row.
+    pub(super) generation: u64,
+    /// Tables (`schema.table`) of the protected columns the role sees in
+    /// some form (clear, mask, pseudonym): its rows count against the
+    /// bulk-read limits. Empty when every protected field is NULL to it.
+    pub(super) visible: Vec<String>,
+}
+
+impl RowPlan {
+    /// The same row shape with every action decided again for `role`.
+    pub(super) fn for_role(&self, snapshot: &Snapshot, role: &PolicyRole, generation: u64) -> Self {
+        let mut denied = None;
+        let mut visible: Vec<String> = Vec::new();
+        let fields = self
+            .fields
+            .iter()
+            .map(|f| {
+                f.as_ref().map(|f| {
+                    let action = snapshot.action(role, &f.column);
+                    if action == Action::Deny && denied.is_none() {
+                        denied = Some(f.column.full_name.clone());
+                    }
+                    if matches!(action, Action::Clear | Action::Mask(_)) {
+                        let table = crate::sql::bulk::table_of(&f.column.full_name);
+                        if !visible.iter().any(|t| t == table) {
+                            visible.push(table.to_owned());
+                        }
+                    }
+                    FieldPlan {
+                        column: f.column.clone(),
+                        action,
+                        cipher: f.cipher.clone(),
+                        pseudonym: f.pseudonym.clone(),
+                        legacy: f.legacy,
+                    }
+                })
+            })
+            .collect();
+        RowPlan {
+            fields,
+            denied,
+            computed: self.computed.clone(),
+            described_formats: self.described_formats.clone(),
+            generation,
+            visible,
+        }
+    }
+
+    /// Why no row of this result may be shown: SQLSTATE and message.
+    pub(super) fn refusal(&self) -> Option<(&'static str, String)> {
+        if let Some(col) = &self.computed {
+            return Some((
+                "0A000",
+                format!(
+                    "pgveil: view column {col} may be computed from a protected column, which the \
+                     database only holds as ciphertext; select the protected column itself \
+                     through the view or the table"
+                ),
+            ));
+        }
+        self.denied.as_ref().map(|col| {
+            (
+                "42501",
+                format!(
+                    "pgveil: permission denied for column {col}: your policy role may not read it; \
+                     leave it out of the query or ask for a role that may"
+                ),
+            )
+        })
+    }
 }
 
 impl RowPlan {
@@ -60,6 +138,14 @@ impl ResultPlan {
         ResultPlan { row, formats }
     }
 
+    /// The same result with its actions decided again for `role`.
+    pub(super) fn for_role(&self, snapshot: &Snapshot, role: &PolicyRole, generation: u64) -> Self {
+        ResultPlan {
+            row: Arc::new(self.row.for_role(snapshot, role, generation)),
+            formats: self.formats.clone(),
+        }
+    }
+
     /// Uses Bind's result-format codes (0, 1 or one per column).
     pub(super) fn bound(row: Arc<RowPlan>, codes: &[i16]) -> Self {
         let n = row.fields.len();
@@ -79,7 +165,9 @@ impl ResultPlan {
 pub(super) fn plan_row_description(
     snapshot: &Snapshot,
     role: &PolicyRole,
+    generation: u64,
     body: &[u8],
+    results: &[Option<ProtectedColumn>],
     mut on_unknown_table: impl FnMut(u32),
 ) -> Option<(Arc<RowPlan>, BytesMut)> {
     let mut c = Cursor::new(body);
@@ -91,8 +179,10 @@ pub(super) fn plan_row_description(
     out.put_u32(0); // length, patched below
     out.put_i16(n as i16);
     let mut denied = None;
+    let mut computed = None;
+    let mut visible: Vec<String> = Vec::new();
     let mut any = false;
-    for _ in 0..n {
+    for i in 0..n {
         let name = c.cstr()?;
         let table_oid = c.i32()? as u32;
         let attnum = i16::from_be_bytes(c.take(2)?.try_into().ok()?);
@@ -105,9 +195,16 @@ pub(super) fn plan_row_description(
         out.put_u8(0);
         out.put_u32(table_oid);
         out.put_i16(attnum);
-        let protected = (table_oid != 0)
-            .then(|| snapshot.catalog().by_attr(table_oid, attnum))
-            .flatten();
+        let protected = if table_oid != 0 {
+            snapshot.catalog().by_attr(table_oid, attnum)
+        } else {
+            // No origin (a set operation's column): SQL analysis may know
+            // it; an encrypted column must then arrive as bytea.
+            results
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|pc| !pc.protection.encrypts() || type_oid == 17)
+        };
         if table_oid != 0 && protected.is_none() && !snapshot.catalog().knows_table(table_oid) {
             on_unknown_table(table_oid);
         }
@@ -118,6 +215,12 @@ pub(super) fn plan_row_description(
                 if action == Action::Deny && denied.is_none() {
                     denied = Some(col.full_name.clone());
                 }
+                if matches!(action, Action::Clear | Action::Mask(_)) {
+                    let table = crate::sql::bulk::table_of(&col.full_name);
+                    if !visible.iter().any(|t| t == table) {
+                        visible.push(table.to_owned());
+                    }
+                }
                 out.put_u32(col.logical_type.oid());
                 out.put_i16(col.logical_type.typlen());
                 out.put_i32(-1);
@@ -126,9 +229,17 @@ pub(super) fn plan_row_description(
                     action,
                     cipher: snapshot.cipher_opt(col).cloned(),
                     pseudonym: snapshot.pseudonym_key(col).cloned(),
+                    legacy: snapshot.catalog().is_migrating(&col.full_name),
                 }));
             }
             None => {
+                if let Some(name) = (table_oid != 0)
+                    .then(|| snapshot.catalog().computed(table_oid, attnum))
+                    .flatten()
+                {
+                    any = true;
+                    computed.get_or_insert_with(|| name.to_owned());
+                }
                 out.put_u32(type_oid);
                 out.put_i16(typlen);
                 out.put_i32(typmod);
@@ -146,10 +257,68 @@ pub(super) fn plan_row_description(
         Arc::new(RowPlan {
             fields,
             denied,
+            computed,
             described_formats,
+            generation,
+            visible,
         }),
         out,
     ))
+}
+
+/// Buffers one session reuses for every protected cell, so decrypting and
+/// masking allocates only while they grow to the largest value seen.
+#[derive(Debug, Default)]
+pub(super) struct CellBuffers {
+    /// The cell as the client will see it.
+    shown: Vec<u8>,
+    /// The decrypted value in text form, before masking.
+    text: Vec<u8>,
+    /// The mask's output.
+    masked: String,
+    /// A text-format envelope decoded from hex.
+    envelope: Vec<u8>,
+}
+
+/// What a role may see of each field of a `COPY table TO STDOUT` stream,
+/// in stream order (`None` for unprotected fields), and the first column
+/// the role is denied, if any.
+pub(super) fn copy_field_plans(
+    snapshot: &Snapshot,
+    role: &PolicyRole,
+    fields: &[Option<ProtectedColumn>],
+) -> (Vec<Option<FieldPlan>>, Option<String>) {
+    let mut denied = None;
+    let plans = fields
+        .iter()
+        .map(|f| {
+            f.as_ref().map(|col| {
+                let action = snapshot.action(role, col);
+                if action == Action::Deny && denied.is_none() {
+                    denied = Some(col.full_name.clone());
+                }
+                FieldPlan {
+                    column: col.clone(),
+                    action,
+                    cipher: snapshot.cipher_opt(col).cloned(),
+                    pseudonym: snapshot.pseudonym_key(col).cloned(),
+                    legacy: snapshot.catalog().is_migrating(&col.full_name),
+                }
+            })
+        })
+        .collect();
+    (plans, denied)
+}
+
+/// What the role sees of one COPY field, given its value in text form (as
+/// a text-format DataRow cell would carry it); `false` = NULL.
+pub(super) fn show_copy_field(
+    field: &FieldPlan,
+    value: &[u8],
+    out: &mut Vec<u8>,
+    bufs: &mut CellBuffers,
+) -> Result<bool, RowError> {
+    show(field, value, Format::Text, out, bufs)
 }
 
 /// Why a row could not be shown; never carries a value.
@@ -166,16 +335,22 @@ pub(super) fn rewrite_data_row(
     plan: &ResultPlan,
     body: &[u8],
     out: &mut BytesMut,
+    bufs: &mut CellBuffers,
 ) -> Result<(), RowError> {
     let start = out.len();
-    let result = write_data_row(plan, body, out);
+    let result = write_data_row(plan, body, out, bufs);
     if result.is_err() {
         out.truncate(start); // never a half-written row
     }
     result
 }
 
-fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<(), RowError> {
+fn write_data_row(
+    plan: &ResultPlan,
+    body: &[u8],
+    out: &mut BytesMut,
+    bufs: &mut CellBuffers,
+) -> Result<(), RowError> {
     let bad = || RowError {
         sqlstate: "08P01",
         message: "pgveil: the server sent a malformed DataRow".into(),
@@ -189,7 +364,27 @@ fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<
     out.put_u8(b'D');
     out.put_u32(0);
     out.put_i16(n as i16);
-    let mut scratch = Vec::new();
+    let mut shown = std::mem::take(&mut bufs.shown);
+    let result = write_cells(plan, &mut c, n, out, &mut shown, bufs);
+    bufs.shown = shown;
+    result?;
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn write_cells(
+    plan: &ResultPlan,
+    c: &mut Cursor<'_>,
+    n: usize,
+    out: &mut BytesMut,
+    shown: &mut Vec<u8>,
+    bufs: &mut CellBuffers,
+) -> Result<(), RowError> {
+    let bad = || RowError {
+        sqlstate: "08P01",
+        message: "pgveil: the server sent a malformed DataRow".into(),
+    };
     for i in 0..n {
         let len = c.i32().ok_or_else(bad)?;
         let cell = if len < 0 {
@@ -207,14 +402,12 @@ fn write_data_row(plan: &ResultPlan, body: &[u8], out: &mut BytesMut) -> Result<
         } else {
             Format::Text
         };
-        scratch.clear();
-        match show(field, cell, format, &mut scratch)? {
-            true => put_cell(out, Some(&scratch)),
+        shown.clear();
+        match show(field, cell, format, shown, bufs)? {
+            true => put_cell(out, Some(shown)),
             false => put_cell(out, None),
         }
     }
-    let len = (out.len() - start - 1) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
@@ -234,23 +427,57 @@ fn show(
     cell: &[u8],
     format: Format,
     out: &mut Vec<u8>,
+    bufs: &mut CellBuffers,
 ) -> Result<bool, RowError> {
+    let CellBuffers {
+        text,
+        masked,
+        envelope,
+        ..
+    } = bufs;
     let ty = field.column.logical_type;
     if field.action == Action::Null {
         return Ok(false);
     }
     // The value in text form: decrypted, or as stored for `none` columns.
-    let decrypt = |fmt: Format, out: &mut Vec<u8>| -> Result<(), RowError> {
+    let mut decrypt = |fmt: Format, out: &mut Vec<u8>| -> Result<(), RowError> {
         match &field.cipher {
+            Some(cipher) if field.legacy => {
+                let raw = envelope_bytes(cell, format, envelope).ok_or_else(|| RowError {
+                    sqlstate: "XX001",
+                    message: format!(
+                        "pgveil: column {} holds a value that is not bytea",
+                        field.column.full_name
+                    ),
+                })?;
+                let start = out.len();
+                match crate::migrate::classify(cipher, raw, fmt, out) {
+                    Ok(crate::migrate::Stored::Envelope { .. }) => Ok(()),
+                    Ok(crate::migrate::Stored::Legacy) => {
+                        out.truncate(start);
+                        legacy_value(ty, raw, fmt, out).map_err(|reason| RowError {
+                            sqlstate: "XX000",
+                            message: format!(
+                                "pgveil: column {} (being migrated): {reason}",
+                                field.column.full_name
+                            ),
+                        })
+                    }
+                    Err(reason) => Err(RowError {
+                        sqlstate: "XX001",
+                        message: format!("pgveil: column {}: {reason}", field.column.full_name),
+                    }),
+                }
+            }
             Some(cipher) => {
-                let env = envelope_bytes(cell, format).ok_or_else(|| RowError {
+                let env = envelope_bytes(cell, format, envelope).ok_or_else(|| RowError {
                     sqlstate: "XX001",
                     message: format!(
                         "pgveil: column {} holds a value that is not a pgveil envelope",
                         field.column.full_name
                     ),
                 })?;
-                cipher.decrypt(&env, fmt, out).map_err(|e| RowError {
+                cipher.decrypt(env, fmt, out).map_err(|e| RowError {
                     sqlstate: e.sqlstate(),
                     message: e.to_string(),
                 })
@@ -275,12 +502,12 @@ fn show(
             Ok(true)
         }
         Action::Mask(mask) => {
-            let mut text = Vec::new();
-            decrypt(Format::Text, &mut text)?;
-            let text = String::from_utf8_lossy(&text);
-            let mut masked = String::new();
+            text.clear();
+            decrypt(Format::Text, text)?;
+            let text = String::from_utf8_lossy(text);
+            masked.clear();
             let shown = mask
-                .apply(&text, field.pseudonym.as_deref(), &mut masked)
+                .apply(&text, field.pseudonym.as_deref(), masked)
                 .map_err(|e| RowError {
                     sqlstate: "XX000",
                     message: format!("pgveil: column {}: {e}", field.column.full_name),
@@ -314,22 +541,39 @@ fn show(
     }
 }
 
-/// The envelope inside a bytea cell: raw in binary, `\x` hex in text.
-fn envelope_bytes(cell: &[u8], format: Format) -> Option<std::borrow::Cow<'_, [u8]>> {
+/// A legacy plaintext value of a column being migrated, in `fmt`: stored
+/// as raw bytes for `bytea`, as the UTF-8 text form for other types.
+fn legacy_value(
+    ty: crate::crypto::LogicalType,
+    raw: &[u8],
+    fmt: Format,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let stored = crate::migrate::legacy_format(ty);
+    if stored == fmt {
+        out.extend_from_slice(raw);
+        return Ok(());
+    }
+    transcode(ty, stored, raw, fmt, out).map_err(|e| e.to_string())
+}
+
+/// The envelope in a bytea cell: raw in binary, `\x` hex in text.
+fn envelope_bytes<'a>(cell: &'a [u8], format: Format, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     match format {
-        Format::Binary => Some(std::borrow::Cow::Borrowed(cell)),
+        Format::Binary => Some(cell),
         Format::Text => {
             let hex = cell.strip_prefix(b"\\x")?;
             if hex.len() % 2 != 0 {
                 return None;
             }
-            let mut out = Vec::with_capacity(hex.len() / 2);
+            buf.clear();
+            buf.reserve(hex.len() / 2);
             for pair in hex.chunks(2) {
                 let hi = (pair[0] as char).to_digit(16)?;
                 let lo = (pair[1] as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
+                buf.push((hi * 16 + lo) as u8);
             }
-            Some(std::borrow::Cow::Owned(out))
+            Some(buf)
         }
     }
 }

@@ -15,12 +15,13 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{Expr, ObjectName, Statement, Value, Visit, Visitor};
 
+use super::bulk::{BulkRead, ReadKind};
 use super::error::Refusal;
 use super::operand::param_index;
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
 use super::read::{output_leak, Leak};
 use super::schema::{ProtectedColumn, Schema};
-use super::scope::name_parts;
+use super::scope::{name_parts, norm, ColKind};
 use super::span::Source;
 
 /// Analysis state for one statement text.
@@ -33,8 +34,15 @@ pub(crate) struct Ctx<'s> {
     handled: HashSet<usize>,
     touched: Vec<String>,
     pub copy: Option<CopyIn>,
+    /// Set by `COPY table TO STDOUT` with protected columns.
+    pub copy_out: Option<CopyIn>,
     /// What each analysed query's result is derived from, by [`query_key`].
     pub outputs: HashMap<usize, Option<Leak>>,
+    /// The protected column behind each result column of the last
+    /// top-level query (see [`Rewrite::results`]).
+    results: Vec<Option<ProtectedColumn>>,
+    /// Statements returning protected columns, for the bulk-read guard.
+    pub reads: Vec<BulkRead>,
 }
 
 impl<'s> Ctx<'s> {
@@ -47,7 +55,10 @@ impl<'s> Ctx<'s> {
             handled: HashSet::new(),
             touched: Vec::new(),
             copy: None,
+            copy_out: None,
             outputs: HashMap::new(),
+            results: Vec::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -98,7 +109,20 @@ impl<'s> Ctx<'s> {
     /// Analyses one statement.
     pub fn statement(&mut self, st: &Statement) -> Result<(), Refusal> {
         match st {
-            Statement::Query(q) => self.query(q, None).map(drop),
+            Statement::Query(q) => {
+                let out = self.query(q, None)?;
+                self.results = out
+                    .cols
+                    .iter()
+                    .flatten()
+                    .map(|c| match &c.kind {
+                        ColKind::Protected(pc) => Some(pc.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                self.note_read(ReadKind::Select, q, &out);
+                Ok(())
+            }
             Statement::Insert(i) => self.insert(i, None).map(drop),
             Statement::Update(u) => self.update(u, None).map(drop),
             Statement::Delete(d) => self.delete(d, None).map(drop),
@@ -118,7 +142,9 @@ impl<'s> Ctx<'s> {
             Statement::Declare { stmts, .. } => {
                 for d in stmts {
                     if let Some(q) = &d.for_query {
-                        self.query(q, None)?;
+                        let out = self.query(q, None)?;
+                        let name = d.names.first().map(norm).unwrap_or_default();
+                        self.note_read(ReadKind::Cursor(name), q, &out);
                     }
                 }
                 Ok(())
@@ -189,6 +215,14 @@ impl<'s> Ctx<'s> {
             }
             return Ok(Plan::CopyIn(copy));
         }
+        if let Some(copy) = self.copy_out.take() {
+            if statements.len() > 1 {
+                return Err(Refusal::unsupported(
+                    "COPY ... TO STDOUT of protected columns must be sent as a statement of its own",
+                ));
+            }
+            return Ok(Plan::CopyOut(copy));
+        }
         self.check_plain_params(statements)?;
         if self.edits.is_empty() && self.params.is_empty() && self.touched.is_empty() {
             return Ok(Plan::Passthrough);
@@ -211,10 +245,16 @@ impl<'s> Ctx<'s> {
                 usage,
             })
             .collect();
+        let results = if statements.len() == 1 && self.results.iter().any(Option::is_some) {
+            self.results.into()
+        } else {
+            Vec::new().into()
+        };
         Ok(Plan::Rewrite(Rewrite {
             edits: self.edits,
             params,
             touched: self.touched,
+            results,
         }))
     }
 

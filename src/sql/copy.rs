@@ -70,6 +70,7 @@ impl Ctx<'_> {
             CopySource::Query(q) => {
                 // COPY (query) TO: the output carries no column origin.
                 let out = self.query(q, None)?;
+                self.note_read(super::bulk::ReadKind::CopyTo, q, &out);
                 return match output_leak(&out) {
                     Some(leak) => Err(Refusal::unsupported(format!(
                         "COPY (SELECT ...) TO over {} is not supported: COPY output does not say which \
@@ -99,24 +100,16 @@ impl Ctx<'_> {
                     info.schema, info.name
                 )));
             }
-            // The session does not yet decrypt and mask a COPY TO stream,
-            // so protected columns may not leave through one (fail closed).
             let listed: Vec<String> = columns.iter().map(ident_name).collect();
+            self.note_copy_table(info, &listed);
             let protected = info
                 .columns
                 .iter()
-                .find(|c| c.protected.is_some() && (listed.is_empty() || listed.contains(&c.name)));
-            if let Some(col) = protected {
-                return Err(Refusal::unsupported(format!(
-                    "COPY {}.{} TO STDOUT with protected column {} is not supported yet: pgveil cannot \
-                     mask a COPY stream by role; SELECT the columns instead, or leave it out of the \
-                     column list",
-                    info.schema, info.name, col.name
-                )));
+                .any(|c| c.protected.is_some() && (listed.is_empty() || listed.contains(&c.name)));
+            if !protected {
+                return Ok(());
             }
-            return Ok(());
-        }
-        if !info.columns.iter().any(|c| {
+        } else if !info.columns.iter().any(|c| {
             c.protected
                 .as_ref()
                 .is_some_and(|p| p.protection.encrypts())
@@ -125,7 +118,7 @@ impl Ctx<'_> {
         }
         let table = format!("{}.{}", info.schema, info.name);
         match target {
-            CopyTarget::Stdin => {}
+            CopyTarget::Stdin | CopyTarget::Stdout => {}
             _ => {
                 return Err(Refusal::unsupported(format!(
                     "COPY into {table} from a server file or program is not supported: pgveil must encrypt its \
@@ -194,6 +187,12 @@ impl Ctx<'_> {
         let format = match o.format.as_deref() {
             None | Some("text") => CopyFormat::Text,
             Some("csv") => CopyFormat::Csv,
+            Some("binary") if *to => {
+                return Err(Refusal::unsupported(format!(
+                    "COPY {table} TO STDOUT in binary format with protected columns is not supported: \
+                     pgveil masks COPY output by role in text and CSV only; use FORMAT text or csv"
+                )))
+            }
             Some("binary") => {
                 return Err(Refusal::unsupported(format!(
                     "COPY in binary format into {table} is not supported: it has encrypted columns; use FORMAT text or csv"
@@ -210,11 +209,13 @@ impl Ctx<'_> {
                 .map(|i| info.column(&norm(i)).and_then(|c| c.protected.clone()))
                 .collect()
         };
+        // Out, every protected column is shown by role (masks apply to
+        // plaintext-stored columns too); in, only encrypted ones change.
         let fields: Vec<Option<ProtectedColumn>> = fields
             .into_iter()
-            .map(|f| f.filter(|p| p.protection.encrypts()))
+            .map(|f| f.filter(|p| *to || p.protection.encrypts()))
             .collect();
-        for f in &o.forced {
+        for f in o.forced.iter().filter(|_| !*to) {
             if let Some(pc) = info
                 .column(&norm(f))
                 .and_then(|c| c.protected.as_ref())
@@ -241,7 +242,12 @@ impl Ctx<'_> {
             Some(c) => byte(c, "escape", &table)?,
             None => quote,
         };
-        self.copy = Some(CopyIn {
+        let slot = if *to {
+            &mut self.copy_out
+        } else {
+            &mut self.copy
+        };
+        *slot = Some(CopyIn {
             fields,
             format,
             delimiter,

@@ -16,6 +16,7 @@
 //! statement is never re-printed from the AST.
 
 mod analyze;
+pub mod bulk;
 mod copy;
 mod error;
 mod expr;
@@ -25,6 +26,7 @@ pub mod plan;
 mod prefilter;
 mod query;
 mod read;
+pub mod role;
 pub mod schema;
 mod scope;
 mod span;
@@ -33,6 +35,7 @@ mod update;
 #[cfg(test)]
 mod tests;
 
+pub use bulk::{BulkRead, ReadKind};
 pub use error::Refusal;
 pub use plan::{
     apply, render_text, CopyFormat, CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite,
@@ -59,8 +62,37 @@ pub fn analyze_with(
     schema: &dyn Schema,
     prefilter: &Prefilter,
 ) -> Result<Plan, Refusal> {
+    analyze_full(sql, schema, prefilter).plan
+}
+
+/// The plan of a statement text and, for the bulk-read guard, what its
+/// statements read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// How to relay the text, or why it is refused.
+    pub plan: Result<Plan, Refusal>,
+    /// Statements that return protected columns, in order. Kept even when
+    /// the plan is a refusal (a `COPY … TO` of protected columns is refused
+    /// for now, but a capped role must still be told it is a bulk read).
+    pub reads: Vec<BulkRead>,
+}
+
+/// [`analyze_with`], also returning the facts the bulk-read guard needs.
+pub fn analyze_full(sql: &str, schema: &dyn Schema, prefilter: &Prefilter) -> Analysis {
+    let refused = |r: Refusal| Analysis {
+        plan: Err(r),
+        reads: Vec::new(),
+    };
     if !prefilter.might_touch(sql) {
-        return Ok(Plan::Passthrough);
+        return Analysis {
+            plan: Ok(Plan::Passthrough),
+            reads: Vec::new(),
+        };
+    }
+    // The standalone SET is answered by the session before planning; any
+    // other mention would carry a token to the server.
+    if bulk::mentions_approval(sql) {
+        return refused(bulk::approval_elsewhere());
     }
     let Some((statements, source)) = span::parse(sql) else {
         let name = prefilter.first_match(sql).unwrap_or("");
@@ -68,11 +100,19 @@ pub fn analyze_with(
             Some(t) => format!("protected table {}.{}", t.schema, t.name),
             None => "a protected table".to_owned(),
         };
-        return Err(Refusal::unparsable(&table));
+        return refused(Refusal::unparsable(&table));
     };
     let mut ctx = analyze::Ctx::new(&source, schema);
+    let mut result = Ok(());
     for st in &statements {
-        ctx.statement(st)?;
+        result = ctx.statement(st);
+        if result.is_err() {
+            break;
+        }
     }
-    ctx.finish(&statements)
+    let reads = std::mem::take(&mut ctx.reads);
+    Analysis {
+        plan: result.and_then(|()| ctx.finish(&statements)),
+        reads,
+    }
 }

@@ -18,6 +18,10 @@ pub enum Plan {
     Rewrite(Rewrite),
     /// COPY ... FROM STDIN into a table with protected columns.
     CopyIn(CopyIn),
+    /// `COPY table TO STDOUT` with protected columns: relay the statement,
+    /// then decrypt and mask the COPY stream by role. `fields` marks every
+    /// protected column, encrypted or not.
+    CopyOut(CopyIn),
 }
 
 /// How to rewrite a statement text before relaying it.
@@ -34,6 +38,12 @@ pub struct Rewrite {
     /// Full names of protected columns the statement touches (for audit),
     /// in first-seen order, without duplicates.
     pub touched: Vec<String>,
+    /// For a single query: the protected column each result column is, in
+    /// order (`None` for the others), or empty when unknown. PostgreSQL
+    /// reports no origin for a set operation's columns (or a subquery over
+    /// one); analysis can still tell that `SELECT phone … UNION ALL SELECT
+    /// phone …` returns `phone`, and the session decrypts it by this.
+    pub results: std::sync::Arc<[Option<ProtectedColumn>]>,
 }
 
 /// One replacement in the statement text.

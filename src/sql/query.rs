@@ -8,7 +8,8 @@
 
 use sqlparser::ast::{
     Distinct, Expr, GroupByExpr, JoinConstraint, JoinOperator, OrderBy, OrderByKind, Query, Select,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, TableFactor, TableWithJoins, Value,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SetQuantifier, TableFactor,
+    TableWithJoins, Value,
 };
 
 use super::analyze::Ctx;
@@ -63,22 +64,54 @@ impl Ctx<'_> {
             SetExpr::Select(s) => return self.select(s, sc, order_by),
             SetExpr::Query(q) => self.query(q, Some(sc))?,
             SetExpr::SetOperation {
-                left, right, op, ..
+                left,
+                right,
+                op,
+                set_quantifier,
             } => {
                 let l = self.set_expr(left, sc, None)?;
                 let r = self.set_expr(right, sc, None)?;
-                if let Some(Leak::Subquery(c)) = output_leak(&l).or_else(|| output_leak(&r)) {
-                    let what = match &c {
+                let named = |o: &Output| {
+                    o.cols.iter().flatten().find_map(|c| match &c.kind {
+                        ColKind::Protected(pc) => Some(pc.full_name.clone()),
+                        _ => None,
+                    })
+                };
+                let involved = named(&l).or_else(|| named(&r));
+                let merged = merge(l, r);
+                // Each result column must be the same protected column on
+                // both sides (or plain on both): pgveil then knows what it
+                // is although PostgreSQL reports no origin for it.
+                if let Some(Leak::Subquery(None)) = output_leak(&merged) {
+                    let what = match &involved {
                         Some(c) => format!("protected column {c}"),
                         None => "a column pgveil cannot trace next to protected columns".to_owned(),
                     };
                     return Err(Refusal::unsupported(format!(
-                        "{op} over {what} is not supported: PostgreSQL does not say which table a set \
-                         operation's result column comes from, so pgveil cannot decrypt or mask it; \
-                         run the queries separately"
+                        "{op} over {what} next to a different column or a computed value is not \
+                         supported: PostgreSQL does not say which table a set operation's result \
+                         column comes from, so each must be the same protected column on both sides \
+                         for pgveil to decrypt or mask it; run the queries separately"
                     )));
                 }
-                merge(l, r)
+                // Without ALL the server compares rows; randomized
+                // envelopes of equal values differ.
+                if !matches!(set_quantifier, SetQuantifier::All) {
+                    if let Some(pc) = merged.cols.iter().flatten().find_map(|c| match &c.kind {
+                        ColKind::Protected(pc) if pc.protection == Protection::Randomized => {
+                            Some(pc)
+                        }
+                        _ => None,
+                    }) {
+                        return Err(Refusal::on_column(
+                            &pc.full_name,
+                            &format!("{op} without ALL"),
+                            "its values are encrypted with random nonces, so the server cannot tell \
+                             equal values apart; use UNION ALL and remove duplicates in the application",
+                        ));
+                    }
+                }
+                merged
             }
             SetExpr::Values(values) => {
                 let mut width = 0;
@@ -637,7 +670,9 @@ fn merge(l: Output, r: Output) -> Output {
                 .map(|(x, y)| {
                     let kind = if x.kind == y.kind {
                         x.kind
-                    } else if x.kind.encrypted().is_some() || y.kind.encrypted().is_some() {
+                    } else if x.kind != ColKind::Plain || y.kind != ColKind::Plain {
+                        // A protected column (even one stored in plaintext,
+                        // which has a mask) next to anything else.
                         ColKind::Unknown
                     } else {
                         ColKind::Plain
@@ -651,8 +686,7 @@ fn merge(l: Output, r: Output) -> Output {
             }
         }
         (a, b) => {
-            let enc =
-                |c: &Option<Vec<Col>>| c.iter().flatten().any(|c| c.kind.encrypted().is_some());
+            let enc = |c: &Option<Vec<Col>>| c.iter().flatten().any(|c| c.kind != ColKind::Plain);
             Output {
                 opaque: opaque || enc(&a) || enc(&b),
                 cols: None,

@@ -897,16 +897,44 @@ fn copy_binary_and_files_refused() {
 
 #[test]
 fn copy_out_and_plain_tables_pass() {
-    // Plain columns of a protected table may leave through COPY TO STDOUT;
-    // protected ones may not until the session masks COPY streams.
+    // Plain columns of a protected table leave through COPY TO STDOUT as
+    // they are; protected ones are masked by the session.
     passthrough("COPY guests (id, note) TO STDOUT");
-    let msg = refused("COPY guests TO STDOUT", "public.guests", "STDOUT x");
-    assert!(msg.contains("protected column"), "{msg}");
-    refused(
-        "COPY guests (id, email) TO STDOUT (FORMAT csv)",
-        "email",
-        "csv x",
+    let out = match plan("COPY guests TO STDOUT") {
+        Ok(Plan::CopyOut(c)) => c,
+        other => panic!("expected CopyOut, got {other:?}"),
+    };
+    assert_eq!(out.format, CopyFormat::Text);
+    let names: Vec<Option<&str>> = out.fields.iter().map(|f| f.as_ref().map(short)).collect();
+    assert_eq!(
+        names,
+        vec![
+            None,
+            Some("name"),
+            Some("phone"),
+            Some("id_number"),
+            Some("email"),
+            Some("birth_date")
+        ],
+        "every protected column, encrypted or not"
     );
+    match plan("COPY guests (id, email) TO STDOUT (FORMAT csv, HEADER)") {
+        Ok(Plan::CopyOut(c)) => {
+            assert_eq!(
+                (c.format, c.header, c.fields.len()),
+                (CopyFormat::Csv, true, 2)
+            );
+            assert!(c.fields[0].is_none() && c.fields[1].is_some());
+        }
+        other => panic!("expected CopyOut, got {other:?}"),
+    }
+    let msg = refused(
+        "COPY guests TO STDOUT WITH (FORMAT binary)",
+        "public.guests",
+        "",
+    );
+    assert!(msg.contains("binary"), "{msg}");
+    refused("COPY guests TO STDOUT; SELECT 1", "COPY", "");
     passthrough("COPY (SELECT id FROM stays) TO STDOUT WITH (FORMAT csv)");
     passthrough("COPY stays TO '/tmp/stays.csv'");
     passthrough("COPY stays FROM STDIN");
@@ -1052,8 +1080,11 @@ fn correlated_and_lateral_subqueries_resolve_outer_columns() {
 #[test]
 fn union_of_different_columns_cannot_be_compared() {
     refused("SELECT * FROM (SELECT phone FROM guests UNION SELECT id_number FROM guests) u WHERE u.phone = '1'", "phone", "");
-    // Set-operation results are not mapped by PostgreSQL: refused even for the same column.
-    refused("SELECT * FROM (SELECT phone FROM guests UNION ALL SELECT phone FROM guests) u WHERE u.phone = '1'", "phone", "'1'");
+    // The same column on both sides stays that column: its literal is encrypted.
+    let (text, _, _) = rewrite(
+        "SELECT * FROM (SELECT phone FROM guests UNION ALL SELECT phone FROM guests) u WHERE u.phone = '1'",
+    );
+    assert!(!text.contains("'1'"), "{text}");
 }
 
 #[test]
@@ -1324,17 +1355,45 @@ fn read_set_operations_over_protected_refused() {
     for sql in [
         "SELECT email FROM guests UNION SELECT 'x'",
         "SELECT 'x' UNION ALL SELECT email FROM guests",
-        "SELECT email FROM guests INTERSECT SELECT email FROM guests",
         "SELECT email FROM guests EXCEPT SELECT 'x'",
-        "SELECT * FROM guests UNION SELECT * FROM guests",
-        "SELECT phone FROM guests UNION SELECT phone FROM guests",
+        "SELECT phone FROM guests UNION ALL SELECT id_number FROM guests",
         "SELECT e FROM (SELECT email AS e FROM guests UNION SELECT 'x') u",
+        // Without ALL the server compares randomized envelopes.
+        "SELECT * FROM guests UNION SELECT * FROM guests",
+        "SELECT name FROM guests WHERE id = 1 INTERSECT SELECT name FROM guests",
     ] {
         let msg = refused(sql, "public.guests.", "'x'");
-        assert!(msg.contains("set"), "{sql}: {msg}");
+        assert!(
+            msg.contains("set operation") || msg.contains("without ALL"),
+            "{sql}: {msg}"
+        );
     }
     allowed("SELECT id FROM guests UNION SELECT id FROM stays");
     allowed("SELECT id FROM guests WHERE email = 'a' UNION SELECT guest_id FROM stays");
+    allowed("SELECT email FROM guests INTERSECT SELECT email FROM guests");
+    allowed("SELECT phone FROM guests UNION SELECT phone FROM guests");
+}
+
+#[test]
+fn set_operations_of_the_same_columns_map_their_results() {
+    let results = |sql: &str| match plan(sql) {
+        Ok(Plan::Rewrite(r)) => r
+            .results
+            .iter()
+            .map(|c| c.as_ref().map(|c| short(c).to_owned()))
+            .collect::<Vec<_>>(),
+        other => panic!("{sql}: {other:?}"),
+    };
+    assert_eq!(
+        results("SELECT id, phone, name FROM guests WHERE id = 1 UNION ALL SELECT id, phone, name FROM guests WHERE id = 2"),
+        vec![None, Some("phone".to_owned()), Some("name".to_owned())]
+    );
+    assert_eq!(
+        results("SELECT u.name FROM (SELECT name FROM guests UNION ALL SELECT name FROM guests) u"),
+        vec![Some("name".to_owned())]
+    );
+    // Several statements: unknown, so empty.
+    assert!(results("SELECT phone FROM guests; SELECT name FROM guests").is_empty());
 }
 
 #[test]
@@ -1393,4 +1452,84 @@ fn read_copy_query_predicates_are_rewritten() {
         t,
         "COPY (SELECT id FROM guests WHERE phone = ANY(MATCH(phone,1))) TO STDOUT"
     );
+}
+
+/// What the bulk-read guard learns from each statement.
+fn reads(sql: &str) -> Vec<BulkRead> {
+    let s = schema();
+    analyze_full(sql, &s, &Prefilter::new(&s.protected_names())).reads
+}
+
+#[test]
+fn bulk_read_facts_are_recorded_per_statement() {
+    let r = reads("SELECT phone, id FROM guests");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].kind, ReadKind::Select);
+    assert_eq!(short(&r[0].columns[0]), "phone");
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    assert_eq!(r[0].limit, None);
+    // WHERE anywhere on the path to the table, or a LIMIT, bounds it.
+    for sql in [
+        "SELECT phone FROM guests WHERE true",
+        "SELECT phone FROM (SELECT * FROM guests WHERE id < 5) s",
+        "WITH g AS (SELECT * FROM guests) SELECT phone FROM g WHERE id = 1",
+        "SELECT g.phone FROM stays s JOIN guests g ON g.id = s.guest_id WHERE s.room = '1'",
+    ] {
+        let r = reads(sql);
+        assert_eq!(r.len(), 1, "{sql}");
+        assert!(r[0].unfiltered.is_empty(), "{sql}: {:?}", r[0].unfiltered);
+    }
+    let r = reads("SELECT phone FROM guests ORDER BY id LIMIT 20 OFFSET 40");
+    assert_eq!(r[0].limit, Some(20));
+    let r = reads("SELECT * FROM guests FETCH FIRST 7 ROWS ONLY");
+    assert_eq!(r[0].limit, Some(7));
+    assert_eq!(r[0].columns.len(), 5);
+    let r = reads("WITH g AS (SELECT * FROM guests) SELECT phone FROM g");
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    // No protected column in the result: nothing to guard.
+    assert!(reads("SELECT id FROM guests").is_empty());
+    assert!(reads("SELECT count(phone) FROM guests").is_empty());
+    assert!(reads("SELECT id FROM guests WHERE phone = '1'").is_empty());
+}
+
+#[test]
+fn bulk_read_facts_for_cursors_and_copy() {
+    let r =
+        reads("BEGIN; DECLARE \"Cur\" CURSOR FOR SELECT name FROM guests; FETCH 5 FROM \"Cur\"");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].kind, ReadKind::Cursor("Cur".into()));
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    // COPY TO of protected columns is masked by the session; the guard
+    // learns it is a whole-table read.
+    let s = schema();
+    let a = analyze_full(
+        "COPY guests (id, phone) TO STDOUT",
+        &s,
+        &Prefilter::new(&s.protected_names()),
+    );
+    assert!(matches!(a.plan, Ok(Plan::CopyOut(_))), "{:?}", a.plan);
+    assert_eq!(a.reads.len(), 1);
+    assert_eq!(a.reads[0].kind, ReadKind::CopyTo);
+    assert_eq!(a.reads[0].unfiltered, ["public.guests"]);
+    assert!(reads("COPY guests (id) TO STDOUT").is_empty());
+    assert_eq!(
+        bulk::fetch_cursors("fetch 10 from c; SELECT 1; FETCH NEXT IN \"D\""),
+        Some(vec![Some("c".into()), None, Some("D".into())])
+    );
+}
+
+#[test]
+fn approval_setting_never_reaches_the_server_in_a_statement() {
+    let s = schema();
+    let mut names = s.protected_names();
+    names.push(bulk::APPROVAL_SETTING.into());
+    let p = Prefilter::new(&names);
+    for sql in [
+        "BEGIN; SET pgveil.approval = 'x'",
+        "SELECT set_config('PGVEIL.APPROVAL', 'x', false)",
+    ] {
+        let err = analyze_with(sql, &s, &p).unwrap_err();
+        assert_eq!(err.sqlstate, "42501", "{sql}");
+        assert!(!err.message.contains("'x'"), "{}", err.message);
+    }
 }

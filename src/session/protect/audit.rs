@@ -6,6 +6,7 @@
 //! when it is off, so the relay of untouched traffic costs the same as
 //! without an audit trail.
 
+use super::guarded::ApprovalStmt;
 use super::{write_query, Pending, ProtectState};
 use crate::audit::track::Planned;
 use crate::audit::SessionAudit;
@@ -59,7 +60,17 @@ impl ProtectState {
                 if let Some(sql) = extended::query_text(frame.body()) {
                     let sql = String::from_utf8_lossy(sql);
                     let snapshot = protector.snapshot();
-                    let planned = Planned::of(&sql, &snapshot.plan(&sql), &snapshot);
+                    // `SET pgveil.approval` is answered by the guard, not
+                    // planned; it touches no protected column.
+                    let answered = matches!(
+                        super::guarded::approval_statement(&sql),
+                        Some(ApprovalStmt::Set(_) | ApprovalStmt::Reset(_))
+                    );
+                    let planned = if answered {
+                        None
+                    } else {
+                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_ref())
+                    };
                     if let Err(refusal) = a.query(planned, frame) {
                         self.pending.push_back(Pending::Ready);
                         write_query(to_server, &refusal_sql(&refusal));
@@ -75,7 +86,7 @@ impl ProtectState {
                     let snapshot = protector.snapshot();
                     a.parse(
                         parse.name,
-                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot),
+                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_ref()),
                     );
                 }
             }
@@ -137,7 +148,7 @@ impl ProtectState {
         let before = to_client.len();
         if tag == b'D' && !self.suppress && a.wants_row_shape() {
             let plan = match self.pending.front() {
-                Some(Pending::Execute(p)) => p.clone(),
+                Some(Pending::Execute(p, ..)) => p.clone(),
                 _ => self.current.clone(),
             };
             if let Some(plan) = plan {
@@ -157,9 +168,16 @@ impl ProtectState {
                 // learn which columns the role was denied.
                 None if self.suppress && !was_suppressed => {
                     let snapshot = protector.snapshot();
-                    let role = self.role.clone().unwrap_or_else(|| snapshot.role_for(""));
-                    super::plan_row_description(&snapshot, &role, frame.body(), |_| {})
-                        .map(|(row, _)| row)
+                    let (role, generation) = self.policy_role(&snapshot);
+                    super::plan_row_description(
+                        &snapshot,
+                        &role,
+                        generation,
+                        frame.body(),
+                        &[],
+                        |_| {},
+                    )
+                    .map(|(row, _)| row)
                 }
                 None => None,
             };
@@ -169,9 +187,18 @@ impl ProtectState {
                 }
             }
         }
-        if handled {
-            a.server_output(&to_client[before..]);
-        } else {
+        if matches!(tag, b'C' | b'I' | b's' | b'E' | b'Z') {
+            // The policy role may have changed (SET ROLE) since the
+            // statement started; records name the one in effect at its end.
+            a.note_role(self.role.as_ref().map(|r| r.name.as_str()));
+            if let Some(id) = self.approval_id() {
+                a.note_approval(id);
+            }
+        }
+        // What the handlers wrote (rewritten frames, released rows), then
+        // the frame itself when the backend handler relays it unchanged.
+        a.server_output(&to_client[before..]);
+        if !handled {
             a.server_output(frame.as_bytes());
         }
         handled

@@ -16,6 +16,9 @@ use crate::policy::{ColumnPolicy, QualifiedName};
 use crate::sql::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
 use std::collections::HashMap;
 
+pub mod views;
+pub use views::ViewDef;
+
 /// Why the catalog could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -49,6 +52,12 @@ pub struct Catalog {
     missing: Vec<String>,
     /// PostgreSQL role → every role it is a member of (itself included).
     memberships: HashMap<String, Vec<String>>,
+    /// View columns that may be computed from a protected column:
+    /// `(view OID, attnum)` → `schema.view.column`.
+    computed: HashMap<(u32, i16), String>,
+    /// Columns `pgveil migrate` is encrypting or decrypting right now, by
+    /// full name: their values may still be legacy plaintext.
+    migrating: std::collections::HashSet<String>,
 }
 
 impl Catalog {
@@ -138,6 +147,83 @@ impl Catalog {
         &self.missing
     }
 
+    /// Whether `pgveil migrate` is converting the column, so a stored value
+    /// that is not one of its envelopes is legacy plaintext, not an error.
+    pub fn is_migrating(&self, full_name: &str) -> bool {
+        self.migrating.contains(full_name)
+    }
+
+    /// Records the columns being migrated (loaded with the catalog).
+    pub fn set_migrating(&mut self, columns: impl IntoIterator<Item = String>) {
+        self.migrating = columns.into_iter().collect();
+    }
+
+    /// The name of a view column that may be computed from a protected
+    /// column, which no role may receive (see [`views`]).
+    pub fn computed(&self, table_oid: u32, attnum: i16) -> Option<&str> {
+        self.computed.get(&(table_oid, attnum)).map(String::as_str)
+    }
+
+    /// Maps view columns to the protected columns they expose unchanged,
+    /// and marks the other columns of views that read protected data as
+    /// computed. Views of views resolve in as many passes as they nest.
+    pub fn add_views(&mut self, views: &[ViewDef]) {
+        for _ in 0..=views.len() {
+            let mut changed = false;
+            for v in views {
+                let reads_protected = v
+                    .depends
+                    .iter()
+                    .any(|d| self.by_attr.contains_key(d) || self.computed.contains_key(d));
+                for (attnum, col) in &v.columns {
+                    let key = (v.oid, *attnum);
+                    if self.by_attr.contains_key(&key) || self.computed.contains_key(&key) {
+                        continue;
+                    }
+                    let target = v.targets.iter().find(|t| t.resno == *attnum && !t.junk);
+                    let origin = target.filter(|t| t.plain_var).and_then(|t| t.origin);
+                    if let Some(p) = origin.and_then(|o| self.by_attr.get(&o)).cloned() {
+                        self.by_attr.insert(key, p);
+                        changed = true;
+                    } else if origin.is_some_and(|o| self.computed.contains_key(&o))
+                        || (origin.is_none() && reads_protected)
+                    {
+                        self.computed
+                            .insert(key, format!("{}.{}.{}", v.schema, v.name, col));
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for v in views {
+            let columns: Vec<ColumnInfo> = v
+                .columns
+                .iter()
+                .map(|(attnum, name)| ColumnInfo {
+                    name: name.clone(),
+                    protected: self.by_attr.get(&(v.oid, *attnum)).cloned(),
+                })
+                .collect();
+            let touches = v
+                .columns
+                .iter()
+                .any(|(a, _)| self.computed.contains_key(&(v.oid, *a)));
+            if !columns.iter().any(|c| c.protected.is_some()) && !touches {
+                continue;
+            }
+            self.table_oids.insert(v.oid);
+            let key = (v.schema.clone(), v.name.clone());
+            self.tables.entry(key).or_insert(TableInfo {
+                schema: v.schema.clone(),
+                name: v.name.clone(),
+                columns,
+            });
+        }
+    }
+
     /// Whether a table OID belongs to a protected table.
     pub fn knows_table(&self, table_oid: u32) -> bool {
         self.table_oids.contains(&table_oid)
@@ -210,6 +296,25 @@ impl Catalog {
                 .push(r.get::<_, String>(1));
         }
         catalog.set_memberships(memberships);
+        let views = load_views(&client).await.map_err(err)?;
+        catalog.add_views(&views);
+        let migrating = client
+            .query(
+                "SELECT m.table_schema || '.' || m.table_name || '.' || m.column_name \
+                   FROM pgveil.migrations m WHERE m.state IN ('encrypting', 'decrypting') \
+                    AND to_regclass('pgveil.migrations') IS NOT NULL",
+                &[],
+            )
+            .await;
+        // The table exists only once `pgveil migrate` has run.
+        let migrating = match migrating {
+            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                Vec::new()
+            }
+            Err(e) => return Err(err(e)),
+        };
+        catalog.set_migrating(migrating);
         Ok(catalog)
     }
 }
@@ -242,6 +347,56 @@ impl Schema for Catalog {
             .map(|t| t.name.to_lowercase())
             .collect()
     }
+}
+
+/// Every view and materialized view outside the system schemas, with its
+/// rule's target list and the columns it depends on.
+async fn load_views(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<ViewDef>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, r.ev_action::text, \
+                    ARRAY(SELECT a.attnum FROM pg_attribute a \
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                           ORDER BY a.attnum), \
+                    ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                           ORDER BY a.attnum), \
+                    ARRAY(SELECT d.refobjid FROM pg_depend d \
+                           WHERE d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 \
+                           ORDER BY d.refobjid, d.refobjsubid), \
+                    ARRAY(SELECT d.refobjsubid::int2 FROM pg_depend d \
+                           WHERE d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 \
+                           ORDER BY d.refobjid, d.refobjsubid) \
+               FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE r.rulename = '_RETURN' AND c.relkind IN ('v', 'm') \
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                AND n.nspname NOT LIKE 'pg\\_%'",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let attnums: Vec<i16> = r.get(4);
+            let names: Vec<String> = r.get(5);
+            let dep_oids: Vec<u32> = r.get(6);
+            let dep_cols: Vec<i16> = r.get(7);
+            ViewDef {
+                oid: r.get(0),
+                schema: r.get(1),
+                name: r.get(2),
+                columns: attnums.into_iter().zip(names).collect(),
+                // A rule pgveil cannot read: every column counts as computed.
+                targets: views::target_list(r.get::<_, &str>(3)).unwrap_or_default(),
+                depends: dep_oids.into_iter().zip(dep_cols).collect(),
+            }
+        })
+        .collect())
 }
 
 /// Opens the catalog connection described by `[catalog]`.
