@@ -9,6 +9,10 @@
 # Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds)
 #   CLIENTS=8 DURATION=10 ROUNDS=2 SCALE=10 WORKLOADS="select-simple ..." benches/pgbench.sh
 #   WORKLOADS="guests-read guests-guard" benches/pgbench.sh   (read mixes: roles; bulk-read guard)
+#   WORKLOADS="guests-write guests-read" GUEST_TARGETS="pgveil-enc pgveil-enc-audit" \
+#     READ_TARGETS="pgveil-manager pgveil-manager-audit" benches/pgbench.sh   (audit trail on/off)
+#   PGVEIL_BIN=... FORWARDER_BIN=... benches/pgbench.sh   (prebuilt binaries, no cargo)
+#   AUDIT_DIR=/dev/shm/x benches/pgbench.sh   (where the audited targets write their trail)
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # postgresql pgbouncer). Run as root or as a normal user.
 set -euo pipefail
@@ -23,12 +27,15 @@ WORKLOADS=${WORKLOADS:-"select-simple select-extended select-prepared tpcb-prepa
 TARGETS=${TARGETS:-"direct pgbouncer forwarder pgveil"}
 # The guests workload (benches/guests.sql) compares PgBouncer and pgveil on
 # a plain table with pgveil encrypting three columns of the same table.
-GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc"}
+# pgveil-enc-audit is pgveil-enc with the audit trail on ([audit] path set:
+# one record per statement).
+GUEST_TARGETS=${GUEST_TARGETS:-"pgbouncer pgveil pgveil-enc pgveil-enc-audit"}
 # The read-heavy mix (benches/guests-read.sql) looks a guest up by phone and
 # returns five protected columns: through pgveil on the plain table, and
 # through pgveil on the encrypted table as a manager (clear) and as front
 # desk (masked).
-READ_TARGETS=${READ_TARGETS:-"pgveil pgveil-manager pgveil-frontdesk"}
+# pgveil-manager-audit: the manager through the audited pgveil.
+READ_TARGETS=${READ_TARGETS:-"pgveil pgveil-manager pgveil-frontdesk pgveil-manager-audit"}
 READ_ROWS=${READ_ROWS:-10000}
 # The guard mix (benches/guests-guard.sql) compares the same policy role with
 # and without bulk-read limits (max_rows, window_rows) on the encrypted table.
@@ -43,12 +50,19 @@ done
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 [ -x "$PGBOUNCER" ] || { echo "pgbouncer not found: apt-get install pgbouncer" >&2; exit 1; }
 
-echo "building release binaries ..."
-cargo build --release --quiet --bin pgveil
-forwarder=$(cargo bench --bench forwarder --no-run --message-format=json 2>/dev/null \
-  | grep -o '"executable":"[^"]*forwarder[^"]*"' | tail -n 1 | cut -d'"' -f4)
+# PGVEIL_BIN and FORWARDER_BIN skip the build (e.g. when builds must be
+# serialized with other work on the machine).
+if [ -n "${PGVEIL_BIN:-}" ] && [ -n "${FORWARDER_BIN:-}" ]; then
+  pgveil=$PGVEIL_BIN; forwarder=$FORWARDER_BIN
+else
+  echo "building release binaries ..."
+  cargo build --release --quiet --bin pgveil
+  forwarder=$(cargo bench --bench forwarder --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*forwarder[^"]*"' | tail -n 1 | cut -d'"' -f4)
+  pgveil=${CARGO_TARGET_DIR:-target}/release/pgveil
+fi
 [ -x "$forwarder" ] || { echo "could not build benches/forwarder.rs" >&2; exit 1; }
-pgveil=${CARGO_TARGET_DIR:-target}/release/pgveil
+[ -x "$pgveil" ] || { echo "pgveil binary not found at $pgveil" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/pgveil-bench-XXXXXX)
 run_as=()
@@ -195,6 +209,12 @@ clearance = 2
 EOF
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-enc.log" &
 pids+=($!); ENC_PID=$!
+# The same with the audit trail on.
+AUDIT_PORT=$(free_port)
+sed "s/^listen = .*/listen = \"127.0.0.1:$AUDIT_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-enc-audit.toml"
+printf '[audit]\npath = "%s"\n' "${AUDIT_DIR:-$work/audit}/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
+RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc-audit.toml" 2>"$work/pgveil-enc-audit.log" &
+pids+=($!); AUDIT_PID=$!
 
 # The same policy with one role for the bench user, without and with
 # bulk-read limits (the window is large enough never to refuse).
@@ -212,7 +232,7 @@ pids+=($!); READ_PID=$!
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-capped.toml" 2>"$work/pgveil-capped.log" &
 pids+=($!); CAPPED_PID=$!
 
-for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT $READ_PORT $CAPPED_PORT; do
+for port in $BOUNCER_PORT $FWD_PORT $VEIL_PORT $ENC_PORT $READ_PORT $CAPPED_PORT $AUDIT_PORT; do
   for _ in $(seq 100); do
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
     sleep 0.1
@@ -223,10 +243,10 @@ done
 "$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc -f "$work/guests-rows.sql" >/dev/null
 psql_direct -d plain -f "$work/guests-rows.sql" >/dev/null
 
-port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; pgveil-read) echo "$READ_PORT";; pgveil-capped) echo "$CAPPED_PORT";; esac; }
-pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; pgveil-read) echo "$READ_PID";; pgveil-capped) echo "$CAPPED_PID";; *) echo "";; esac; }
-db_of() { case $2 in guests-guard) echo enc;; guests-*) case $1 in pgveil-enc|pgveil-manager|pgveil-frontdesk) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
-user_of() { case $1 in pgveil-manager) echo bench_manager;; pgveil-frontdesk) echo bench_frontdesk;; *) echo postgres;; esac; }
+port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; pgveil-read) echo "$READ_PORT";; pgveil-capped) echo "$CAPPED_PORT";; pgveil-enc-audit|pgveil-manager-audit) echo "$AUDIT_PORT";; esac; }
+pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; pgveil-read) echo "$READ_PID";; pgveil-capped) echo "$CAPPED_PID";; pgveil-enc-audit|pgveil-manager-audit) echo "$AUDIT_PID";; *) echo "";; esac; }
+db_of() { case $2 in guests-guard) echo enc;; guests-*) case $1 in pgveil-enc*|pgveil-manager*|pgveil-frontdesk) echo enc;; *) echo plain;; esac;; *) echo postgres;; esac; }
+user_of() { case $1 in pgveil-manager|pgveil-manager-audit) echo bench_manager;; pgveil-frontdesk) echo bench_frontdesk;; *) echo postgres;; esac; }
 targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; guests-read) echo "$READ_TARGETS";; guests-guard) echo "$GUARD_TARGETS";; *) echo "$TARGETS";; esac; }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 args_of() {
@@ -267,7 +287,7 @@ done
 
 echo
 echo "Averages over $ROUNDS rounds ($CLIENTS clients, ${DURATION}s each):"
-awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manager pgveil-frontdesk pgveil-read pgveil-capped" '
+awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-enc-audit pgveil-manager pgveil-manager-audit pgveil-frontdesk pgveil-read pgveil-capped" '
   { key = $2 SUBSEP $3; tps[key] += $4; lat[key] += $5; if ($6 != "-") { cpu[key] += $6; ncpu[key]++ } n[key]++ }
   END {
     nw = split(wl_list, wls, " "); nt = split(tg_list, tg, " ")
@@ -282,6 +302,12 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-manage
       w = wls[i]; v = tps[w SUBSEP "pgveil"]; d = tps[w SUBSEP "direct"]; b = tps[w SUBSEP "pgbouncer"]; f = tps[w SUBSEP "forwarder"]; e = tps[w SUBSEP "pgveil-enc"]
       if (!v) continue
       printf "%-16s %14s %16s %16s %18s\n", w, (d ? sprintf("%.3f", v/d) : "-"), (b ? sprintf("%.3f", v/b) : "-"), (f ? sprintf("%.3f", v/f) : "-"), (e && v ? sprintf("%.3f", e/v) : "-")
+    }
+    aw = tps["guests-write" SUBSEP "pgveil-enc-audit"]; ew = tps["guests-write" SUBSEP "pgveil-enc"]
+    ar = tps["guests-read" SUBSEP "pgveil-manager-audit"]; er = tps["guests-read" SUBSEP "pgveil-manager"]
+    if ((aw && ew) || (ar && er)) {
+      print ""
+      printf "audit on/off: guests-write %s, guests-read (manager) %s  (target >= 0.95)\n", (aw && ew ? sprintf("%.3f", aw/ew) : "-"), (ar && er ? sprintf("%.3f", ar/er) : "-")
     }
     m = tps["guests-read" SUBSEP "pgveil-manager"]; fd = tps["guests-read" SUBSEP "pgveil-frontdesk"]; p = tps["guests-read" SUBSEP "pgveil"]
     if (p && (m || fd)) {

@@ -72,6 +72,9 @@ pub struct Config {
     /// Who may approve one-off bulk exports (`[approvals]`).
     #[serde(default)]
     pub approvals: crate::guard::ApprovalsConfig,
+    /// The audit trail (`[audit]`); off unless `path` is set.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// TLS for clients (`[tls]`); absent means plaintext only.
     #[serde(default)]
     pub tls: TlsConfig,

@@ -10,6 +10,7 @@
 //! serves metrics, health and reload for operators.
 
 pub mod admin;
+pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod crypto;

@@ -73,6 +73,12 @@ enum Command {
         #[command(subcommand)]
         command: pgveil::migrate::MigrateCommand,
     },
+    /// Check the audit trail (`verify`) or print the key that checks it
+    /// (`public-key`); see docs/AUDIT.md.
+    Audit {
+        #[command(subcommand)]
+        command: pgveil::audit::cli::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,15 +104,28 @@ fn main() -> ExitCode {
         Command::Keyring { config, command } => load_config(config, None, None).and_then(|cfg| {
             init_logging(&cfg.log);
             pgveil::crypto::cli::run(&command, &cfg.keyring, &mut std::io::stdout())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            pgveil::audit::spool::keyring_command(&cfg, &command).map_err(|e| e.to_string())
         }),
         Command::Migrate { command } => {
             init_logging(&LogConfig::default());
             pgveil::migrate::run(command).map_err(|e| e.to_string())
         }
         Command::Approve(args) => pgveil::guard::cli::run(&args, &mut std::io::stdout())
-            .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(|approval| {
+                pgveil::audit::spool::approval_issued(&args.config, &approval)
+                    .map_err(|e| e.to_string())
+            }),
+        Command::Audit { command } => {
+            return match pgveil::audit::cli::run(&command, &mut std::io::stdout()) {
+                Ok(verdict) => ExitCode::from(verdict.code()),
+                Err(msg) => {
+                    eprintln!("{msg}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

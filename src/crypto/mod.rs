@@ -36,6 +36,7 @@ mod siv;
 pub mod store;
 mod types;
 mod value;
+mod wrap;
 
 pub use buf::OutBuf;
 pub use column::ColumnCipher;
@@ -46,6 +47,7 @@ pub use master::{MasterKey, MASTER_KEY_ENV};
 pub use nonce::discard_buffered as discard_buffered_nonces;
 pub use store::KeyState;
 pub use types::{Format, LogicalType, Mode};
+pub use wrap::{unwrap_secret, wrap_secret};
 
 /// Re-encodes a valid value of `ty` between text and binary wire format;
 /// `Err` (a static reason, never the value) when it is not valid.

@@ -71,6 +71,8 @@ pub struct Shared {
     all_closed: Notify,
     draining: CancellationToken,
     reloading: tokio::sync::Mutex<()>,
+    /// The audit trail, when `[audit] path` is set.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl Shared {
@@ -195,6 +197,7 @@ impl Proxy {
             ))
         };
         let reload_catalog = protector.as_ref().map(|_| Arc::new(Notify::new()));
+        let audit = crate::audit::Audit::start(&config).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(&config.proxy.listen).await?;
         let addr = listener.local_addr()?;
         let admin = if config.admin.listen.is_empty() {
@@ -224,6 +227,7 @@ impl Proxy {
             all_closed: Notify::new(),
             draining: CancellationToken::new(),
             reloading: tokio::sync::Mutex::new(()),
+            audit,
         });
         if let (Some(p), Some(n)) = (&shared.protector, &shared.reload_catalog) {
             tokio::spawn(reload_loop(shared.clone(), p.clone(), n.clone()));
@@ -388,6 +392,9 @@ pub fn serve(config: Config) -> std::io::Result<()> {
             _ = proxy.drain() => info!("all sessions closed"),
             _ = term.recv() => warn!("second signal: exiting without waiting for sessions"),
             _ = int.recv() => warn!("second signal: exiting without waiting for sessions"),
+        }
+        if let Some(audit) = &proxy.shared.audit {
+            audit.close().await;
         }
         Ok(())
     })

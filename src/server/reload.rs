@@ -53,6 +53,18 @@ pub enum ReloadError {
 pub async fn reload(shared: &Shared) -> Result<String, ReloadError> {
     let _one_at_a_time = shared.reloading.lock().await;
     let result = apply(shared).await;
+    if let Some(audit) = &shared.audit {
+        let path = shared
+            .config
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let outcome = result.as_ref().map(drop).map_err(|e| e.to_string());
+        // An audit that cannot be written refuses protected statements on
+        // its own; a reload is not held back for it.
+        let _ = audit.config_reloaded(&path, outcome.as_ref().map(|_| ()).map_err(String::as_str));
+    }
     match &result {
         Ok(summary) => {
             metrics().reloads_ok.inc();

@@ -58,6 +58,7 @@ impl Session<'_> {
                 if self.protect.is_some() {
                     self.on_authenticated_protected();
                 }
+                self.audit_opened();
             }
             Some(auth::code::SASL) => {
                 // Only an upstream on TLS refuses the `y` flag.

@@ -171,6 +171,8 @@ struct Session<'a> {
     /// The role the StartupMessage sets (`options=-c role=…`), which is
     /// in effect from the first statement.
     startup_role: Option<String>,
+    /// Audit state, when `[audit]` is on; its drop records the close.
+    audit: Option<crate::audit::SessionAudit>,
 }
 
 /// Runs one client connection to completion. Never panics on input and
@@ -179,7 +181,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot:
     let span = tracing::info_span!("session", %peer);
     async move {
         let mut client = MaybeTls::Plain(client);
-        match serve(&mut client, &shared, &slot).await {
+        match serve(&mut client, peer, &shared, &slot).await {
             Ok(()) => debug!("session closed"),
             Err(e) => {
                 match &e {
@@ -205,6 +207,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot:
 
 async fn serve(
     client: &mut ClientStream,
+    peer: SocketAddr,
     shared: &Shared,
     slot: &ClientSlot,
 ) -> Result<(), SessionError> {
@@ -261,6 +264,7 @@ async fn serve(
         idle_since: None,
         tally: Tally::default(),
         expect_sasl_initial: false,
+        audit: shared.audit.as_ref().map(|a| a.session(peer)),
     };
     let lifecycle = relay::Lifecycle::new(shared.shutdown_token(), cfg);
     let result = relay::Relay::new(client_in, packet.bytes, cfg.max_message_bytes)

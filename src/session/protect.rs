@@ -16,6 +16,7 @@
 //!   of the batch are dropped and the failing statement is injected before
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
+mod audit;
 mod guarded;
 
 use super::frontend::Flow;
@@ -204,10 +205,20 @@ impl Session<'_> {
             shared,
             user,
             protect,
+            audit,
             ..
         } = self;
-        match (shared.protector.as_deref(), protect.as_mut()) {
-            (Some(protector), Some(st)) => st.on_client(protector, shared, user, frame, to_server),
+        match (
+            shared.protector.as_deref(),
+            protect.as_mut(),
+            audit.as_mut(),
+        ) {
+            (Some(protector), Some(st), None) => {
+                st.on_client(protector, shared, user, frame, to_server)
+            }
+            (Some(protector), Some(st), Some(a)) => {
+                st.on_client_audited(a, protector, shared, user, frame, to_server)
+            }
             _ => forward(frame, to_server),
         }
     }
@@ -216,10 +227,20 @@ impl Session<'_> {
     /// when the frame was handled (rewritten or swallowed).
     pub(super) fn on_server_protected(&mut self, frame: &Frame, to_client: &mut BytesMut) -> bool {
         let Session {
-            shared, protect, ..
+            shared,
+            protect,
+            audit,
+            ..
         } = self;
-        match (shared.protector.as_deref(), protect.as_mut()) {
-            (Some(protector), Some(st)) => st.on_server(protector, shared, frame, to_client),
+        match (
+            shared.protector.as_deref(),
+            protect.as_mut(),
+            audit.as_mut(),
+        ) {
+            (Some(protector), Some(st), None) => st.on_server(protector, shared, frame, to_client),
+            (Some(protector), Some(st), Some(a)) => {
+                st.on_server_audited(a, protector, shared, frame, to_client)
+            }
             _ => false,
         }
     }

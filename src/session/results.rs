@@ -113,6 +113,17 @@ impl RowPlan {
     }
 }
 
+impl RowPlan {
+    /// The protected fields' columns and what the role is shown, for the
+    /// audit trail.
+    pub(super) fn columns(&self) -> impl Iterator<Item = (&str, &Action)> + '_ {
+        self.fields
+            .iter()
+            .flatten()
+            .map(|f| (f.column.full_name.as_str(), &f.action))
+    }
+}
+
 /// A row shape with the formats the cells actually come in.
 #[derive(Debug)]
 pub(super) struct ResultPlan {

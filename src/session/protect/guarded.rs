@@ -121,7 +121,7 @@ pub(in crate::session) struct PreparedGuard {
 
 /// The approval statements pgveil answers itself.
 #[derive(Debug, PartialEq, Eq)]
-enum ApprovalStmt {
+pub(super) enum ApprovalStmt {
     /// `SET [SESSION] pgveil.approval {= | TO} '<token>'`.
     Set(String),
     /// `RESET pgveil.approval` (`true`) or `SET … TO DEFAULT` / `= ''`.
@@ -244,7 +244,6 @@ impl ProtectState {
     /// The id of the approval the result being released runs under, or
     /// else of the approval set on the session: what the audit trail
     /// records next to a statement (never the token itself).
-    #[allow(dead_code)] // for the audit trail (issue 7)
     pub(in crate::session) fn approval_id(&self) -> Option<&str> {
         self.guard
             .held
@@ -790,7 +789,7 @@ fn at_end(s: &str) -> bool {
 
 /// Recognises the approval statements pgveil answers itself. `None` for
 /// every text that does not start with SET/RESET naming the setting.
-fn approval_statement(sql: &str) -> Option<ApprovalStmt> {
+pub(super) fn approval_statement(sql: &str) -> Option<ApprovalStmt> {
     let (first, rest) = word(sql.trim_start());
     let reset = first.eq_ignore_ascii_case("reset");
     if !reset && !first.eq_ignore_ascii_case("set") {

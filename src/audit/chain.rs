@@ -1,0 +1,422 @@
+//! The integrity chain: how one record becomes one sealed line.
+//!
+//! Every line is a JSON object whose last fields are added here:
+//!
+//! ```text
+//! {"seq":7,"ts":"…","kind":"…",…,"prev":"<H(line 6)>","mac":"<MAC 7>"}
+//! {"seq":8,…,"kind":"checkpoint",…,"prev":"<H(line 7)>","sig":"<Ed25519>","mac":"<MAC 8>"}
+//! ```
+//!
+//! * the line's *body* is everything before `,"mac"`, and its digest
+//!   `d_i = SHA-256("pgveil audit v1 body\0" ‖ body)` is the one pass over
+//!   the line's bytes;
+//! * `mac` is `HMAC-SHA256(k_i, mac_{i-1} ‖ d_i)`; the key then moves
+//!   forward, `k_{i+1} = SHA-256(k_i)`, and `k_i` is overwritten. Each run
+//!   starts a chain with a random `k_0` and `mac_{-1}` = 32 zero bytes;
+//! * `prev` of the next line is the *link* `SHA-256("pgveil audit v1
+//!   link\0" ‖ d_i ‖ mac_i)`, across restarts and rotated files, so order
+//!   and completeness are fixed and anyone can check them;
+//! * `sig` (checkpoints only) is an Ed25519 signature over
+//!   `"pgveil audit v1 checkpoint\0" ‖ the line up to ,"sig"` — it covers
+//!   `prev`, so one signature seals every line before it.
+//!
+//! The suffixes have fixed lengths, so a verifier recovers the exact bytes
+//! that were hashed, signed and MACed without re-serializing JSON.
+
+use ring::digest::{digest, Context, SHA256};
+use ring::hmac;
+use ring::signature::Ed25519KeyPair;
+use std::io::Write;
+
+use super::record::{write_rfc3339, Event, Stamped};
+
+/// Domain separation for body digests.
+const BODY_DOMAIN: &[u8] = b"pgveil audit v1 body\0";
+/// Domain separation for links.
+const LINK_DOMAIN: &[u8] = b"pgveil audit v1 link\0";
+/// Domain separation for checkpoint signatures.
+pub const SIG_DOMAIN: &[u8] = b"pgveil audit v1 checkpoint\0";
+/// Domain separation for MAC key commitments.
+const COMMIT_DOMAIN: &[u8] = b"pgveil audit v1 key commitment\0";
+/// AAD binding a wrapped run key to its run.
+pub const KEY_WRAP_DOMAIN: &str = "pgveil audit v1 mac key ";
+
+/// `,"mac":"` + 64 hex + `"}`.
+pub const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
+/// `,"sig":"` + 128 hex + `"`.
+pub const SIG_SUFFIX_LEN: usize = 8 + 128 + 1;
+/// The `prev` of the very first record.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut v = Vec::with_capacity(bytes.len() * 2);
+    hex_into(bytes, &mut v);
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// Appends lowercase hex of `bytes` to `out`.
+pub fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+/// Parses lowercase or uppercase hex of exactly `N` bytes.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let b = s.as_bytes();
+    if b.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in b.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// The digest of a line's body (the line up to `,"mac"`).
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(BODY_DOMAIN);
+    ctx.update(body);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The link the following record's `prev` must hold.
+pub fn link(digest: &[u8; 32], mac: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(LINK_DOMAIN);
+    ctx.update(digest);
+    ctx.update(mac);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The link of a whole line (without its newline); `None` when it is not
+/// a sealed record.
+pub fn line_link(line: &[u8]) -> Option<[u8; 32]> {
+    let (body, mac) = split_mac(line)?;
+    Some(link(&body_digest(body), &mac))
+}
+
+/// The next MAC key.
+pub fn next_key(key: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, key).as_ref());
+    out
+}
+
+/// A public commitment to a MAC key (reveals nothing about it).
+pub fn commit(key: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(COMMIT_DOMAIN);
+    ctx.update(key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// `HMAC-SHA256(key, prev_mac ‖ digest)`.
+pub fn mac(key: &[u8; 32], prev_mac: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
+    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&k);
+    ctx.update(prev_mac);
+    ctx.update(digest);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
+}
+
+/// The writer's chain state: where the next line goes and how it is sealed.
+pub struct Chain {
+    /// Sequence number of the next record.
+    pub seq: u64,
+    /// Link of the last line written (or [`GENESIS`]).
+    pub prev_hash: [u8; 32],
+    key: [u8; 32],
+    prev_mac: [u8; 32],
+    /// Records since the last checkpoint.
+    pub since_checkpoint: u64,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("seq", &self.seq)
+            .field("since_checkpoint", &self.since_checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        self.key.fill(0);
+    }
+}
+
+impl Chain {
+    /// A chain continuing after `seq - 1` whose last line hashed to
+    /// `prev_hash`, with a fresh run key `key`.
+    pub fn new(seq: u64, prev_hash: [u8; 32], key: [u8; 32]) -> Self {
+        Chain {
+            seq,
+            prev_hash,
+            key,
+            prev_mac: [0; 32],
+            since_checkpoint: 0,
+        }
+    }
+
+    /// Commitment to the key that will MAC the next record.
+    pub fn current_commit(&self) -> [u8; 32] {
+        commit(&self.key)
+    }
+
+    /// Appends one sealed record line (with its newline) to `out`.
+    pub fn seal(&mut self, rec: &Stamped, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        self.seal_inner(rec, None, out)?;
+        self.since_checkpoint += 1;
+        Ok(())
+    }
+
+    /// Appends a signed checkpoint line; `reason` says why it was written.
+    pub fn checkpoint(
+        &mut self,
+        ts: std::time::SystemTime,
+        reason: &str,
+        signer: &Ed25519KeyPair,
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
+        // The checkpoint's own MAC uses the current key; it commits to the
+        // one after it.
+        let event = Event::Checkpoint {
+            reason: reason.to_owned(),
+            records: self.since_checkpoint,
+            key_commit: hex(&commit(&next_key(&self.key))),
+        };
+        let rec = Stamped { ts, event };
+        self.seal_inner(&rec, Some(signer), out)?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn seal_inner(
+        &mut self,
+        rec: &Stamped,
+        signer: Option<&Ed25519KeyPair>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), serde_json::Error> {
+        let start = out.len();
+        // {"seq":N,"ts":"…", then the event's own fields, then "prev".
+        out.extend_from_slice(b"{\"seq\":");
+        let _ = write!(out, "{}", self.seq);
+        out.extend_from_slice(b",\"ts\":\"");
+        write_rfc3339(rec.ts, out);
+        out.push(b'"');
+        let event_at = out.len();
+        if let Err(e) = serde_json::to_writer(&mut *out, &rec.event) {
+            out.truncate(start);
+            return Err(e);
+        }
+        if out.get(event_at) != Some(&b'{') || out.last() != Some(&b'}') {
+            out.truncate(start);
+            return Err(serde::ser::Error::custom(
+                "an event must serialize as an object",
+            ));
+        }
+        out[event_at] = b',';
+        out.pop();
+        out.extend_from_slice(b",\"prev\":\"");
+        hex_into(&self.prev_hash, out);
+        out.push(b'"');
+        if let Some(signer) = signer {
+            let mut msg = Vec::with_capacity(SIG_DOMAIN.len() + out.len() - start);
+            msg.extend_from_slice(SIG_DOMAIN);
+            msg.extend_from_slice(&out[start..]);
+            let sig = signer.sign(&msg);
+            out.extend_from_slice(b",\"sig\":\"");
+            hex_into(sig.as_ref(), out);
+            out.push(b'"');
+        }
+        let digest = body_digest(&out[start..]);
+        let m = mac(&self.key, &self.prev_mac, &digest);
+        out.extend_from_slice(b",\"mac\":\"");
+        hex_into(&m, out);
+        out.extend_from_slice(b"\"}\n");
+        self.prev_hash = link(&digest, &m);
+        self.prev_mac = m;
+        let next = next_key(&self.key);
+        self.key.fill(0);
+        self.key = next;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// One line split into what was hashed, signed and MACed.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// The line up to `,"mac"` (what the MAC covers).
+    pub mac_body: &'a [u8],
+    /// The MAC.
+    pub mac: [u8; 32],
+    /// For checkpoints: the line up to `,"sig"` and the signature.
+    pub signed: Option<(&'a [u8], [u8; 64])>,
+    /// The fields, parsed.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Parsed<'_> {
+    /// The record's sequence number.
+    pub fn seq(&self) -> Option<u64> {
+        self.fields.get("seq").and_then(serde_json::Value::as_u64)
+    }
+
+    /// The record's kind.
+    pub fn kind(&self) -> &str {
+        self.fields
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// A string field.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(serde_json::Value::as_str)
+    }
+}
+
+/// The body and MAC of a line.
+fn split_mac(line: &[u8]) -> Option<(&[u8], [u8; 32])> {
+    let cut = line.len().checked_sub(MAC_SUFFIX_LEN)?;
+    let (body, suffix) = line.split_at(cut);
+    let hexmac = suffix.strip_prefix(b",\"mac\":\"")?.strip_suffix(b"\"}")?;
+    Some((body, unhex::<32>(std::str::from_utf8(hexmac).ok()?)?))
+}
+
+/// Splits a line (without its newline); `None` when it is not a sealed
+/// record.
+pub fn parse(line: &[u8]) -> Option<Parsed<'_>> {
+    let (mac_body, mac) = split_mac(line)?;
+    let mut signed = None;
+    let mut body = mac_body;
+    if let Some(cut) = mac_body.len().checked_sub(SIG_SUFFIX_LEN) {
+        let (head, sig) = mac_body.split_at(cut);
+        if let Some(hexsig) = sig
+            .strip_prefix(b",\"sig\":\"")
+            .and_then(|s| s.strip_suffix(b"\""))
+        {
+            let sig = unhex::<64>(std::str::from_utf8(hexsig).ok()?)?;
+            signed = Some((head, sig));
+            body = head;
+        }
+    }
+    let mut json = Vec::with_capacity(body.len() + 1);
+    json.extend_from_slice(body);
+    json.push(b'}');
+    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json).ok()?;
+    Some(Parsed {
+        mac_body,
+        mac,
+        signed,
+        fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::Event;
+
+    fn signer() -> Ed25519KeyPair {
+        Ed25519KeyPair::from_seed_unchecked(&[7; 32]).expect("seed")
+    }
+
+    fn reload(key: [u8; 32]) -> Stamped {
+        let _ = key;
+        Stamped {
+            ts: std::time::UNIX_EPOCH,
+            event: Event::ConfigReloaded {
+                path: "p".into(),
+                outcome: "ok".into(),
+                detail: None,
+            },
+        }
+    }
+
+    #[test]
+    fn lines_link_mac_and_sign() {
+        let k0 = [1u8; 32];
+        let mut c = Chain::new(0, GENESIS, k0);
+        let mut out = Vec::new();
+        c.seal(&reload(k0), &mut out).expect("seal");
+        c.seal(&reload(k0), &mut out).expect("seal");
+        c.checkpoint(std::time::UNIX_EPOCH, "count", &signer(), &mut out)
+            .expect("checkpoint");
+        let lines: Vec<&[u8]> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        let mut prev = GENESIS;
+        let mut key = k0;
+        let mut prev_mac = [0u8; 32];
+        for (i, line) in lines.iter().enumerate() {
+            let p = parse(line).expect("parse");
+            assert_eq!(p.seq(), Some(i as u64));
+            assert_eq!(p.str("prev"), Some(hex(&prev).as_str()));
+            let d = body_digest(p.mac_body);
+            assert_eq!(p.mac, mac(&key, &prev_mac, &d));
+            prev = link(&d, &p.mac);
+            assert_eq!(line_link(line), Some(prev));
+            prev_mac = p.mac;
+            key = next_key(&key);
+        }
+        let cp = parse(lines[2]).expect("checkpoint");
+        assert_eq!(cp.kind(), "checkpoint");
+        let (body, sig) = cp.signed.expect("signed");
+        let mut msg = SIG_DOMAIN.to_vec();
+        msg.extend_from_slice(body);
+        let pk = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ED25519,
+            ring::signature::KeyPair::public_key(&signer())
+                .as_ref()
+                .to_vec(),
+        );
+        pk.verify(&msg, &sig).expect("signature");
+        // The checkpoint commits to the key of the record after it.
+        assert_eq!(cp.str("key_commit"), Some(hex(&commit(&key)).as_str()));
+        assert_eq!(cp.fields["records"], 2);
+    }
+
+    #[test]
+    fn parse_rejects_damaged_lines() {
+        let mut c = Chain::new(0, GENESIS, [2; 32]);
+        let mut out = Vec::new();
+        c.seal(&reload([0; 32]), &mut out).expect("seal");
+        let line = &out[..out.len() - 1];
+        assert!(parse(line).is_some());
+        assert!(parse(&line[..line.len() - 1]).is_none());
+        assert!(parse(b"{}").is_none());
+        assert!(parse(b"").is_none());
+        let mut bad = line.to_vec();
+        bad[0] = b'#';
+        assert!(parse(&bad).is_none());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex(&[0, 255, 16]), "00ff10");
+        assert_eq!(unhex::<3>("00FF10"), Some([0, 255, 16]));
+        assert_eq!(unhex::<2>("00ff10"), None);
+        assert_eq!(unhex::<1>("zz"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! The proxy's handle on the audit trail: start it, log to it, check
+//! whether it is healthy, close it.
+//!
+//! One [`Audit`] is shared by every session (in `server::Shared`). Logging
+//! never blocks and never allocates a lock: it is a `try_send` on a bounded
+//! channel, or — for statements on protected columns — a channel slot
+//! reserved before the statement is forwarded, so its record cannot be
+//! lost to a full queue after the data has been read.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::AuditConfig;
+use super::error::AuditError;
+use super::record::{ApprovalIssued, ApprovalUsed, Event, Stamped};
+use super::track::SessionAudit;
+use super::writer::{Msg, Writer};
+
+/// Records queued for the writer at most. Each in-flight statement on
+/// protected columns holds one slot from its request to its last row.
+const QUEUE: usize = 16 * 1024;
+
+/// Whether the audit trail can currently be written. Sessions read it
+/// before forwarding a statement on protected columns.
+#[derive(Debug)]
+pub struct Health {
+    /// The last write succeeded.
+    pub(super) ok: AtomicBool,
+    /// The writer has stopped for good.
+    pub(super) closed: AtomicBool,
+}
+
+/// The running audit trail.
+#[derive(Debug)]
+pub struct Audit {
+    tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+    next_conn: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Audit {
+    /// Starts the audit trail when `[audit] path` is set: opens the keyring
+    /// for the checkpoint signing key, continues the chain on disk, durably
+    /// writes the run's start record and starts the writer thread. An error
+    /// means pgveil must not start (it could not record accesses).
+    pub fn start(config: &crate::config::Config) -> Result<Option<Arc<Audit>>, AuditError> {
+        let cfg: &AuditConfig = &config.audit;
+        let Some(path) = cfg.path.as_deref() else {
+            return Ok(None);
+        };
+        let master = crate::crypto::MasterKey::load(&config.keyring)?;
+        let keyring = crate::crypto::Keyring::open(&config.keyring.dir, &master)?;
+        let health = Arc::new(Health {
+            ok: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        });
+        let writer = Writer::open(cfg, path, keyring, &master, health.clone())?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let interval = cfg.checkpoint_interval;
+        let thread = std::thread::Builder::new()
+            .name("pgveil-audit".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(writer.run(rx, interval)),
+                    Err(e) => tracing::error!(error = %e, "audit writer runtime failed to start"),
+                }
+            })
+            .map_err(|source| AuditError::Io {
+                action: "start the writer thread for",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Some(Arc::new(Audit {
+            tx,
+            health,
+            next_conn: AtomicU64::new(1),
+            thread: Mutex::new(Some(thread)),
+        })))
+    }
+
+    /// Whether records are being written; when not, statements on
+    /// protected columns must be refused.
+    pub fn healthy(&self) -> bool {
+        self.health.ok.load(Ordering::Acquire)
+    }
+
+    /// Queues an event; fails (and marks the trail unhealthy, so protected
+    /// statements are refused) when the queue is full or the writer gone.
+    pub fn log(&self, event: Event) -> Result<(), AuditError> {
+        self.send(Stamped::now(event))
+    }
+
+    pub(super) fn send(&self, rec: Stamped) -> Result<(), AuditError> {
+        match self.tx.try_send(Msg::Record(rec)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.unhealthy("queue full");
+                Err(AuditError::Unavailable("queue full"))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.unhealthy("writer stopped");
+                Err(AuditError::Unavailable("writer stopped"))
+            }
+        }
+    }
+
+    fn unhealthy(&self, why: &'static str) {
+        if self.health.ok.swap(false, Ordering::AcqRel) {
+            tracing::error!(reason = why, "audit record lost; refusing statements on protected columns until the writer catches up");
+        }
+    }
+
+    /// Reserves a queue slot for a statement's record, or `None` when the
+    /// trail is unhealthy or full: the statement must then be refused.
+    pub(super) fn reserve(&self) -> Option<mpsc::OwnedPermit<Msg>> {
+        if !self.healthy() {
+            return None;
+        }
+        self.tx.clone().try_reserve_owned().ok()
+    }
+
+    /// A session's audit state for a client at `client`.
+    pub fn session(self: &Arc<Self>, client: SocketAddr) -> SessionAudit {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        SessionAudit::new(self.clone(), conn, client)
+    }
+
+    /// Records an approval (vault rule). Called by the approval code.
+    pub fn approval_issued(&self, approval: ApprovalIssued) -> Result<(), AuditError> {
+        self.log(Event::ApprovalIssued(approval))
+    }
+
+    /// Records the use of an approval. Called by the approval code.
+    pub fn approval_used(&self, used: ApprovalUsed) -> Result<(), AuditError> {
+        self.log(Event::ApprovalUsed(used))
+    }
+
+    /// Records a configuration reload; `result` is `Err(reason)` when the
+    /// reload failed (the reason must not contain values).
+    pub fn config_reloaded(&self, path: &str, result: Result<(), &str>) -> Result<(), AuditError> {
+        self.log(Event::ConfigReloaded {
+            path: path.to_owned(),
+            outcome: if result.is_ok() { "ok" } else { "failed" }.to_owned(),
+            detail: result.err().map(str::to_owned),
+        })
+    }
+
+    /// Waits until everything queued so far is written; `false` when the
+    /// write failed.
+    pub async fn flush(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Writes the final (shutdown) checkpoint and stops the writer. Later
+    /// records are refused; statements on protected columns too.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let thread = match self.thread.lock() {
+            Ok(mut t) => t.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}

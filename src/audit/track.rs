@@ -1,0 +1,681 @@
+//! One session's audit state: connection events and one record per
+//! statement on protected columns.
+//!
+//! The session calls in as frames pass (see `session/protect/audit.rs`):
+//! client requests open *units* in request order — a simple Query, an
+//! Execute, a Sync — and the frames pgveil sends back to the client close
+//! them: CommandComplete / EmptyQuery / PortalSuspended / ErrorResponse end
+//! an Execute, ReadyForQuery ends everything up to its Sync or Query. A
+//! unit becomes a record when its plan touched a protected column or its
+//! result carried one; rows and bytes are counted from the DataRows the
+//! client actually received.
+//!
+//! Before such a statement is forwarded, a slot in the writer's queue is
+//! reserved for its record. When none can be had (the trail is unhealthy
+//! or its queue full) the statement is refused with SQLSTATE 58030, so no
+//! access to protected data goes unrecorded.
+//!
+//! Per execution this costs a few small allocations: what a statement's
+//! plan says (fingerprint, columns, tables) is computed once at Parse and
+//! shared by `Arc` with every record of its executions.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::OwnedPermit;
+
+use super::error::{AUDIT_UNAVAILABLE_MESSAGE, AUDIT_UNAVAILABLE_SQLSTATE};
+use super::fingerprint::fingerprint;
+use super::handle::Audit;
+use super::record::{ColumnAction, ColumnUse, Event, Outcome, Stamped, StatementRecord};
+use super::writer::Msg;
+use crate::net::Frame;
+use crate::policy::role::{Action, PolicyRole};
+use crate::rewrite::Snapshot;
+use crate::sql::{Plan, Refusal};
+
+/// What planning said about one statement text, kept per prepared
+/// statement and portal, and shared by every record of its executions.
+#[derive(Debug)]
+pub struct Planned {
+    fingerprint: Arc<str>,
+    columns: Arc<[ColumnUse]>,
+    tables: Arc<[Arc<str>]>,
+    /// SQLSTATE when pgveil refused the statement at planning.
+    refused: Option<&'static str>,
+}
+
+impl Planned {
+    /// What the audit needs from a plan; `None` when the statement touches
+    /// no protected column (and is not refused). `role` decides what a
+    /// `COPY … TO STDOUT` shows of each column.
+    pub fn of(
+        sql: &str,
+        plan: &Result<Arc<Plan>, Refusal>,
+        snapshot: &Snapshot,
+        role: Option<&PolicyRole>,
+    ) -> Option<Self> {
+        let encrypts = |name: &str| {
+            snapshot
+                .catalog()
+                .protected_columns()
+                .find(|c| c.full_name == name)
+                .is_some_and(|c| c.protection.encrypts())
+        };
+        let columns: Vec<ColumnUse> = match plan {
+            Ok(p) => match &**p {
+                Plan::Passthrough => return None,
+                Plan::Rewrite(rw) if rw.touched.is_empty() => return None,
+                Plan::Rewrite(rw) => rw
+                    .touched
+                    .iter()
+                    .map(|c| ColumnUse {
+                        column: Arc::from(c.as_str()),
+                        action: if encrypts(c) {
+                            ColumnAction::Encrypted
+                        } else {
+                            ColumnAction::Clear
+                        },
+                    })
+                    .collect(),
+                Plan::CopyIn(copy) => copy
+                    .fields
+                    .iter()
+                    .flatten()
+                    .map(|c| ColumnUse {
+                        column: Arc::from(c.full_name.as_str()),
+                        action: ColumnAction::Encrypted,
+                    })
+                    .collect(),
+                Plan::CopyOut(copy) => {
+                    let nobody = PolicyRole::nobody("");
+                    let role = role.unwrap_or(&nobody);
+                    copy.fields
+                        .iter()
+                        .flatten()
+                        .map(|c| ColumnUse {
+                            column: Arc::from(c.full_name.as_str()),
+                            action: ColumnAction::of(&snapshot.action(role, c)),
+                        })
+                        .collect()
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        Some(Planned {
+            fingerprint: Arc::from(fingerprint(sql)),
+            tables: tables_of(&columns),
+            columns: columns.into(),
+            refused: plan.as_ref().err().map(|r| r.sqlstate),
+        })
+    }
+}
+
+/// `schema.table` of each column, in order, without duplicates.
+fn tables_of(columns: &[ColumnUse]) -> Arc<[Arc<str>]> {
+    let mut tables: Vec<Arc<str>> = Vec::new();
+    for c in columns {
+        if let Some((table, _)) = c.column.rsplit_once('.') {
+            if !tables.iter().any(|t| &**t == table) {
+                tables.push(Arc::from(table));
+            }
+        }
+    }
+    tables.into()
+}
+
+/// A statement being recorded.
+#[derive(Debug)]
+struct Open {
+    /// The statement's plan (absent when only its result was protected).
+    planned: Option<Arc<Planned>>,
+    /// Fingerprint of a statement opened from its result.
+    fingerprint: Option<Arc<str>>,
+    /// Columns in its result, with what the role was shown.
+    shown: Vec<ColumnUse>,
+    started: Instant,
+    rows: u64,
+    bytes: u64,
+    affected: Option<u64>,
+    outcome: Option<(Outcome, Option<Arc<str>>)>,
+    approval: Option<String>,
+    /// The queue slot reserved for the record.
+    permit: Option<OwnedPermit<Msg>>,
+    /// The result's columns have been merged in (Execute units).
+    shaped: bool,
+}
+
+impl Open {
+    fn new(planned: Option<Arc<Planned>>, fingerprint: Option<Arc<str>>) -> Box<Self> {
+        let outcome = planned
+            .as_ref()
+            .and_then(|p| p.refused)
+            .map(|code| (Outcome::Refused, Some(Arc::from(code))));
+        Box::new(Open {
+            planned,
+            fingerprint,
+            shown: Vec::new(),
+            started: Instant::now(),
+            rows: 0,
+            bytes: 0,
+            affected: None,
+            outcome,
+            approval: None,
+            permit: None,
+            shaped: false,
+        })
+    }
+
+    fn fail(&mut self, outcome: Outcome, sqlstate: Option<Arc<str>>) {
+        if self.outcome.is_none() {
+            self.outcome = Some((outcome, sqlstate));
+        }
+    }
+
+    /// Columns in the result by what the role was shown; the others by
+    /// how they reached the server.
+    fn columns(&mut self) -> (Arc<[ColumnUse]>, Arc<[Arc<str>]>) {
+        let planned = self.planned.as_deref();
+        if self.shown.is_empty() {
+            return match planned {
+                Some(p) => (p.columns.clone(), p.tables.clone()),
+                None => (Arc::from([]), Arc::from([])),
+            };
+        }
+        let mut columns = std::mem::take(&mut self.shown);
+        for c in planned.map_or(&[][..], |p| &p.columns[..]) {
+            if !columns.iter().any(|s| s.column == c.column) {
+                columns.push(c.clone());
+            }
+        }
+        let tables = tables_of(&columns);
+        (columns.into(), tables)
+    }
+}
+
+/// A request awaiting its reply.
+#[derive(Debug)]
+struct Unit {
+    /// An Execute (ended by CommandComplete …); otherwise a Query or Sync
+    /// (ended by ReadyForQuery).
+    execute: bool,
+    open: Option<Box<Open>>,
+    /// A simple query planned as untouched, kept (a shared reference to
+    /// the received frame, no copy) in case its result turns out protected.
+    query: Option<Frame>,
+}
+
+/// One session's audit state.
+#[derive(Debug)]
+pub struct SessionAudit {
+    audit: Arc<Audit>,
+    conn: u64,
+    client: String,
+    user: Arc<str>,
+    role: Option<Arc<str>>,
+    opened: Option<Instant>,
+    statements: u64,
+    units: VecDeque<Unit>,
+    prepared: HashMap<Vec<u8>, Arc<Planned>>,
+    portals: HashMap<Vec<u8>, Arc<Planned>>,
+    /// A Parse or Bind pgveil refused: its record is opened at the Sync.
+    refused_pending: Option<Arc<Planned>>,
+    /// The first error of the current batch, for the requests it skipped.
+    batch_error: Option<(Outcome, Option<Arc<str>>)>,
+    /// Approvals already recorded as used on this connection.
+    approvals_used: Vec<String>,
+}
+
+/// The refusal for statements that cannot be recorded.
+pub fn unavailable() -> Refusal {
+    Refusal {
+        sqlstate: AUDIT_UNAVAILABLE_SQLSTATE,
+        message: AUDIT_UNAVAILABLE_MESSAGE.to_owned(),
+    }
+}
+
+impl SessionAudit {
+    pub(super) fn new(audit: Arc<Audit>, conn: u64, client: SocketAddr) -> Self {
+        SessionAudit {
+            audit,
+            conn,
+            client: client.to_string(),
+            user: Arc::from(""),
+            role: None,
+            opened: None,
+            statements: 0,
+            units: VecDeque::new(),
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            refused_pending: None,
+            batch_error: None,
+            approvals_used: Vec::new(),
+        }
+    }
+
+    /// The client authenticated as `user` with policy role `role`.
+    pub fn opened(&mut self, user: &str, role: Option<&str>) {
+        if self.opened.is_some() {
+            return;
+        }
+        self.user = Arc::from(user);
+        self.role = role.map(Arc::from);
+        self.opened = Some(Instant::now());
+        let _ = self.audit.log(Event::ConnectionOpened {
+            conn: self.conn,
+            user: user.to_owned(),
+            role: role.map(str::to_owned),
+            client: self.client.clone(),
+        });
+    }
+
+    /// Opens a record for `planned`, reserving its queue slot unless pgveil
+    /// refuses the statement anyway. `Err`: it must be refused.
+    fn open(&self, planned: Arc<Planned>) -> (Box<Open>, Result<(), Refusal>) {
+        let refused = planned.refused.is_some();
+        let mut open = Open::new(Some(planned), None);
+        if refused {
+            return (open, Ok(()));
+        }
+        let gate = self.reserve(&mut open);
+        (open, gate)
+    }
+
+    /// Reserves the record's queue slot, or refuses.
+    fn reserve(&self, open: &mut Open) -> Result<(), Refusal> {
+        match self.audit.reserve() {
+            Some(p) => {
+                open.permit = Some(p);
+                Ok(())
+            }
+            None => {
+                open.fail(
+                    Outcome::Refused,
+                    Some(Arc::from(AUDIT_UNAVAILABLE_SQLSTATE)),
+                );
+                Err(unavailable())
+            }
+        }
+    }
+
+    /// A simple Query with its plan. `Err` means it must be refused
+    /// because it cannot be recorded.
+    pub fn query(&mut self, planned: Option<Planned>, frame: &Frame) -> Result<(), Refusal> {
+        let (open, gate) = match planned {
+            None => (None, Ok(())),
+            Some(p) => {
+                let (open, gate) = self.open(Arc::new(p));
+                (Some(open), gate)
+            }
+        };
+        let query = open.is_none().then(|| frame.clone());
+        self.units.push_back(Unit {
+            execute: false,
+            open,
+            query,
+        });
+        gate
+    }
+
+    /// Parse of a statement (`None`: it touches nothing protected).
+    pub fn parse(&mut self, name: &[u8], planned: Option<Planned>) {
+        match planned {
+            Some(p) => {
+                self.prepared.insert(name.to_vec(), Arc::new(p));
+            }
+            None => {
+                self.prepared.remove(name);
+            }
+        }
+    }
+
+    /// Bind of `statement` into `portal`.
+    pub fn bind(&mut self, portal: &[u8], statement: &[u8]) {
+        match self.prepared.get(statement) {
+            Some(p) => {
+                let p = p.clone();
+                match self.portals.get_mut(portal) {
+                    Some(slot) => *slot = p,
+                    None => {
+                        self.portals.insert(portal.to_vec(), p);
+                    }
+                }
+            }
+            None => {
+                self.portals.remove(portal);
+            }
+        }
+    }
+
+    /// Close of a statement (`b'S'`) or portal.
+    pub fn close(&mut self, kind: u8, name: &[u8]) {
+        if kind == b'S' {
+            self.prepared.remove(name);
+        } else {
+            self.portals.remove(name);
+        }
+    }
+
+    /// Execute of `portal`. `Err` means it must be refused because it
+    /// cannot be recorded.
+    pub fn execute(&mut self, portal: &[u8]) -> Result<(), Refusal> {
+        let (open, gate) = match self.portals.get(portal).cloned() {
+            None => (None, Ok(())),
+            Some(p) => {
+                let (open, gate) = self.open(p);
+                (Some(open), gate)
+            }
+        };
+        self.units.push_back(Unit {
+            execute: true,
+            open,
+            query: None,
+        });
+        gate
+    }
+
+    /// A Sync or FunctionCall: answered by ReadyForQuery.
+    pub fn sync(&mut self) {
+        if let Some(p) = self.refused_pending.take() {
+            // pgveil refused a Parse or Bind of this batch and injects the
+            // failing statement before this Sync: record it there.
+            self.units.push_back(Unit {
+                execute: true,
+                open: Some(Open::new(Some(p), None)),
+                query: None,
+            });
+        }
+        self.units.push_back(Unit {
+            execute: false,
+            open: None,
+            query: None,
+        });
+    }
+
+    /// pgveil refused the Parse of `statement` or a Bind of it.
+    pub fn refused_request(&mut self, statement: &[u8]) {
+        let p = self.prepared.get(statement).cloned();
+        if self.refused_pending.is_none() {
+            self.refused_pending = p;
+        }
+    }
+
+    /// The policy role now in effect (it follows `SET ROLE`).
+    pub fn note_role(&mut self, role: Option<&str>) {
+        if self.role.as_deref() != role {
+            self.role = role.map(Arc::from);
+        }
+    }
+
+    /// The approval the result being released runs under (vault rule).
+    pub fn note_approval(&mut self, approval: &str) {
+        if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
+            if open.approval.as_deref() != Some(approval) {
+                open.approval = Some(approval.to_owned());
+            }
+        }
+    }
+
+    /// A bulk-read guard blocked the latest statement.
+    pub fn mark_blocked(&mut self) {
+        if let Some(open) = self.units.back_mut().and_then(|u| u.open.as_mut()) {
+            open.fail(Outcome::Blocked, None);
+        }
+    }
+
+    /// Whether the next DataRow's row shape is wanted (an Execute not yet
+    /// shaped).
+    pub fn wants_row_shape(&self) -> bool {
+        self.units
+            .front()
+            .is_some_and(|u| u.execute && u.open.as_ref().is_none_or(|o| !o.shaped))
+    }
+
+    /// Whether a RowDescription's shape is wanted (a simple query's result).
+    pub fn wants_description_shape(&self) -> bool {
+        self.units.front().is_some_and(|u| !u.execute)
+    }
+
+    /// The current result has these protected columns, shown with these
+    /// actions. Opens a record for a statement whose text looked untouched
+    /// (FETCH from a cursor, EXECUTE of a prepared statement); `Err` means
+    /// the result must be refused because it cannot be recorded.
+    pub fn shape<'a>(
+        &mut self,
+        columns: impl Iterator<Item = (&'a str, &'a Action)>,
+    ) -> Result<(), Refusal> {
+        let mut result = Ok(());
+        let needs_open = self.units.front().is_some_and(|u| u.open.is_none());
+        if needs_open {
+            let query = self.units.front_mut().and_then(|u| u.query.take());
+            let fp = query.and_then(|f| {
+                crate::proto::extended::query_text(f.body())
+                    .map(|t| Arc::from(fingerprint(&String::from_utf8_lossy(t))))
+            });
+            let mut open = Open::new(None, fp);
+            result = self.reserve(&mut open);
+            if let Some(unit) = self.units.front_mut() {
+                unit.open = Some(open);
+            }
+        }
+        let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) else {
+            return result;
+        };
+        open.shaped = true;
+        for (name, action) in columns {
+            let action = ColumnAction::of(action);
+            if open
+                .shown
+                .iter()
+                .any(|c| &*c.column == name && c.action == action)
+            {
+                continue;
+            }
+            // Reuse the plan's copy of the name when it has one.
+            let column = open
+                .planned
+                .as_ref()
+                .and_then(|p| p.columns.iter().find(|c| &*c.column == name))
+                .map_or_else(|| Arc::from(name), |c| c.column.clone());
+            open.shown.push(ColumnUse { column, action });
+        }
+        result
+    }
+
+    /// Frames pgveil sent to the client in answer to one server frame.
+    pub fn server_output(&mut self, mut out: &[u8]) {
+        while out.len() >= 5 {
+            let tag = out[0];
+            let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize + 1;
+            let Some(frame) = out.get(..len) else {
+                return;
+            };
+            self.server_frame(tag, frame);
+            out = &out[len..];
+        }
+    }
+
+    fn server_frame(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            // DataRows, and CopyData of a COPY … TO STDOUT.
+            b'D' | b'd' => {
+                if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
+                    open.rows += 1;
+                    open.bytes += frame.len() as u64;
+                }
+            }
+            b'C' => {
+                if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
+                    if let Some(n) = command_rows(frame.get(5..).unwrap_or_default()) {
+                        open.affected = Some(open.affected.unwrap_or(0) + n);
+                    }
+                }
+                self.end_execute();
+            }
+            b'I' | b's' => self.end_execute(),
+            b'E' => {
+                let body = frame.get(5..).unwrap_or_default();
+                let code: Option<Arc<str>> = error_field(body, b'C').map(Arc::from);
+                let message = error_field(body, b'M').unwrap_or("");
+                let outcome = if message.starts_with("pgveil: bulk read refused") {
+                    // The bulk-read guard's refusals (caps and windows).
+                    Outcome::Blocked
+                } else if message.starts_with("pgveil:") {
+                    Outcome::Refused
+                } else {
+                    Outcome::Error
+                };
+                if self.batch_error.is_none() {
+                    self.batch_error = Some((outcome, code.clone()));
+                }
+                if let Some(unit) = self.units.front_mut() {
+                    if let Some(open) = unit.open.as_mut() {
+                        open.fail(outcome, code);
+                    }
+                    if unit.execute {
+                        self.end_execute();
+                    }
+                }
+            }
+            b'Z' => {
+                while let Some(mut unit) = self.units.pop_front() {
+                    if let (Some(open), Some((o, code))) = (unit.open.as_mut(), &self.batch_error) {
+                        // Skipped after an error, or its completion swallowed.
+                        open.fail(*o, code.clone());
+                    }
+                    let ready = !unit.execute;
+                    self.finish(unit);
+                    if ready {
+                        break;
+                    }
+                }
+                self.batch_error = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn end_execute(&mut self) {
+        if self.units.front().is_some_and(|u| u.execute) {
+            if let Some(unit) = self.units.pop_front() {
+                self.finish(unit);
+            }
+        }
+    }
+
+    fn finish(&mut self, unit: Unit) {
+        let Some(mut open) = unit.open else {
+            return;
+        };
+        self.statements += 1;
+        let (columns, tables) = open.columns();
+        let (outcome, sqlstate) = open.outcome.take().unwrap_or((Outcome::Ok, None));
+        if let Some(id) = open.approval.as_deref() {
+            if !self.approvals_used.iter().any(|a| a == id) {
+                self.approvals_used.push(id.to_owned());
+                let _ = self
+                    .audit
+                    .log(Event::ApprovalUsed(super::record::ApprovalUsed {
+                        approval: id.to_owned(),
+                        user: self.user.to_string(),
+                        conn: Some(self.conn),
+                    }));
+            }
+        }
+        let fingerprint = match &open.planned {
+            Some(p) => Some(p.fingerprint.clone()),
+            None => open.fingerprint.take(),
+        };
+        let record = Stamped::now(Event::Statement(Box::new(StatementRecord {
+            conn: self.conn,
+            user: self.user.clone(),
+            role: self.role.clone(),
+            fingerprint,
+            tables,
+            columns,
+            rows: open.rows,
+            bytes: open.bytes,
+            affected: open.affected,
+            outcome,
+            sqlstate,
+            duration_us: u64::try_from(open.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            approval: open.approval.take(),
+        })));
+        match open.permit.take() {
+            Some(permit) => {
+                permit.send(Msg::Record(record));
+            }
+            None => {
+                let _ = self.audit.send(record);
+            }
+        }
+    }
+}
+
+impl Drop for SessionAudit {
+    fn drop(&mut self) {
+        // Requests still waiting for a reply: the connection ended first.
+        while let Some(mut unit) = self.units.pop_front() {
+            if let Some(open) = unit.open.as_mut() {
+                open.fail(Outcome::Error, Some(Arc::from("08006")));
+            }
+            self.finish(unit);
+        }
+        if let Some(opened) = self.opened {
+            let _ = self.audit.log(Event::ConnectionClosed {
+                conn: self.conn,
+                user: self.user.to_string(),
+                role: self.role.as_deref().map(str::to_owned),
+                client: std::mem::take(&mut self.client),
+                statements: self.statements,
+                duration_ms: u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+    }
+}
+
+/// The row count at the end of a CommandComplete tag (`INSERT 0 5`,
+/// `UPDATE 3`, `COPY 10`, …).
+fn command_rows(body: &[u8]) -> Option<u64> {
+    let tag = body.strip_suffix(&[0]).unwrap_or(body);
+    let last = tag.rsplit(|b| *b == b' ').next()?;
+    std::str::from_utf8(last).ok()?.parse().ok()
+}
+
+/// One field of an ErrorResponse body.
+fn error_field(body: &[u8], field: u8) -> Option<&str> {
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if kind == field {
+            return std::str::from_utf8(&tail[..end]).ok();
+        }
+        rest = tail.get(end + 1..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags() {
+        assert_eq!(command_rows(b"INSERT 0 5\0"), Some(5));
+        assert_eq!(command_rows(b"UPDATE 3\0"), Some(3));
+        assert_eq!(command_rows(b"BEGIN\0"), None);
+    }
+
+    #[test]
+    fn error_fields() {
+        let body = b"SERROR\0C58030\0Mpgveil: no\0\0";
+        assert_eq!(error_field(body, b'C'), Some("58030"));
+        assert_eq!(error_field(body, b'M'), Some("pgveil: no"));
+        assert_eq!(error_field(body, b'D'), None);
+    }
+}
