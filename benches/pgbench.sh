@@ -13,6 +13,7 @@
 #     READ_TARGETS="pgveil-manager pgveil-manager-audit" benches/pgbench.sh   (audit trail on/off)
 #   PGVEIL_BIN=... FORWARDER_BIN=... benches/pgbench.sh   (prebuilt binaries, no cargo)
 #   AUDIT_DIR=/dev/shm/x benches/pgbench.sh   (where the audited targets write their trail)
+#   KEEP_WORK=1 benches/pgbench.sh   (keep the server and proxy logs in the work directory)
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # postgresql pgbouncer). Run as root or as a normal user.
 set -euo pipefail
@@ -76,7 +77,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$work/data/postmaster.pid" ] && "${run_as[@]}" "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [ -n "${KEEP_WORK:-}" ]; then echo "kept logs in $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -211,7 +212,7 @@ RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc.toml" 2>"$work/pgveil-e
 pids+=($!); ENC_PID=$!
 # The same with the audit trail on.
 AUDIT_PORT=$(free_port)
-sed "s/^listen = .*/listen = \"127.0.0.1:$AUDIT_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-enc-audit.toml"
+sed "0,/^listen = .*/s//listen = \"127.0.0.1:$AUDIT_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-enc-audit.toml"
 printf '[audit]\npath = "%s"\n' "${AUDIT_DIR:-$work/audit}/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc-audit.toml" 2>"$work/pgveil-enc-audit.log" &
 pids+=($!); AUDIT_PID=$!
@@ -223,9 +224,9 @@ read_role='[[roles]]
 name = "reader"
 members = ["postgres"]
 clearance = 2'
-sed -e "s/^listen = .*/listen = \"127.0.0.1:$READ_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-read.toml"
+sed -e "0,/^listen = .*/s//listen = \"127.0.0.1:$READ_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-read.toml"
 printf '%s\n' "$read_role" >> "$work/pgveil-read.toml"
-sed -e "s/^listen = .*/listen = \"127.0.0.1:$CAPPED_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-capped.toml"
+sed -e "0,/^listen = .*/s//listen = \"127.0.0.1:$CAPPED_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-capped.toml"
 printf '%s\nmax_rows = 1000\nmax_bytes = 10000000\nwindow_rows = 1000000000000\nwindow = "10m"\n' "$read_role" >> "$work/pgveil-capped.toml"
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-read.toml" 2>"$work/pgveil-read.log" &
 pids+=($!); READ_PID=$!
@@ -249,6 +250,7 @@ db_of() { case $2 in guests-guard) echo enc;; guests-*) case $1 in pgveil-enc*|p
 user_of() { case $1 in pgveil-manager|pgveil-manager-audit) echo bench_manager;; pgveil-frontdesk) echo bench_frontdesk;; *) echo postgres;; esac; }
 targets_of() { case $1 in guests-write) echo "$GUEST_TARGETS";; guests-read) echo "$READ_TARGETS";; guests-guard) echo "$GUARD_TARGETS";; *) echo "$TARGETS";; esac; }
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+user_ticks() { [ -n "$1" ] && awk '{print $14}' "/proc/$1/stat" || echo 0; }
 args_of() {
   case $1 in
     select-simple) echo "-S -M simple";;
@@ -262,6 +264,17 @@ args_of() {
 }
 
 
+# Every proxy must be up: a target that failed to start (a port taken, a
+# config error) would otherwise show up only as a pgbench failure later.
+for name in pgbouncer forwarder pgveil pgveil-enc pgveil-enc-audit pgveil-read pgveil-capped; do
+  pid=$(pid_of "$name")
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "$name (pid $pid) is not running:" >&2
+    cat "$work/$name.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+done
+
 results="$work/results.tsv"
 : > "$results"
 TCK=$(getconf CLK_TCK)
@@ -270,17 +283,18 @@ for round in $(seq "$ROUNDS"); do
   for wl in $WORKLOADS; do
     for target in $(targets_of "$wl"); do
       port=$(port_of "$target"); pid=$(pid_of "$target")
-      before=$(cpu_ticks "$pid")
+      before=$(cpu_ticks "$pid"); ubefore=$(user_ticks "$pid")
       # shellcheck disable=SC2046
       out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U "$(user_of "$target")" -n -c "$CLIENTS" -j "$THREADS" \
               -T "$DURATION" $(args_of "$wl") "$(db_of "$target" "$wl")" 2>&1) || { echo "$out" >&2; exit 1; }
-      after=$(cpu_ticks "$pid")
+      after=$(cpu_ticks "$pid"); uafter=$(user_ticks "$pid")
       tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
       lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
       txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
       cpu_us=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$TCK" 'BEGIN { if (n > 0 && t > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us" >> "$results"
-      printf '  round %s %-16s %-10s tps=%10s  lat=%7s ms  proxy_cpu=%6s us/txn\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us"
+      user_us=$(awk -v t=$((uafter - ubefore)) -v n="$txns" -v hz="$TCK" 'BEGIN { if (n > 0 && t > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
+      printf '  round %s %-16s %-10s tps=%10s  lat=%7s ms  proxy_cpu=%6s us/txn (user %s)\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us" "$user_us"
     done
   done
 done

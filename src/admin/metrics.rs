@@ -37,12 +37,26 @@ struct Column {
     column: String,
 }
 
-/// The counters of one protected column.
+/// The counters of one protected column. A result plan keeps a copy (the
+/// counters are shared handles), so counting a cell is one atomic add
+/// instead of a lookup by column name.
 #[derive(Clone, Debug, Default)]
-struct ColumnCounters {
+pub struct ColumnCounters {
     encrypted: Counter,
     decrypted: Counter,
     masked: Counter,
+}
+
+impl ColumnCounters {
+    /// One value decrypted.
+    pub fn decrypted(&self) {
+        self.decrypted.inc();
+    }
+
+    /// One value shown masked or as NULL.
+    pub fn masked(&self) {
+        self.masked.inc();
+    }
 }
 
 /// Every metric pgveil exports. Fields are public so call sites read as
@@ -234,6 +248,13 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The counters of `column`, for a plan to keep.
+    pub fn column(&self, column: &str) -> ColumnCounters {
+        let mut counters = None;
+        self.with_column(column, |c| counters = Some(c.clone()));
+        counters.unwrap_or_default()
     }
 
     fn with_column(&self, column: &str, f: impl FnOnce(&ColumnCounters)) {

@@ -14,7 +14,7 @@
 
 pub mod metrics;
 
-pub use metrics::{metrics, Tally};
+pub use metrics::{metrics, ColumnCounters, Tally};
 
 use crate::server::Shared;
 use std::sync::Arc;

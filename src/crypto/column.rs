@@ -281,6 +281,15 @@ impl ColumnCipher {
         Ok(())
     }
 
+    /// Key versions that can still decrypt (and so must still be searched):
+    /// one in steady state, more between a rotation and `destroy`.
+    pub fn live_versions(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Live(_)))
+            .count()
+    }
+
     /// The searchable envelopes of one value under *every* live key
     /// version, newest first, for `WHERE col IN (…)` after a rotation:
     /// rows written under older versions still match.

@@ -24,7 +24,7 @@ pub fn server_param_types(declared: &[u32], targets: &[ParamTarget]) -> Vec<u32>
     for t in targets {
         if let Some(slot) = t.index.checked_sub(1).and_then(|i| types.get_mut(i)) {
             *slot = match t.usage {
-                ParamUsage::Value => BYTEA_OID,
+                ParamUsage::Value | ParamUsage::MatchOne => BYTEA_OID,
                 ParamUsage::MatchArray => BYTEA_ARRAY_OID,
             };
         }
@@ -80,6 +80,26 @@ pub fn encrypt_bind(
                     .search_envelopes(value, format)
                     .map_err(crypto_refusal)?;
                 write_bytea_array(&mut buf, envs.iter().map(|(_, e)| e.as_slice()));
+            }
+            ParamUsage::MatchOne => {
+                let mut envs = cipher
+                    .search_envelopes(value, format)
+                    .map_err(crypto_refusal)?;
+                // The statement was rendered for one live key version; with
+                // more it would miss rows stored under the others.
+                if envs.len() != 1 {
+                    return Err(Refusal {
+                        sqlstate: "0A000",
+                        message: format!(
+                            "pgveil: this statement was prepared before a key rotation of column \
+                             {}; prepare it again (or reconnect)",
+                            t.column.full_name
+                        ),
+                    });
+                }
+                if let Some((_, env)) = envs.pop() {
+                    buf = env;
+                }
             }
         }
         crate::admin::metrics().encrypted(cipher.column());

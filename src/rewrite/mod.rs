@@ -14,7 +14,7 @@ use crate::crypto::{ColumnCipher, Format, Keyring, Mode};
 use crate::policy::mask::{MaskSpec, PseudonymKey};
 use crate::policy::role::{self, Action, PolicyRole, PolicyRoleEntry};
 use crate::policy::Protection;
-use crate::sql::{self, EditKind, Plan, Prefilter, ProtectedColumn, Refusal, Schema};
+use crate::sql::{self, EditKind, ParamUsage, Plan, Prefilter, ProtectedColumn, Refusal, Schema};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -401,7 +401,36 @@ impl Snapshot {
                 let items: Vec<String> = envs.iter().map(|(_, e)| bytea_literal(e)).collect();
                 Ok(format!("ARRAY[{}]::bytea[]", items.join(",")))
             }
+            EditKind::MatchParam { index, column } => Ok(match self.match_usage(column) {
+                ParamUsage::MatchOne => format!("ARRAY[${index}::bytea]"),
+                _ => format!("${index}::bytea[]"),
+            }),
         }
+    }
+
+    /// How an equality parameter of a searchable column is sent under this
+    /// snapshot's keys: one envelope while the column has one live key
+    /// version, an array of them (one per version) during a rotation.
+    pub fn match_usage(&self, column: &ProtectedColumn) -> ParamUsage {
+        match self.ciphers.get(&column.full_name) {
+            Some(c) if c.live_versions() == 1 => ParamUsage::MatchOne,
+            _ => ParamUsage::MatchArray,
+        }
+    }
+
+    /// Parameter targets as this snapshot renders them: equality operands
+    /// take the form [`Snapshot::match_usage`] decides.
+    pub fn bind_targets(&self, targets: &[sql::ParamTarget]) -> Vec<sql::ParamTarget> {
+        targets
+            .iter()
+            .map(|t| match t.usage {
+                ParamUsage::MatchArray => sql::ParamTarget {
+                    usage: self.match_usage(&t.column),
+                    ..t.clone()
+                },
+                _ => t.clone(),
+            })
+            .collect()
     }
 }
 

@@ -22,7 +22,7 @@ mod guarded;
 use super::frontend::Flow;
 use super::results::{
     copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, CellBuffers,
-    FieldPlan, ResultPlan, RowPlan,
+    DescriptionCache, FieldPlan, ResultPlan, RowPlan,
 };
 use super::roles::RoleTracker;
 use super::Session;
@@ -159,7 +159,7 @@ pub(super) struct ProtectState {
     /// The startup ReadyForQuery has been seen.
     ready_seen: bool,
     /// The session's policy role, decided for `role_generation`.
-    role: Option<PolicyRole>,
+    role: Option<Arc<PolicyRole>>,
     /// The [`RoleTracker::generation`] `role` was decided for.
     role_generation: u64,
     /// The protection snapshot's generation `role` was decided with: a
@@ -181,6 +181,8 @@ pub(super) struct ProtectState {
     copy_out: Option<CopyOutState>,
     /// Reused for every protected cell of every result.
     cells: CellBuffers,
+    /// Row shapes planned lately, reused by repeated executions.
+    descriptions: DescriptionCache,
     /// Row shapes of described statements that return protected columns.
     statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
@@ -282,7 +284,7 @@ impl Session<'_> {
             let snapshot = protector.snapshot();
             let role = snapshot.role_for(tracker.current_user());
             tracing::info!(user = %self.user, pg_role = tracker.current_user(), role = %role.name, "policy role");
-            st.role = Some(role);
+            st.role = Some(Arc::new(role));
             st.role_snapshot = snapshot.generation();
             st.role_generation = (st.role_snapshot << 32) ^ tracker.generation();
             st.roles = Some(tracker);
@@ -458,7 +460,6 @@ impl ProtectState {
                     return Flow::Continue;
                 };
                 let prepared = self.statements.get(bind.statement).cloned();
-                let portal = bind.portal.to_vec();
                 if let Some(p) = prepared.as_ref().filter(|p| !p.targets.is_empty()) {
                     let snapshot = p.snapshot.clone().unwrap_or_else(|| protector.snapshot());
                     if let Err(refusal) = encrypt_bind(&snapshot, &bind, &p.targets, to_server) {
@@ -471,20 +472,40 @@ impl ProtectState {
                 }
                 self.pending
                     .push_back(Pending::ParseOrBind { injected: false });
-                self.guard_bind(&portal);
-                self.portal_rows.insert(
-                    portal.clone(),
-                    PortalRows {
-                        statement: bind.statement.to_vec(),
-                        formats: result_format_codes(bind.result_formats),
-                        described: None,
-                        cell: Arc::default(),
-                    },
-                );
-                match prepared {
-                    Some(p) => self.portals.insert(portal, p),
-                    None => self.portals.remove(&portal),
-                };
+                self.guard_bind(bind.portal);
+                // Drivers rebind the same (usually unnamed) portal for every
+                // execution: its entries are updated in place.
+                match self.portal_rows.get_mut(bind.portal) {
+                    Some(rows) => {
+                        rows.statement.clear();
+                        rows.statement.extend_from_slice(bind.statement);
+                        set_result_format_codes(&mut rows.formats, bind.result_formats);
+                        rows.described = None;
+                        rows.cell = Arc::default();
+                    }
+                    None => {
+                        let mut formats = Vec::new();
+                        set_result_format_codes(&mut formats, bind.result_formats);
+                        self.portal_rows.insert(
+                            bind.portal.to_vec(),
+                            PortalRows {
+                                statement: bind.statement.to_vec(),
+                                formats,
+                                described: None,
+                                cell: Arc::default(),
+                            },
+                        );
+                    }
+                }
+                match (prepared, self.portals.get_mut(bind.portal)) {
+                    (Some(p), Some(slot)) => *slot = p,
+                    (Some(p), None) => {
+                        self.portals.insert(bind.portal.to_vec(), p);
+                    }
+                    (None, _) => {
+                        self.portals.remove(bind.portal);
+                    }
+                }
             }
             b'D' => {
                 match extended::target(frame.body()) {
@@ -724,7 +745,7 @@ impl ProtectState {
                     _ => self.query_results.take(),
                 };
                 let results = results.as_deref().unwrap_or_default();
-                let planned = plan_row_description(
+                let planned = self.descriptions.plan(
                     &snapshot,
                     &role,
                     generation,
@@ -1043,7 +1064,7 @@ impl ProtectState {
     }
 
     /// The policy role for the PostgreSQL role the session acts as now.
-    fn policy_role(&mut self, snapshot: &Snapshot) -> (PolicyRole, u64) {
+    fn policy_role(&mut self, snapshot: &Snapshot) -> (Arc<PolicyRole>, u64) {
         if self.role_snapshot != snapshot.generation() {
             self.role = None;
             self.role_snapshot = snapshot.generation();
@@ -1052,13 +1073,15 @@ impl ProtectState {
         if self.role_generation != generation || self.role.is_none() {
             let user = self.roles.as_ref().map_or("", RoleTracker::current_user);
             let role = snapshot.role_for(user);
-            if self.role.as_ref() != Some(&role) {
+            if self.role.as_deref() != Some(&role) {
                 tracing::info!(pg_role = user, role = %role.name, "policy role changed");
             }
-            self.role = Some(role);
+            self.role = Some(Arc::new(role));
             self.role_generation = generation;
         }
-        let role = self.role.get_or_insert_with(|| snapshot.role_for(""));
+        let role = self
+            .role
+            .get_or_insert_with(|| Arc::new(snapshot.role_for("")));
         (role.clone(), generation)
     }
 
@@ -1095,12 +1118,15 @@ impl ProtectState {
 }
 
 /// Bind's result-format codes (count, then codes).
-fn result_format_codes(raw: &[u8]) -> Vec<i16> {
-    raw.get(2..)
-        .unwrap_or_default()
-        .chunks_exact(2)
-        .map(|c| i16::from_be_bytes([c[0], c[1]]))
-        .collect()
+/// Bind's result-format codes into `codes` (reusing its allocation).
+fn set_result_format_codes(codes: &mut Vec<i16>, raw: &[u8]) {
+    codes.clear();
+    codes.extend(
+        raw.get(2..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]])),
+    );
 }
 
 fn row_formats(row: &RowPlan) -> Vec<i16> {
@@ -1244,16 +1270,17 @@ fn plan_and_render_parse(
             } else {
                 snapshot.render(sql, &rw.edits)?
             };
+            let targets = snapshot.bind_targets(&rw.params);
             let rewritten = Parse {
                 name: parse.name,
                 query: text.as_bytes(),
-                param_types: server_param_types(&parse.param_types, &rw.params),
+                param_types: server_param_types(&parse.param_types, &targets),
             };
             let mut out = BytesMut::new();
             rewritten.encode(&mut out);
             Ok((
                 Prepared {
-                    targets: rw.params.clone(),
+                    targets,
                     copy: None,
                     snapshot: Some(snapshot.clone()),
                     role_effect: None,

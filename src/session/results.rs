@@ -7,6 +7,7 @@
 //! column report OID 0 and pass through as whatever the server computed
 //! (over ciphertext, so never plaintext).
 
+use crate::admin::ColumnCounters;
 use crate::crypto::{transcode, ColumnCipher, Format};
 use crate::policy::mask::PseudonymKey;
 use crate::policy::role::{Action, PolicyRole};
@@ -26,6 +27,22 @@ pub(super) struct FieldPlan {
     /// The column is being migrated: a value that is not one of its
     /// envelopes is legacy plaintext.
     legacy: bool,
+    /// The column's metrics, resolved once per plan.
+    counters: ColumnCounters,
+}
+
+impl FieldPlan {
+    /// Everything showing a cell of `col` needs, looked up once.
+    fn new(snapshot: &Snapshot, col: &ProtectedColumn, action: Action) -> Self {
+        FieldPlan {
+            column: col.clone(),
+            action,
+            cipher: snapshot.cipher_opt(col).cloned(),
+            pseudonym: snapshot.pseudonym_key(col).cloned(),
+            legacy: snapshot.catalog().is_migrating(&col.full_name),
+            counters: crate::admin::metrics().column(&col.full_name),
+        }
+    }
 }
 
 /// The protected fields of one row shape.
@@ -75,6 +92,7 @@ impl RowPlan {
                         cipher: f.cipher.clone(),
                         pseudonym: f.pseudonym.clone(),
                         legacy: f.legacy,
+                        counters: f.counters.clone(),
                     }
                 })
             })
@@ -168,7 +186,100 @@ pub(super) fn plan_row_description(
     generation: u64,
     body: &[u8],
     results: &[Option<ProtectedColumn>],
+    on_unknown_table: impl FnMut(u32),
+) -> Option<(Arc<RowPlan>, BytesMut)> {
+    let mut cacheable = true;
+    plan_description(
+        snapshot,
+        role,
+        generation,
+        body,
+        results,
+        on_unknown_table,
+        &mut cacheable,
+    )
+}
+
+/// How many row shapes a session remembers (see [`DescriptionCache`]).
+const CACHED_DESCRIPTIONS: usize = 8;
+
+/// The last row shapes a session planned. A prepared statement's every
+/// execution brings the same RowDescription (libpq describes the portal
+/// each time), so its plan and rewritten frame are reused as long as the
+/// frame, the protection snapshot and the policy role are the same.
+#[derive(Debug, Default)]
+pub(super) struct DescriptionCache {
+    entries: Vec<CachedDescription>,
+    /// The slot the next new entry replaces once the cache is full.
+    next: usize,
+}
+
+#[derive(Debug)]
+struct CachedDescription {
+    body: Box<[u8]>,
+    snapshot: u64,
+    generation: u64,
+    planned: Option<(Arc<RowPlan>, bytes::Bytes)>,
+}
+
+impl DescriptionCache {
+    /// [`plan_row_description`], from the cache when it can be. Only
+    /// descriptions whose every field names its table (no set-operation
+    /// column mapped by SQL analysis) and whose tables the catalog knows
+    /// are cached: their plan depends on nothing but the frame.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan(
+        &mut self,
+        snapshot: &Snapshot,
+        role: &PolicyRole,
+        generation: u64,
+        body: &[u8],
+        results: &[Option<ProtectedColumn>],
+        on_unknown_table: impl FnMut(u32),
+    ) -> Option<(Arc<RowPlan>, bytes::Bytes)> {
+        let snapshot_generation = snapshot.generation();
+        if let Some(hit) = self.entries.iter().find(|e| {
+            e.snapshot == snapshot_generation && e.generation == generation && *e.body == *body
+        }) {
+            return hit.planned.clone();
+        }
+        let mut cacheable = true;
+        let planned = plan_description(
+            snapshot,
+            role,
+            generation,
+            body,
+            results,
+            on_unknown_table,
+            &mut cacheable,
+        )
+        .map(|(row, out)| (row, out.freeze()));
+        if cacheable {
+            let entry = CachedDescription {
+                body: body.into(),
+                snapshot: snapshot_generation,
+                generation,
+                planned: planned.clone(),
+            };
+            if self.entries.len() < CACHED_DESCRIPTIONS {
+                self.entries.push(entry);
+            } else {
+                self.entries[self.next] = entry;
+                self.next = (self.next + 1) % CACHED_DESCRIPTIONS;
+            }
+        }
+        planned
+    }
+}
+
+fn plan_description(
+    snapshot: &Snapshot,
+    role: &PolicyRole,
+    generation: u64,
+    body: &[u8],
+    results: &[Option<ProtectedColumn>],
     mut on_unknown_table: impl FnMut(u32),
+    cacheable: &mut bool,
 ) -> Option<(Arc<RowPlan>, BytesMut)> {
     let mut c = Cursor::new(body);
     let n = usize::try_from(i16::from_be_bytes(c.take(2)?.try_into().ok()?)).ok()?;
@@ -198,6 +309,7 @@ pub(super) fn plan_row_description(
         let protected = if table_oid != 0 {
             snapshot.catalog().by_attr(table_oid, attnum)
         } else {
+            *cacheable = false;
             // No origin (a set operation's column): SQL analysis may know
             // it; an encrypted column must then arrive as bytea.
             results
@@ -206,6 +318,7 @@ pub(super) fn plan_row_description(
                 .filter(|pc| !pc.protection.encrypts() || type_oid == 17)
         };
         if table_oid != 0 && protected.is_none() && !snapshot.catalog().knows_table(table_oid) {
+            *cacheable = false;
             on_unknown_table(table_oid);
         }
         match protected {
@@ -224,13 +337,7 @@ pub(super) fn plan_row_description(
                 out.put_u32(col.logical_type.oid());
                 out.put_i16(col.logical_type.typlen());
                 out.put_i32(-1);
-                fields.push(Some(FieldPlan {
-                    column: col.clone(),
-                    action,
-                    cipher: snapshot.cipher_opt(col).cloned(),
-                    pseudonym: snapshot.pseudonym_key(col).cloned(),
-                    legacy: snapshot.catalog().is_migrating(&col.full_name),
-                }));
+                fields.push(Some(FieldPlan::new(snapshot, col, action)));
             }
             None => {
                 if let Some(name) = (table_oid != 0)
@@ -297,13 +404,7 @@ pub(super) fn copy_field_plans(
                 if action == Action::Deny && denied.is_none() {
                     denied = Some(col.full_name.clone());
                 }
-                FieldPlan {
-                    column: col.clone(),
-                    action,
-                    cipher: snapshot.cipher_opt(col).cloned(),
-                    pseudonym: snapshot.pseudonym_key(col).cloned(),
-                    legacy: snapshot.catalog().is_migrating(&col.full_name),
-                }
+                FieldPlan::new(snapshot, col, action)
             })
         })
         .collect();
@@ -437,7 +538,7 @@ fn show(
     } = bufs;
     let ty = field.column.logical_type;
     if field.action == Action::Null {
-        crate::admin::metrics().masked(&field.column.full_name);
+        field.counters.masked();
         return Ok(false);
     }
     // The value in text form: decrypted, or as stored for `none` columns.
@@ -478,7 +579,7 @@ fn show(
                         field.column.full_name
                     ),
                 })?;
-                crate::admin::metrics().decrypted(&field.column.full_name);
+                field.counters.decrypted();
                 cipher.decrypt(env, fmt, out).map_err(|e| RowError {
                     sqlstate: e.sqlstate(),
                     message: e.to_string(),
@@ -504,7 +605,7 @@ fn show(
             Ok(true)
         }
         Action::Mask(mask) => {
-            crate::admin::metrics().masked(&field.column.full_name);
+            field.counters.masked();
             text.clear();
             decrypt(Format::Text, text)?;
             let text = String::from_utf8_lossy(text);

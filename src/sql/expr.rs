@@ -6,7 +6,7 @@
 //! parameters (`=`, `<>`, `IN`, `NOT IN`), equality with the same column
 //! (self-joins), GROUP BY and DISTINCT. Equality is rewritten to match any
 //! live key version: `col = 'v'` becomes `col = ANY(<envelopes of v>)`,
-//! `col = $1` becomes `col = ANY($1::bytea[])`. Everything else that
+//! `col = $1` becomes `col = ANY($1::bytea[])` (or `ANY(ARRAY[$1::bytea])`). Everything else that
 //! would compute on ciphertext is refused with a message naming the
 //! column. Expressions pgveil has no rule for are descended generically
 //! (every child expression and subquery is checked), so a new kind of
@@ -405,7 +405,13 @@ impl Ctx<'_> {
                 index, range, at, ..
             } => {
                 self.param(*index, *at, pc, ParamUsage::MatchArray)?;
-                (range.clone(), EditKind::Text(format!("${index}::bytea[]")))
+                (
+                    range.clone(),
+                    EditKind::MatchParam {
+                        index: *index,
+                        column: pc.clone(),
+                    },
+                )
             }
             _ => {
                 return Err(Refusal::on_column(
@@ -544,7 +550,13 @@ impl Ctx<'_> {
                     index, range, at, ..
                 } => {
                     self.param(index, at, &pc, ParamUsage::MatchArray)?;
-                    (range, EditKind::Text(format!("${index}::bytea[]")))
+                    (
+                        range,
+                        EditKind::MatchParam {
+                            index,
+                            column: pc.clone(),
+                        },
+                    )
                 }
                 Operand::Null => {
                     let range = match x {

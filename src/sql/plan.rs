@@ -79,6 +79,18 @@ pub enum EditKind {
         /// The literal's value as PostgreSQL would see it (unescaped).
         value: String,
     },
+    /// Replace with the bytea-array form of parameter `$index`, an
+    /// equality operand of a searchable column. The caller renders it by
+    /// the column's live key versions: `ARRAY[$n::bytea]` for one (the
+    /// usual case: PostgreSQL can then cache a generic plan for the
+    /// prepared statement, where a `bytea[]` parameter of unknown length
+    /// makes it plan every execution again), `$n::bytea[]` for several.
+    MatchParam {
+        /// 1-based `$n`.
+        index: usize,
+        /// The searchable column whose keys apply.
+        column: ProtectedColumn,
+    },
 }
 
 /// A bound parameter the session must encrypt in Bind.
@@ -99,8 +111,13 @@ pub enum ParamUsage {
     /// parameter is bytea.
     Value,
     /// Equality operand: the caller sends a bytea[] of envelopes under every
-    /// live version; the rewritten SQL already casts it: `$n::bytea[]`.
+    /// live version; the rewritten SQL casts it: `$n::bytea[]` (see
+    /// [`EditKind::MatchParam`]).
     MatchArray,
+    /// Equality operand of a column with one live key version: the caller
+    /// sends that version's envelope as bytea, inside `ARRAY[$n::bytea]`.
+    /// Decided when the statement is rendered, never by SQL analysis.
+    MatchOne,
 }
 
 /// A `COPY ... FROM STDIN` into a table with encrypted columns: how to

@@ -93,6 +93,8 @@ fn render(kind: &EditKind) -> Result<String, ()> {
         EditKind::Text(t) => t.clone(),
         EditKind::Encrypt { column, value } => format!("ENC({},{})", short(column), value),
         EditKind::MatchList { column, value } => format!("MATCH({},{})", short(column), value),
+        // The array form, as rendered for a column with several live versions.
+        EditKind::MatchParam { index, .. } => format!("${index}::bytea[]"),
     })
 }
 

@@ -69,7 +69,7 @@ impl ProtectState {
                     let planned = if answered {
                         None
                     } else {
-                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_ref())
+                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_deref())
                     };
                     if let Err(refusal) = a.query(planned, frame) {
                         self.pending.push_back(Pending::Ready);
@@ -86,7 +86,7 @@ impl ProtectState {
                     let snapshot = protector.snapshot();
                     a.parse(
                         parse.name,
-                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_ref()),
+                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_deref()),
                     );
                 }
             }
