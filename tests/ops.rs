@@ -420,6 +420,25 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
     assert!(summary.contains("protected column"), "{summary}");
     assert_eq!(phone(&client).await, "138****5678");
 
+    // Statements prepared before the rotation: an equality lookup rendered
+    // for one key version, and an insert.
+    let lookup = client
+        .prepare("select id from ops_guests where phone = $1 order by id")
+        .await
+        .unwrap();
+    let insert = client
+        .prepare("insert into ops_guests values ($1, $2)")
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .query(&lookup, &[&"13812345678"])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
     // Key rotation takes effect on reload: new writes use version 2, and
     // searchable equality finds rows under both versions.
     let out = pgveil()
@@ -453,6 +472,32 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
         .await
         .unwrap();
     assert_eq!(found.len(), 2);
+    // The lookup prepared before the rotation is prepared again behind the
+    // client's back and finds both rows; the old insert writes version 2.
+    let ids: Vec<i32> = client
+        .query(&lookup, &[&"13812345678"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2], "statement prepared before the rotation");
+    client
+        .execute(&insert, &[&3i32, &"13812345678"])
+        .await
+        .unwrap();
+    let ids: Vec<i32> = client
+        .query(&lookup, &[&"13812345678"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let versions = db
+        .psql("select get_byte(phone, 5) from ops_guests where id = 3")
+        .unwrap();
+    assert_eq!(versions.trim(), "2", "insert prepared before the rotation");
 
     let after = tokio::task::spawn_blocking(move || scrape(admin))
         .await

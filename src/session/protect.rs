@@ -64,6 +64,29 @@ pub(super) struct Prepared {
     rows: std::sync::OnceLock<Arc<RowPlan>>,
     /// What the bulk-read guard checks its Executes against (capped roles).
     guard: Option<guarded::PreparedGuard>,
+    /// The client's Parse, kept for statements with protected parameters
+    /// so they can be prepared again when a key rotation changes how
+    /// their parameters must be sent (see [`Snapshot::match_usage`]).
+    source: Option<Arc<Source>>,
+}
+
+/// A statement as the client prepared it.
+#[derive(Debug)]
+struct Source {
+    sql: String,
+    param_types: Vec<u32>,
+}
+
+impl Prepared {
+    /// Rendered for one live key version of a searchable column that now
+    /// has several: executing it as is would miss rows stored under the
+    /// other versions.
+    fn stale_under(&self, snapshot: &Snapshot) -> bool {
+        self.targets.iter().any(|t| {
+            t.usage == crate::sql::ParamUsage::MatchOne
+                && snapshot.match_usage(&t.column) != crate::sql::ParamUsage::MatchOne
+        })
+    }
 }
 
 /// A request whose reply the backend handler must recognise.
@@ -101,6 +124,9 @@ enum Pending {
     /// after refusing a result in it; its ErrorResponse and ReadyForQuery
     /// are swallowed.
     Injected,
+    /// A Close pgveil sent before preparing a statement again; its
+    /// CloseComplete is swallowed.
+    InjectedClose,
 }
 
 /// What pgveil knows about a portal's result.
@@ -432,6 +458,12 @@ impl ProtectState {
                 match planned {
                     Ok((mut prepared, rewritten)) => {
                         self.guard_prepare(&snapshot, &sql, &mut prepared);
+                        if !prepared.targets.is_empty() {
+                            prepared.source = Some(Arc::new(Source {
+                                sql: sql.clone(),
+                                param_types: parse.param_types.clone(),
+                            }));
+                        }
                         self.pending
                             .push_back(Pending::ParseOrBind { injected: false });
                         match rewritten {
@@ -459,10 +491,30 @@ impl ProtectState {
                     self.refused = Some(malformed("Bind"));
                     return Flow::Continue;
                 };
-                let prepared = self.statements.get(bind.statement).cloned();
-                if let Some(p) = prepared.as_ref().filter(|p| !p.targets.is_empty()) {
-                    let snapshot = p.snapshot.clone().unwrap_or_else(|| protector.snapshot());
-                    if let Err(refusal) = encrypt_bind(&snapshot, &bind, &p.targets, to_server) {
+                let mut prepared = self.statements.get(bind.statement).cloned();
+                // Parameters are encrypted with the keys in force now (a
+                // rotation since Parse adds a version equality must match).
+                let snapshot = match prepared.as_ref().filter(|p| !p.targets.is_empty()) {
+                    Some(_) => Some(protector.snapshot()),
+                    None => None,
+                };
+                if let (Some(p), Some(snapshot)) = (prepared.clone(), snapshot.as_ref()) {
+                    if p.stale_under(snapshot) {
+                        match self.prepare_again(snapshot, bind.statement, &p, to_server) {
+                            Ok(again) => prepared = Some(again),
+                            Err(refusal) => {
+                                note_refusal(user, &refusal);
+                                self.refused = Some(refusal);
+                                return Flow::Continue;
+                            }
+                        }
+                    }
+                }
+                if let (Some(p), Some(snapshot)) = (
+                    prepared.as_ref().filter(|p| !p.targets.is_empty()),
+                    snapshot.as_ref(),
+                ) {
+                    if let Err(refusal) = encrypt_bind(snapshot, &bind, &p.targets, to_server) {
                         note_refusal(user, &refusal);
                         self.refused = Some(refusal);
                         return Flow::Continue;
@@ -705,6 +757,10 @@ impl ProtectState {
                 self.copy_out = None;
                 true
             }
+            b'3' if matches!(self.pending.front(), Some(Pending::InjectedClose)) => {
+                self.pending.pop_front();
+                true
+            }
             b'1' | b'2' => {
                 if let Some(Pending::ParseOrBind { injected }) = self.pending.front() {
                     let injected = *injected;
@@ -934,6 +990,7 @@ impl ProtectState {
             self.pending.front(),
             Some(
                 Pending::ParseOrBind { .. }
+                    | Pending::InjectedClose
                     | Pending::DescribeStatement { .. }
                     | Pending::DescribePortal(..)
                     | Pending::Execute(..)
@@ -1035,6 +1092,56 @@ impl ProtectState {
                 tracker.on_command_tag(tag);
             }
         }
+    }
+
+    /// Prepares statement `name` again under `snapshot`, ahead of the
+    /// Bind that found it stale: a Close and a Parse the client never
+    /// sees (their replies are swallowed). The statement keeps its row
+    /// shape and role effect; the client's name now means the new text.
+    fn prepare_again(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        name: &[u8],
+        old: &Prepared,
+        to_server: &mut BytesMut,
+    ) -> Result<Arc<Prepared>, Refusal> {
+        let Some(source) = old.source.clone() else {
+            return Err(Refusal {
+                sqlstate: "0A000",
+                message: "pgveil: this statement was prepared before a key rotation; \
+                          prepare it again"
+                    .into(),
+            });
+        };
+        let parse = Parse {
+            name,
+            query: source.sql.as_bytes(),
+            param_types: source.param_types.clone(),
+        };
+        let (mut again, rewritten) = plan_and_render_parse(snapshot, &source.sql, &parse)?;
+        again.role_effect = old.role_effect.clone();
+        self.guard_prepare(snapshot, &source.sql, &mut again);
+        if let Some(rows) = old.rows.get() {
+            let _ = again.rows.set(rows.clone());
+        }
+        again.source = Some(source.clone());
+        // Close: 'C', length, 'S', name, NUL.
+        to_server.put_u8(b'C');
+        to_server.put_u32((4 + 1 + name.len() + 1) as u32);
+        to_server.put_u8(b'S');
+        to_server.put_slice(name);
+        to_server.put_u8(0);
+        self.pending.push_back(Pending::InjectedClose);
+        match rewritten {
+            Some(bytes) => to_server.extend_from_slice(&bytes),
+            None => parse.encode(to_server),
+        }
+        self.pending
+            .push_back(Pending::ParseOrBind { injected: true });
+        tracing::debug!("statement prepared again after a key rotation");
+        let again = Arc::new(again);
+        self.statements.insert(name.to_vec(), again.clone());
+        Ok(again)
     }
 
     fn on_server_error(&mut self) {
@@ -1244,6 +1351,7 @@ fn plan_and_render_parse(
                 results: None,
                 guard: None,
                 rows: Default::default(),
+                source: None,
             },
             None,
         )),
@@ -1288,6 +1396,7 @@ fn plan_and_render_parse(
                     results,
                     guard: None,
                     rows: Default::default(),
+                    source: None,
                 },
                 Some(out),
             ))
