@@ -494,10 +494,10 @@ impl ProtectState {
                 let mut prepared = self.statements.get(bind.statement).cloned();
                 // Parameters are encrypted with the keys in force now (a
                 // rotation since Parse adds a version equality must match).
-                let snapshot = match prepared.as_ref().filter(|p| !p.targets.is_empty()) {
-                    Some(_) => Some(protector.snapshot()),
-                    None => None,
-                };
+                let snapshot = prepared
+                    .as_ref()
+                    .filter(|p| !p.targets.is_empty())
+                    .map(|_| protector.snapshot());
                 if let (Some(p), Some(snapshot)) = (prepared.clone(), snapshot.as_ref()) {
                     if p.stale_under(snapshot) {
                         match self.prepare_again(snapshot, bind.statement, &p, to_server) {
