@@ -474,26 +474,20 @@ async fn reload_changes_a_roles_clearance_for_an_open_session() {
     assert_eq!(found.len(), 2);
     // The lookup prepared before the rotation is prepared again behind the
     // client's back and finds both rows; the old insert writes version 2.
-    let ids: Vec<i32> = client
-        .query(&lookup, &[&"13812345678"])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(ids, [1, 2], "statement prepared before the rotation");
+    let look_up = || async {
+        let rows = client.query(&lookup, &[&"13812345678"]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>()
+    };
+    assert_eq!(
+        look_up().await,
+        [1, 2],
+        "statement prepared before the rotation"
+    );
     client
         .execute(&insert, &[&3i32, &"13812345678"])
         .await
         .unwrap();
-    let ids: Vec<i32> = client
-        .query(&lookup, &[&"13812345678"])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(look_up().await, [1, 2, 3]);
     let versions = db
         .psql("select get_byte(phone, 5) from ops_guests where id = 3")
         .unwrap();

@@ -21,8 +21,8 @@ mod guarded;
 
 use super::frontend::Flow;
 use super::results::{
-    copy_field_plans, plan_row_description, rewrite_data_row, show_copy_field, CellBuffers,
-    DescriptionCache, FieldPlan, ResultPlan, RowPlan,
+    copy_field_plans, rewrite_data_row, show_copy_field, CellBuffers, DescriptionCache, FieldPlan,
+    ResultPlan, RowPlan,
 };
 use super::roles::RoleTracker;
 use super::Session;

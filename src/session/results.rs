@@ -178,28 +178,6 @@ impl ResultPlan {
     }
 }
 
-/// Plans a RowDescription. Returns `None` when no field is protected (the
-/// frame is relayed as is); otherwise the plan and the rewritten frame.
-pub(super) fn plan_row_description(
-    snapshot: &Snapshot,
-    role: &PolicyRole,
-    generation: u64,
-    body: &[u8],
-    results: &[Option<ProtectedColumn>],
-    on_unknown_table: impl FnMut(u32),
-) -> Option<(Arc<RowPlan>, BytesMut)> {
-    let mut cacheable = true;
-    plan_description(
-        snapshot,
-        role,
-        generation,
-        body,
-        results,
-        on_unknown_table,
-        &mut cacheable,
-    )
-}
-
 /// How many row shapes a session remembers (see [`DescriptionCache`]).
 const CACHED_DESCRIPTIONS: usize = 8;
 
@@ -223,11 +201,11 @@ struct CachedDescription {
 }
 
 impl DescriptionCache {
-    /// [`plan_row_description`], from the cache when it can be. Only
+    /// Plans a RowDescription (see [`plan_description`]), from the cache
+    /// when it can be. Only
     /// descriptions whose every field names its table (no set-operation
     /// column mapped by SQL analysis) and whose tables the catalog knows
     /// are cached: their plan depends on nothing but the frame.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn plan(
         &mut self,
         snapshot: &Snapshot,
@@ -272,6 +250,9 @@ impl DescriptionCache {
     }
 }
 
+/// Plans a RowDescription. Returns `None` when no field is protected (the
+/// frame is relayed as is); otherwise the plan and the rewritten frame.
+/// Clears `cacheable` when the plan depends on more than the frame.
 fn plan_description(
     snapshot: &Snapshot,
     role: &PolicyRole,

@@ -169,15 +169,9 @@ impl ProtectState {
                 None if self.suppress && !was_suppressed => {
                     let snapshot = protector.snapshot();
                     let (role, generation) = self.policy_role(&snapshot);
-                    super::plan_row_description(
-                        &snapshot,
-                        &role,
-                        generation,
-                        frame.body(),
-                        &[],
-                        |_| {},
-                    )
-                    .map(|(row, _)| row)
+                    self.descriptions
+                        .plan(&snapshot, &role, generation, frame.body(), &[], |_| {})
+                        .map(|(row, _)| row)
                 }
                 None => None,
             };
