@@ -334,6 +334,43 @@ async fn denied_column_refuses_the_whole_result() {
 }
 
 #[tokio::test]
+async fn denied_column_is_refused_before_the_server_runs_the_statement() {
+    db().psql(
+        "DROP SEQUENCE IF EXISTS deny_probe; CREATE SEQUENCE deny_probe; \
+         GRANT USAGE, SELECT, UPDATE ON SEQUENCE deny_probe TO PUBLIC;",
+    )
+    .unwrap();
+    let probe = || {
+        db().psql("SELECT last_value, is_called FROM deny_probe")
+            .unwrap()
+    };
+    let before = probe();
+    let c = as_user("aud_carol").await;
+    // Had the server run these, nextval would have moved the sequence.
+    let sql = "SELECT id_number, nextval('deny_probe') FROM rguests WHERE id = 1";
+    let err = c.simple_query(sql).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    let err = c.query(sql, &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("public.rguests.id_number"), "{message}");
+    assert_eq!(probe(), before, "the server ran a statement pgveil refused");
+    // A cursor over the column is refused at DECLARE, not at FETCH.
+    c.simple_query("BEGIN").await.unwrap();
+    let err = c
+        .simple_query("DECLARE dc CURSOR FOR SELECT id_number FROM rguests")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    c.simple_query("ROLLBACK").await.unwrap();
+    // The same statement without the column runs (and moves the sequence).
+    c.simple_query("SELECT phone, nextval('deny_probe') FROM rguests WHERE id = 1")
+        .await
+        .unwrap();
+    assert_ne!(probe(), before);
+}
+
+#[tokio::test]
 async fn cursors_and_row_limited_portals_are_masked() {
     let mut c = as_user("fd_alice").await;
     let rows = text_rows(

@@ -394,6 +394,20 @@ impl SessionAudit {
         });
     }
 
+    /// pgveil refused the request just followed (a Query or an Execute)
+    /// before sending it, because it returns `column`, which the role is
+    /// denied.
+    pub fn refused_read(&mut self, column: &str) {
+        let Some(open) = self.units.back_mut().and_then(|u| u.open.as_mut()) else {
+            return;
+        };
+        open.shown.push(ColumnUse {
+            column: Arc::from(column),
+            action: ColumnAction::Denied,
+        });
+        open.fail(Outcome::Refused, Some(Arc::from("42501")));
+    }
+
     /// pgveil refused the Parse of `statement` or a Bind of it.
     pub fn refused_request(&mut self, statement: &[u8]) {
         let p = self.prepared.get(statement).cloned();

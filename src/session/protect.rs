@@ -21,8 +21,8 @@ mod guarded;
 
 use super::frontend::Flow;
 use super::results::{
-    copy_field_plans, rewrite_data_row, show_copy_field, CellBuffers, DescriptionCache, FieldPlan,
-    ResultPlan, RowPlan,
+    copy_field_plans, denied_message, rewrite_data_row, show_copy_field, CellBuffers,
+    DescriptionCache, FieldPlan, ResultPlan, RowPlan,
 };
 use super::roles::RoleTracker;
 use super::Session;
@@ -64,6 +64,9 @@ pub(super) struct Prepared {
     rows: std::sync::OnceLock<Arc<RowPlan>>,
     /// What the bulk-read guard checks its Executes against (capped roles).
     guard: Option<guarded::PreparedGuard>,
+    /// Statements in it that return protected columns: an Execute by a
+    /// role denied one of them is refused before the server runs it.
+    reads: Option<Arc<crate::rewrite::Analyzed>>,
     /// The client's Parse, kept for statements with protected parameters
     /// so they can be prepared again when a key rotation changes how
     /// their parameters must be sent (see [`Snapshot::match_usage`]).
@@ -224,6 +227,9 @@ pub(super) struct ProtectState {
     /// Bytes pgveil sends the server on its own, queued by the backend
     /// handler (which only writes to the client) for the relay to send.
     inject: BytesMut,
+    /// The column a request was just refused for before reaching the
+    /// server (see `denied_read`), for the audit record.
+    denied_before: Option<String>,
 }
 
 impl Session<'_> {
@@ -395,6 +401,12 @@ impl ProtectState {
                     }
                 }
                 let snapshot = protector.snapshot();
+                let denied = self.denied_read(&snapshot, &snapshot.analysis(&sql).reads);
+                if let Some(refusal) = denied {
+                    note_refusal(user, &refusal);
+                    write_query(to_server, &refusal_sql(&refusal));
+                    return Flow::Continue;
+                }
                 if let Err(refusal) = self.guard_query(protector.guard(), &snapshot, &sql) {
                     note_refusal(user, &refusal);
                     write_query(to_server, &refusal_sql(&refusal));
@@ -458,6 +470,10 @@ impl ProtectState {
                 match planned {
                     Ok((mut prepared, rewritten)) => {
                         self.guard_prepare(&snapshot, &sql, &mut prepared);
+                        let analysis = snapshot.analysis(&sql);
+                        if !analysis.reads.is_empty() {
+                            prepared.reads = Some(analysis);
+                        }
                         if !prepared.targets.is_empty() {
                             prepared.source = Some(Arc::new(Source {
                                 sql: sql.clone(),
@@ -592,6 +608,15 @@ impl ProtectState {
                             self.refused = Some(refusal);
                             return Flow::Continue;
                         }
+                    }
+                }
+                let reads = self.portals.get(portal).and_then(|p| p.reads.clone());
+                if let Some(reads) = reads {
+                    let snapshot = protector.snapshot();
+                    if let Some(refusal) = self.denied_read(&snapshot, &reads.reads) {
+                        note_refusal(user, &refusal);
+                        self.refused = Some(refusal);
+                        return Flow::Continue;
                     }
                 }
                 let guarded = match self.guard_execute(protector, portal) {
@@ -1094,6 +1119,41 @@ impl ProtectState {
         }
     }
 
+    /// A statement returning a column the session's role is denied is
+    /// refused before the server runs it (so it has no effect there: no
+    /// locks, no `nextval`, no cursor), not only when its result arrives,
+    /// which stays the check of last resort. Skipped while a role change
+    /// is on its way to the server: the role that will run the statement
+    /// is not known yet.
+    fn denied_read(
+        &mut self,
+        snapshot: &Snapshot,
+        reads: &[crate::sql::BulkRead],
+    ) -> Option<Refusal> {
+        if reads.is_empty() || self.role_change_in_flight() {
+            return None;
+        }
+        let (role, _) = self.policy_role(snapshot);
+        reads
+            .iter()
+            .flat_map(|r| &r.columns)
+            .find(|c| snapshot.action(&role, c) == crate::policy::role::Action::Deny)
+            .map(|c| {
+                self.denied_before = Some(c.full_name.clone());
+                Refusal {
+                    sqlstate: "42501",
+                    message: denied_message(&c.full_name),
+                }
+            })
+    }
+
+    fn role_change_in_flight(&self) -> bool {
+        self.query_effects.iter().any(Option::is_some)
+            || self.pending.iter().any(|p| {
+                matches!(p, Pending::Execute(_, Some(prepared), ..) if prepared.role_effect.is_some())
+            })
+    }
+
     /// Prepares statement `name` again under `snapshot`, ahead of the
     /// Bind that found it stale: a Close and a Parse the client never
     /// sees (their replies are swallowed). The statement keeps its row
@@ -1120,6 +1180,7 @@ impl ProtectState {
         };
         let (mut again, rewritten) = plan_and_render_parse(snapshot, &source.sql, &parse)?;
         again.role_effect = old.role_effect.clone();
+        again.reads = old.reads.clone();
         self.guard_prepare(snapshot, &source.sql, &mut again);
         if let Some(rows) = old.rows.get() {
             let _ = again.rows.set(rows.clone());
@@ -1352,6 +1413,7 @@ fn plan_and_render_parse(
                 guard: None,
                 rows: Default::default(),
                 source: None,
+                reads: None,
             },
             None,
         )),
@@ -1397,6 +1459,7 @@ fn plan_and_render_parse(
                     guard: None,
                     rows: Default::default(),
                     source: None,
+                    reads: None,
                 },
                 Some(out),
             ))

@@ -119,15 +119,9 @@ impl RowPlan {
                 ),
             ));
         }
-        self.denied.as_ref().map(|col| {
-            (
-                "42501",
-                format!(
-                    "pgveil: permission denied for column {col}: your policy role may not read it; \
-                     leave it out of the query or ask for a role that may"
-                ),
-            )
-        })
+        self.denied
+            .as_ref()
+            .map(|col| ("42501", denied_message(col)))
     }
 }
 
@@ -140,6 +134,14 @@ impl RowPlan {
             .flatten()
             .map(|f| (f.column.full_name.as_str(), &f.action))
     }
+}
+
+/// Why a result with a column the role is denied is refused.
+pub(super) fn denied_message(column: &str) -> String {
+    format!(
+        "pgveil: permission denied for column {column}: your policy role may not read it; \
+         leave it out of the query or ask for a role that may"
+    )
 }
 
 /// A row shape with the formats the cells actually come in.

@@ -113,6 +113,9 @@ impl ProtectState {
             _ => {}
         }
         let flow = self.on_client(protector, shared, user, frame, to_server);
+        if let Some(column) = self.denied_before.take() {
+            a.refused_read(&column);
+        }
         if self.refused.is_some() {
             // pgveil refused this Parse or Bind: record it with the
             // statement injected at the Sync.
