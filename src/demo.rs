@@ -74,6 +74,7 @@ pub fn run(port: u16) -> Result<(), DemoError> {
         all: true,
         batch_size: 1000,
         dry_run: false,
+        max_rewrite_mb: 1024,
     }))
     .map_err(|e| DemoError::Setup(e.to_string()))?;
     let config = Config::load(&config_path).map_err(|e| DemoError::Setup(e.to_string()))?;

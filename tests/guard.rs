@@ -109,6 +109,7 @@ fn setup() -> Veil {
             all: true,
             batch_size: 1000,
             dry_run: false,
+            max_rewrite_mb: 1024,
         },
     ))
     .unwrap();

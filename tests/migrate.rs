@@ -107,6 +107,7 @@ fn args(config: &Path, table: Option<(&str, &str)>, batch_size: u32) -> MigrateA
         all: table.is_none(),
         batch_size,
         dry_run: false,
+        max_rewrite_mb: 1024,
     }
 }
 
@@ -423,6 +424,60 @@ fn a_bad_value_stops_the_run_naming_the_row_and_keeping_earlier_batches() {
         "SELECT count(*) FILTER (WHERE get_byte(n, 0) = 1), count(*) FROM {table}"
     ));
     assert_eq!(done[0][0].as_deref(), Some("2000"));
+}
+
+#[test]
+fn a_table_rewrite_larger_than_allowed_is_refused_before_anything_changes() {
+    let table = "mig_big";
+    db().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, phone text); \
+         INSERT INTO {table} SELECT i, (13800000000 + i)::text FROM generate_series(1, 20000) i;"
+    ))
+    .unwrap();
+    let type_of = || {
+        text_rows(&format!(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+              WHERE attrelid = '{table}'::regclass AND attname = 'phone'"
+        ))[0][0]
+            .clone()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, _) = write_config(
+        tmp.path(),
+        &demo_keyring(),
+        &policy(table, "phone", "text", "searchable"),
+    );
+    let mut small = args(&path, Some((table, "phone")), 1000);
+    small.max_rewrite_mb = 0;
+    let err = pgveil::migrate::run(MigrateCommand::Encrypt(small.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ACCESS EXCLUSIVE") && err.contains("--max-rewrite-mb"),
+        "{err}"
+    );
+    assert_eq!(type_of().as_deref(), Some("text"), "nothing may change");
+    // Allowed: it runs, and the way back is checked the same way.
+    pgveil::migrate::run(MigrateCommand::Encrypt(args(
+        &path,
+        Some((table, "phone")),
+        1000,
+    )))
+    .unwrap();
+    assert_eq!(type_of().as_deref(), Some("bytea"));
+    let err = pgveil::migrate::run(MigrateCommand::Decrypt(small))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--max-rewrite-mb"), "{err}");
+    assert_eq!(type_of().as_deref(), Some("bytea"));
+    let state = text_rows(&format!(
+        "SELECT state FROM pgveil.migrations WHERE table_name = '{table}' AND column_name = 'phone'"
+    ));
+    assert_eq!(
+        state[0][0].as_deref(),
+        Some("encrypted"),
+        "decrypt must not have started"
+    );
 }
 
 #[test]

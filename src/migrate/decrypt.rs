@@ -44,6 +44,10 @@ pub(super) async fn run(ctx: &mut Ctx, t: &Target) -> Result<(), MigrateError> {
         .column(&name, t.logical, t.mode.unwrap_or(Mode::Randomized))?;
     let format = legacy_format(t.logical);
     report_indexes(t);
+    // Checked before the pass: the type change comes at the end of it.
+    let rewrite =
+        super::rewrite_allowed(ctx, t, &format!("the type change back to {original}")).await?;
+    eprintln!("{rewrite}");
     if !ctx.opts.dry_run {
         state::ensure(&ctx.client, t).await?;
         state::set(&ctx.client, t, State::Decrypting, &original).await?;

@@ -49,6 +49,8 @@ pub(super) async fn run(ctx: &mut Ctx, mut t: Target, all: bool) -> Result<(), M
     report_indexes(&t);
     let dry = ctx.opts.dry_run;
     if !t.is_bytea() {
+        let rewrite = super::rewrite_allowed(ctx, &t, "the type change to bytea").await?;
+        eprintln!("{rewrite}");
         if dry {
             let n = non_null(ctx, &t).await?;
             println!(

@@ -81,6 +81,12 @@ pub struct MigrateArgs {
     /// Print what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Largest table (MiB, with its indexes and TOAST) whose column type
+    /// change may run. The type change rewrites the whole table under an
+    /// ACCESS EXCLUSIVE lock: reads and writes wait for it. Larger tables
+    /// are refused until the change is scheduled and this is raised.
+    #[arg(long, default_value_t = 1024)]
+    pub max_rewrite_mb: u64,
 }
 
 /// Which of the three operations.
@@ -97,7 +103,45 @@ pub(crate) struct Ctx {
     client: tokio_postgres::Client,
     keyring: Keyring,
     opts: PassOptions,
+    max_rewrite_mb: u64,
     stop: Arc<AtomicBool>,
+}
+
+/// The table rewrite a column type change costs, as measured on the
+/// reference machine (docs/PERFORMANCE.md): about 0.9 s per 100 MiB.
+const REWRITE_MS_PER_MIB: u64 = 9;
+
+/// Checks a table rewrite (a column type change) against
+/// `--max-rewrite-mb` and says what it will block; returns the line to
+/// print before it.
+async fn rewrite_allowed(ctx: &Ctx, t: &Target, what: &str) -> Result<String, MigrateError> {
+    let bytes: i64 = ctx
+        .client
+        .query_one(
+            &format!(
+                "SELECT pg_total_relation_size('{}'::regclass)",
+                t.table_sql.replace('\'', "''")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| t.db_error("measuring the table", &e))?
+        .get(0);
+    let mib = u64::try_from(bytes).unwrap_or(0).div_ceil(1024 * 1024);
+    let secs = (mib * REWRITE_MS_PER_MIB).div_ceil(1000).max(1);
+    let line = format!(
+        "{}: {what} rewrites {} ({mib} MiB with indexes) under an ACCESS EXCLUSIVE lock: reads \
+         and writes of the table wait for it, about {secs} s here at 0.9 s per 100 MiB",
+        t.name, t.table_sql
+    );
+    if mib > ctx.max_rewrite_mb && !ctx.opts.dry_run {
+        return Err(MigrateError::Usage(format!(
+            "{line}. That is more than --max-rewrite-mb {}: schedule it for a quiet time and run \
+             again with --max-rewrite-mb {mib} or more",
+            ctx.max_rewrite_mb
+        )));
+    }
+    Ok(line)
 }
 
 /// Runs one `pgveil migrate` command to the end, printing a summary on
@@ -161,6 +205,7 @@ async fn run_async(op: Op, args: &MigrateArgs, config: &Config) -> Result<(), Mi
             batch_size: args.batch_size,
             dry_run: args.dry_run,
         },
+        max_rewrite_mb: args.max_rewrite_mb,
         stop,
     };
     let mut versions = reencrypt::VersionTally::default();
