@@ -326,10 +326,15 @@ async fn crossing_the_cap_cancels_the_query_upstream() {
     // Each row takes the server ~2 ms and logs itself: uncancelled, the
     // statement would run for ~6 s and commit 3,000 log rows. Cancelled,
     // it is aborted and its log rows are rolled back.
-    let c = as_user("fd_slow").await;
+    assert_slow_read_is_cancelled(&as_user("fd_slow").await).await;
+}
+
+/// Runs the slow capped read on `c`: refused, cancelled on the server
+/// (its log rows rolled back), and the connection usable afterwards.
+async fn assert_slow_read_is_cancelled(c: &tokio_postgres::Client) {
     refused(
         rows(
-            &c,
+            c,
             "SELECT id, phone, slow_probe() FROM guests WHERE id > 0 ORDER BY id",
         )
         .await,
@@ -338,7 +343,7 @@ async fn crossing_the_cap_cancels_the_query_upstream() {
     // The next statement on the connection runs after the refused one has
     // ended on the server, and was not hit by the cancel.
     assert_eq!(
-        rows(&c, "SELECT phone FROM guests WHERE id = 5")
+        rows(c, "SELECT phone FROM guests WHERE id = 5")
             .await
             .unwrap()
             .len(),
@@ -348,6 +353,22 @@ async fn crossing_the_cap_cancels_the_query_upstream() {
         db().psql("SELECT count(*) FROM slow_log").unwrap().trim(),
         "0"
     );
+}
+
+#[tokio::test]
+async fn crossing_the_cap_cancels_the_query_upstream_over_tls() {
+    // The same as above through a proxy that reaches PostgreSQL over TLS:
+    // the cancel (which carries the backend's secret key) goes over TLS
+    // too, and still stops the query.
+    let mut cfg = Config::load(&veil().config).unwrap();
+    cfg.proxy.upstream = format!("localhost:{}", db().port());
+    cfg.upstream_tls.mode = pgveil::config::UpstreamTlsMode::VerifyFull;
+    cfg.upstream_tls.ca = Some(common::certs::certs().ca.clone());
+    let proxy = start_proxy(cfg);
+    let c = connect_to(proxy.local_addr(), "fd_slow", None)
+        .await
+        .unwrap();
+    assert_slow_read_is_cancelled(&c).await;
 }
 
 #[tokio::test]

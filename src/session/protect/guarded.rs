@@ -644,6 +644,7 @@ impl ProtectState {
         if let Some(key) = &self.guard.backend_key {
             self.guard.cancel_wait = cancel::spawn(
                 shared.config.proxy.upstream.clone(),
+                shared.upstream_tls.clone(),
                 shared.config.proxy.connect_timeout,
                 key.clone(),
             );
