@@ -17,31 +17,31 @@
 //!   the Sync; its ParseComplete and BindComplete are swallowed.
 
 mod audit;
+mod copy;
+use copy::copy_encryptor;
 mod guarded;
+mod plan;
+use plan::{not_utf8, plan_and_render, plan_and_render_parse, require_utf8, Planned, Ready};
 
 use super::frontend::Flow;
 use super::results::{
-    copy_field_plans, denied_message, rewrite_data_row, show_copy_field, CellBuffers,
-    DescriptionCache, FieldPlan, ResultPlan, RowPlan,
+    denied_message, rewrite_data_row, CellBuffers, DescriptionCache, FieldPlan, ResultPlan, RowPlan,
 };
 use super::roles::RoleTracker;
 use super::Session;
 use crate::net::Frame;
 use crate::policy::role::PolicyRole;
 use crate::proto::extended::{self, Bind, Parse};
-use crate::rewrite::bind::{client_param_types, encrypt_bind, server_param_types};
-use crate::rewrite::copy::{
-    CopyEncryptor, CopyError, CopyKind, CopyLayout, CopyOutRewriter, CopySpec,
-};
+use crate::rewrite::bind::{client_param_types, encrypt_bind};
+use crate::rewrite::copy::{CopyEncryptor, CopyOutRewriter};
 use crate::rewrite::Protector;
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
 use crate::sql::role::{role_effects, RoleEffect};
-use crate::sql::{CopyFormat, CopyIn, ParamTarget, Plan, ProtectedColumn, Refusal};
+use crate::sql::{CopyIn, ParamTarget, ProtectedColumn, Refusal};
 use bytes::{BufMut, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use tracing::debug;
 
 /// What pgveil remembers about a prepared statement or portal.
 #[derive(Debug, Default)]
@@ -682,48 +682,6 @@ impl ProtectState {
         Flow::Continue
     }
 
-    /// CopyData/CopyDone/CopyFail during an encrypted COPY.
-    fn on_copy_message(&mut self, frame: &Frame, to_server: &mut BytesMut) -> Flow {
-        if self.copy_failed {
-            // pgveil already sent CopyFail; the rest of the stream is dropped.
-            if frame.tag() != b'd' {
-                self.copy_failed = false;
-            }
-            return Flow::Continue;
-        }
-        let Some(enc) = self.copy.as_mut() else {
-            return Flow::Continue;
-        };
-        let result = match frame.tag() {
-            b'd' => enc.feed(frame.body(), to_server),
-            b'c' => enc.finish(to_server).map(|()| {
-                to_server.extend_from_slice(frame.as_bytes());
-            }),
-            _ => {
-                to_server.extend_from_slice(frame.as_bytes());
-                Ok(())
-            }
-        };
-        match result {
-            Ok(()) => {
-                if frame.tag() != b'd' {
-                    self.copy = None;
-                }
-            }
-            Err(e) => {
-                debug!(error = %e, "COPY refused");
-                let msg = e.to_string();
-                to_server.put_u8(b'f');
-                to_server.put_u32((4 + msg.len() + 1) as u32);
-                to_server.put_slice(msg.as_bytes());
-                to_server.put_u8(0);
-                self.copy = None;
-                self.copy_failed = frame.tag() == b'd';
-            }
-        }
-        Flow::Continue
-    }
-
     /// Recognises replies to tracked requests; returns `true` when the
     /// frame was rewritten into `to_client` or swallowed.
     fn on_server(
@@ -1030,80 +988,6 @@ impl ProtectState {
         }
     }
 
-    /// CopyOutResponse: when the COPY is one of protected columns, start
-    /// masking its stream by role (or refuse it for a denied column).
-    /// Returns `true` when the frame was swallowed.
-    fn start_copy_out(&mut self, protector: &Protector, to_client: &mut BytesMut) -> bool {
-        let copy = match self.pending.front() {
-            Some(Pending::Execute(_, Some(p), ..)) => p.copy_out.clone(),
-            Some(Pending::Execute(..)) => None,
-            _ => self.query_copy_out.take(),
-        };
-        let Some(copy) = copy else {
-            return false;
-        };
-        let snapshot = self
-            .snapshot
-            .get_or_insert_with(|| protector.snapshot())
-            .clone();
-        let (role, _) = self.policy_role(&snapshot);
-        let (fields, denied) = copy_field_plans(&snapshot, &role, &copy.fields);
-        if let Some(col) = denied {
-            let message = format!(
-                "pgveil: permission denied for column {col}: your policy role may not read it; \
-                 leave it out of the COPY column list or ask for a role that may"
-            );
-            self.refuse_result(to_client, "42501", &message);
-            return true;
-        }
-        let selected = fields.iter().map(Option::is_some).collect();
-        self.copy_out = Some(CopyOutState {
-            rewriter: CopyOutRewriter::new(copy_layout(&copy), selected),
-            fields,
-        });
-        false
-    }
-
-    /// Masks CopyData (or, at `done`, the last unterminated row) into
-    /// `to_client`. On failure the rest of the COPY is replaced by one
-    /// error; returns whether the stream is still good.
-    fn copy_out_data(&mut self, data: &[u8], to_client: &mut BytesMut, done: bool) -> bool {
-        let Some(state) = self.copy_out.as_mut() else {
-            return false;
-        };
-        let CopyOutState { rewriter, fields } = state;
-        let cells = &mut self.cells;
-        let mut show = |i: usize, value: &[u8], out: &mut Vec<u8>| match fields
-            .get(i)
-            .and_then(Option::as_ref)
-        {
-            Some(field) => {
-                show_copy_field(field, value, out, cells).map_err(|e| CopyError::Field {
-                    row: 0,
-                    sqlstate: e.sqlstate,
-                    message: e.message,
-                })
-            }
-            None => {
-                out.extend_from_slice(value);
-                Ok(true)
-            }
-        };
-        let result = if done {
-            rewriter.finish(to_client, &mut show)
-        } else {
-            rewriter.feed(data, to_client, &mut show)
-        };
-        match result {
-            Ok(()) => true,
-            Err(e) => {
-                self.copy_out = None;
-                self.refuse_result(to_client, e.sqlstate(), &e.to_string());
-                false
-            }
-        }
-    }
-
     /// A statement completed: apply its role effect, or the end of the
     /// transaction its tag announces.
     fn complete(&mut self, effect: Option<RoleEffect>, body: &[u8]) {
@@ -1331,168 +1215,6 @@ fn maybe_reload_catalog(shared: &Shared, sql: &str) {
         if let Some(reload) = &shared.reload_catalog {
             reload.notify_one();
         }
-    }
-}
-
-/// Statements that touch protected columns must be valid UTF-8: pgveil
-/// splices envelopes into the text by byte offset and encrypts literal
-/// values as UTF-8, so any other client encoding could corrupt them.
-fn require_utf8(utf8: bool, planned: Planned) -> Result<Planned, Refusal> {
-    match planned {
-        Planned::Same => Ok(Planned::Same),
-        other if utf8 => Ok(other),
-        _ => Err(not_utf8()),
-    }
-}
-
-fn not_utf8() -> Refusal {
-    Refusal {
-        sqlstate: "22021",
-        message: "pgveil: a statement that touches protected columns must be valid UTF-8; \
-                  set client_encoding = 'UTF8'"
-            .into(),
-    }
-}
-
-/// A planned simple query, ready to send.
-enum Ready {
-    Same,
-    Text(String),
-    Copy(CopyEncryptor),
-    CopyOut(CopyIn),
-}
-
-/// What a statement becomes.
-enum Planned {
-    /// Relay the original bytes.
-    Same,
-    /// Relay this text instead.
-    Text(String),
-    /// Relay as is, then encrypt the COPY stream.
-    Copy(CopyIn),
-    /// Relay as is, then decrypt and mask the COPY TO stream.
-    CopyOut(CopyIn),
-}
-
-fn plan_and_render(
-    snapshot: &Snapshot,
-    sql: &str,
-    results: &mut Option<Arc<[Option<ProtectedColumn>]>>,
-) -> Result<Planned, Refusal> {
-    let plan = snapshot.plan(sql)?;
-    *results = match &*plan {
-        Plan::Rewrite(rw) if !rw.results.is_empty() => Some(rw.results.clone()),
-        _ => None,
-    };
-    match &*plan {
-        Plan::Passthrough => Ok(Planned::Same),
-        Plan::Rewrite(rw) if rw.edits.is_empty() => Ok(Planned::Same),
-        Plan::Rewrite(rw) => snapshot.render(sql, &rw.edits).map(Planned::Text),
-        Plan::CopyIn(copy) => Ok(Planned::Copy(copy.clone())),
-        Plan::CopyOut(copy) => Ok(Planned::CopyOut(copy.clone())),
-    }
-}
-
-/// Plans a Parse; returns what to remember and the rewritten frame, if any.
-fn plan_and_render_parse(
-    snapshot: &Arc<Snapshot>,
-    sql: &str,
-    parse: &Parse<'_>,
-) -> Result<(Prepared, Option<BytesMut>), Refusal> {
-    let plan = snapshot.plan(sql)?;
-    match &*plan {
-        Plan::Passthrough => Ok((Prepared::default(), None)),
-        Plan::CopyIn(copy) => Ok((
-            Prepared {
-                targets: Vec::new(),
-                copy: Some(copy.clone()),
-                snapshot: Some(snapshot.clone()),
-                role_effect: None,
-                copy_out: None,
-                results: None,
-                guard: None,
-                rows: Default::default(),
-                source: None,
-                reads: None,
-            },
-            None,
-        )),
-        Plan::CopyOut(copy) => Ok((
-            Prepared {
-                copy_out: Some(copy.clone()),
-                ..Prepared::default()
-            },
-            None,
-        )),
-        Plan::Rewrite(rw) => {
-            let results = (!rw.results.is_empty()).then(|| rw.results.clone());
-            if rw.edits.is_empty() && rw.params.is_empty() {
-                return Ok((
-                    Prepared {
-                        results,
-                        ..Prepared::default()
-                    },
-                    None,
-                ));
-            }
-            let text = if rw.edits.is_empty() {
-                sql.to_owned()
-            } else {
-                snapshot.render(sql, &rw.edits)?
-            };
-            let targets = snapshot.bind_targets(&rw.params);
-            let rewritten = Parse {
-                name: parse.name,
-                query: text.as_bytes(),
-                param_types: server_param_types(&parse.param_types, &targets),
-            };
-            let mut out = BytesMut::new();
-            rewritten.encode(&mut out);
-            Ok((
-                Prepared {
-                    targets,
-                    copy: None,
-                    snapshot: Some(snapshot.clone()),
-                    role_effect: None,
-                    copy_out: None,
-                    results,
-                    guard: None,
-                    rows: Default::default(),
-                    source: None,
-                    reads: None,
-                },
-                Some(out),
-            ))
-        }
-    }
-}
-
-fn copy_encryptor(snapshot: &Snapshot, copy: &CopyIn) -> Result<CopyEncryptor, Refusal> {
-    let mut fields = Vec::with_capacity(copy.fields.len());
-    for f in &copy.fields {
-        fields.push(match f {
-            Some(col) if col.protection.encrypts() => Some(snapshot.cipher(col)?.clone()),
-            _ => None,
-        });
-    }
-    Ok(CopyEncryptor::new(CopySpec {
-        fields,
-        layout: copy_layout(copy),
-    }))
-}
-
-/// The stream layout a COPY statement asked for.
-fn copy_layout(copy: &CopyIn) -> CopyLayout {
-    CopyLayout {
-        kind: match copy.format {
-            CopyFormat::Text => CopyKind::Text,
-            CopyFormat::Csv => CopyKind::Csv,
-        },
-        delimiter: copy.delimiter,
-        null: copy.null.clone().into_bytes(),
-        quote: copy.quote,
-        escape: copy.escape,
-        header: copy.header,
     }
 }
 
