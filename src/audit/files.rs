@@ -72,7 +72,8 @@ pub fn rotated(path: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
+/// Maps an I/O error to [`AuditError::Io`] naming what was done to `path`.
+pub(super) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
     let path = path.to_path_buf();
     move |source| AuditError::Io {
         action,

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use super::chain::Chain;
 use super::config::AuditConfig;
 use super::error::AuditError;
-use super::files::{self, Tail};
+use super::files::{self, io, Tail};
 use super::handle::Health;
 use super::record::{Event, Stamped};
 use super::spool;
@@ -80,15 +80,6 @@ pub(super) struct Writer {
     closing: bool,
     /// Held for as long as the writer runs.
     _lock: nix::fcntl::Flock<File>,
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AuditError {
-    let path = path.to_path_buf();
-    move |source| AuditError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 impl Writer {

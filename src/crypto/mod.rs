@@ -36,6 +36,7 @@ mod siv;
 pub mod store;
 mod types;
 mod value;
+pub(crate) use value::civil_from_days;
 mod wrap;
 
 pub use buf::OutBuf;

@@ -16,6 +16,7 @@
 //! message ever quotes the value.
 
 mod datetime;
+pub(crate) use datetime::civil_from_days;
 mod float;
 mod json;
 mod numeric;
