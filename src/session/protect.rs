@@ -401,7 +401,8 @@ impl ProtectState {
                     }
                 }
                 let snapshot = protector.snapshot();
-                let denied = self.denied_read(&snapshot, &snapshot.analysis(&sql).reads);
+                let analysis = snapshot.analysis(&sql);
+                let denied = self.denied_read(&snapshot, &analysis.reads);
                 if let Some(refusal) = denied {
                     note_refusal(user, &refusal);
                     write_query(to_server, &refusal_sql(&refusal));
@@ -412,7 +413,7 @@ impl ProtectState {
                     write_query(to_server, &refusal_sql(&refusal));
                     return Flow::Continue;
                 }
-                let planned = plan_and_render(&snapshot, &sql, &mut self.query_results)
+                let planned = plan_and_render(&snapshot, &sql, &analysis, &mut self.query_results)
                     .and_then(|p| require_utf8(utf8, p))
                     .and_then(|p| match p {
                         Planned::Copy(copy) => copy_encryptor(&snapshot, &copy).map(Ready::Copy),
@@ -459,8 +460,9 @@ impl ProtectState {
                 let sql = String::from_utf8_lossy(parse.query).into_owned();
                 let name = parse.name.to_vec();
                 self.statement_rows.remove(&name);
+                let analysis = snapshot.analysis(&sql);
                 let planned = role_effects(&sql).and_then(|effects| {
-                    let (mut p, r) = plan_and_render_parse(&snapshot, &sql, &parse)?;
+                    let (mut p, r) = plan_and_render_parse(&snapshot, &sql, &analysis, &parse)?;
                     if !(utf8 || (r.is_none() && p.copy.is_none() && p.targets.is_empty())) {
                         return Err(not_utf8());
                     }
@@ -470,7 +472,6 @@ impl ProtectState {
                 match planned {
                     Ok((mut prepared, rewritten)) => {
                         self.guard_prepare(&snapshot, &sql, &mut prepared);
-                        let analysis = snapshot.analysis(&sql);
                         if !analysis.reads.is_empty() {
                             prepared.reads = Some(analysis);
                         }
@@ -595,28 +596,27 @@ impl ProtectState {
             }
             b'E' => {
                 let portal = frame.body().split(|b| *b == 0).next().unwrap_or_default();
-                let copy = self
-                    .portals
-                    .get(portal)
-                    .and_then(|p| p.copy.clone().map(|c| (c, p.snapshot.clone())));
-                if let Some((copy, snapshot)) = copy {
-                    let snapshot = snapshot.unwrap_or_else(|| protector.snapshot());
-                    match copy_encryptor(&snapshot, &copy) {
-                        Ok(enc) => self.copy = Some(enc),
-                        Err(refusal) => {
+                // The portal's statement, looked up once for every use below.
+                let statement = self.portals.get(portal).cloned();
+                if let Some(p) = &statement {
+                    if let Some(copy) = &p.copy {
+                        let snapshot = p.snapshot.clone().unwrap_or_else(|| protector.snapshot());
+                        match copy_encryptor(&snapshot, copy) {
+                            Ok(enc) => self.copy = Some(enc),
+                            Err(refusal) => {
+                                note_refusal(user, &refusal);
+                                self.refused = Some(refusal);
+                                return Flow::Continue;
+                            }
+                        }
+                    }
+                    if let Some(reads) = &p.reads {
+                        let snapshot = protector.snapshot();
+                        if let Some(refusal) = self.denied_read(&snapshot, &reads.reads) {
                             note_refusal(user, &refusal);
                             self.refused = Some(refusal);
                             return Flow::Continue;
                         }
-                    }
-                }
-                let reads = self.portals.get(portal).and_then(|p| p.reads.clone());
-                if let Some(reads) = reads {
-                    let snapshot = protector.snapshot();
-                    if let Some(refusal) = self.denied_read(&snapshot, &reads.reads) {
-                        note_refusal(user, &refusal);
-                        self.refused = Some(refusal);
-                        return Flow::Continue;
                     }
                 }
                 let guarded = match self.guard_execute(protector, portal) {
@@ -627,32 +627,31 @@ impl ProtectState {
                         return Flow::Continue;
                     }
                 };
-                let plan = self
-                    .portal_rows
-                    .get(portal)
-                    .and_then(|p| match &p.described {
-                        Some(row) => Some(ResultPlan::bound(row.clone(), &p.formats)),
-                        None => self
-                            .statement_rows
-                            .get(&p.statement)
-                            .map(|row| ResultPlan::bound(row.clone(), &p.formats)),
-                    });
-                // Not described yet: its Describe may still be on its way.
-                let deferred = match &plan {
-                    Some(_) => None,
-                    None => self.portal_rows.get(portal).map(|p| {
-                        Box::new(Deferred {
-                            portal: p.cell.clone(),
-                            statement: self.portals.get(portal).cloned(),
-                            formats: p.formats.clone(),
-                        })
-                    }),
+                let (plan, deferred) = match self.portal_rows.get(portal) {
+                    None => (None, None),
+                    Some(rows) => {
+                        let described = rows
+                            .described
+                            .as_ref()
+                            .or_else(|| self.statement_rows.get(&rows.statement));
+                        match described {
+                            Some(row) => {
+                                (Some(ResultPlan::bound(row.clone(), &rows.formats)), None)
+                            }
+                            // Not described yet: its Describe may still be on its way.
+                            None => (
+                                None,
+                                Some(Box::new(Deferred {
+                                    portal: rows.cell.clone(),
+                                    statement: statement.clone(),
+                                    formats: rows.formats.clone(),
+                                })),
+                            ),
+                        }
+                    }
                 };
-                let prepared = self
-                    .portals
-                    .get(portal)
-                    .filter(|p| p.role_effect.is_some() || p.copy_out.is_some())
-                    .cloned();
+                let prepared =
+                    statement.filter(|p| p.role_effect.is_some() || p.copy_out.is_some());
                 self.pending.push_back(Pending::Execute(
                     plan.map(Arc::new),
                     prepared,
@@ -1062,7 +1061,9 @@ impl ProtectState {
             query: source.sql.as_bytes(),
             param_types: source.param_types.clone(),
         };
-        let (mut again, rewritten) = plan_and_render_parse(snapshot, &source.sql, &parse)?;
+        let analysis = snapshot.analysis(&source.sql);
+        let (mut again, rewritten) =
+            plan_and_render_parse(snapshot, &source.sql, &analysis, &parse)?;
         again.role_effect = old.role_effect.clone();
         again.reads = old.reads.clone();
         self.guard_prepare(snapshot, &source.sql, &mut again);

@@ -6,7 +6,7 @@ use super::Prepared;
 use crate::proto::extended::Parse;
 use crate::rewrite::bind::server_param_types;
 use crate::rewrite::copy::CopyEncryptor;
-use crate::rewrite::Snapshot;
+use crate::rewrite::{Analyzed, Snapshot};
 use crate::sql::{CopyIn, Plan, ProtectedColumn, Refusal};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -54,9 +54,10 @@ pub(super) enum Planned {
 pub(super) fn plan_and_render(
     snapshot: &Snapshot,
     sql: &str,
+    analysis: &Analyzed,
     results: &mut Option<Arc<[Option<ProtectedColumn>]>>,
 ) -> Result<Planned, Refusal> {
-    let plan = snapshot.plan(sql)?;
+    let plan = analysis.plan.clone()?;
     *results = match &*plan {
         Plan::Rewrite(rw) if !rw.results.is_empty() => Some(rw.results.clone()),
         _ => None,
@@ -74,9 +75,10 @@ pub(super) fn plan_and_render(
 pub(super) fn plan_and_render_parse(
     snapshot: &Arc<Snapshot>,
     sql: &str,
+    analysis: &Analyzed,
     parse: &Parse<'_>,
 ) -> Result<(Prepared, Option<BytesMut>), Refusal> {
-    let plan = snapshot.plan(sql)?;
+    let plan = analysis.plan.clone()?;
     match &*plan {
         Plan::Passthrough => Ok((Prepared::default(), None)),
         Plan::CopyIn(copy) => Ok((
