@@ -118,11 +118,8 @@ async fn rewrite_allowed(ctx: &Ctx, t: &Target, what: &str) -> Result<String, Mi
     let bytes: i64 = ctx
         .client
         .query_one(
-            &format!(
-                "SELECT pg_total_relation_size('{}'::regclass)",
-                t.table_sql.replace('\'', "''")
-            ),
-            &[],
+            "SELECT pg_total_relation_size($1::text::regclass)",
+            &[&t.table_sql],
         )
         .await
         .map_err(|e| t.db_error("measuring the table", &e))?
