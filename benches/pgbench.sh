@@ -106,12 +106,13 @@ psql_direct -d postgres -c "CREATE ROLE bench_manager LOGIN; CREATE ROLE bench_f
 for db in plain enc; do
   psql_direct -d "$db" -c "GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;"
 done
-# READ_ROWS guests with phones 13800000001.. for the read mix.
+# READ_ROWS guests with phones 13800000001.. for the read mix. The numbers
+# are built as strings: mawk prints 13800000001 as 1.38e+10.
 awk -v n="$READ_ROWS" 'BEGIN {
   for (i = 1; i <= n; i++) {
     if (i % 500 == 1) printf "INSERT INTO bench_guests (name, phone, id_number, email, address, note) VALUES\n"
-    printf "(%s, %s, %s, %s, %s, %s)%s\n", "'"'"'Guest Number " i "'"'"'", "'"'"'" (13800000000 + i) "'"'"'",
-      "'"'"'" (110105199001010000 + i) "'"'"'", "'"'"'guest" i "@example.com'"'"'",
+    printf "(%s, %s, %s, %s, %s, %s)%s\n", "'"'"'Guest Number " i "'"'"'", "'"'"'138" sprintf("%08d", i) "'"'"'",
+      "'"'"'1101051990" sprintf("%08d", i) "'"'"'", "'"'"'guest" i "@example.com'"'"'",
       "'"'"'No. " i " Long Street, Springfield'"'"'", "'"'"'bench'"'"'", (i % 500 == 0 || i == n) ? ";" : ","
   }
 }' > "$work/guests-rows.sql"
@@ -243,6 +244,17 @@ done
 # Load the read mix's guests: encrypted through pgveil, plain directly.
 "$bindir/psql" -X -q -h 127.0.0.1 -p "$ENC_PORT" -U postgres -d enc -f "$work/guests-rows.sql" >/dev/null
 psql_direct -d plain -f "$work/guests-rows.sql" >/dev/null
+# The read mix must find its guest: a lookup that matches nothing measures
+# an empty result, not the read path.
+for check in "$ENC_PORT enc" "$PG_PORT plain"; do
+  set -- $check
+  found=$("$bindir/psql" -X -tA -h 127.0.0.1 -p "$1" -U postgres -d "$2" \
+    -c "SELECT count(*) FROM bench_guests WHERE phone = '138$(printf %08d "$READ_ROWS")'")
+  if [ "$found" != 1 ]; then
+    echo "read mix setup: guest $READ_ROWS not found by phone in $2 (got '$found')" >&2
+    exit 1
+  fi
+done
 
 port_of() { case $1 in direct) echo "$PG_PORT";; pgbouncer) echo "$BOUNCER_PORT";; forwarder) echo "$FWD_PORT";; pgveil) echo "$VEIL_PORT";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PORT";; pgveil-read) echo "$READ_PORT";; pgveil-capped) echo "$CAPPED_PORT";; pgveil-enc-audit|pgveil-manager-audit) echo "$AUDIT_PORT";; esac; }
 pid_of() { case $1 in pgbouncer) echo "$BOUNCER_PID";; forwarder) echo "$FWD_PID";; pgveil) echo "$VEIL_PID";; pgveil-enc|pgveil-manager|pgveil-frontdesk) echo "$ENC_PID";; pgveil-read) echo "$READ_PID";; pgveil-capped) echo "$CAPPED_PID";; pgveil-enc-audit|pgveil-manager-audit) echo "$AUDIT_PID";; *) echo "";; esac; }
