@@ -26,9 +26,8 @@
 use ring::digest::{digest, Context, SHA256};
 use ring::hmac;
 use ring::signature::Ed25519KeyPair;
-use std::io::Write;
 
-use super::record::{write_rfc3339, Event, Stamped};
+use super::record::{write_rfc3339, write_u64, Event, Stamped, StatementView};
 
 /// Domain separation for body digests.
 const BODY_DOMAIN: &[u8] = b"pgveil audit v1 body\0";
@@ -182,9 +181,25 @@ impl Chain {
 
     /// Appends one sealed record line (with its newline) to `out`.
     pub fn seal(&mut self, rec: &Stamped, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        self.seal_inner(rec, None, out)?;
+        self.seal_with(rec.ts, None, out, |out| write_event(&rec.event, out))?;
         self.since_checkpoint += 1;
         Ok(())
+    }
+
+    /// Appends one sealed statement record: the hot path, written by hand
+    /// from borrowed parts instead of through serde.
+    pub fn seal_statement(
+        &mut self,
+        ts: std::time::SystemTime,
+        statement: &StatementView<'_>,
+        out: &mut Vec<u8>,
+    ) {
+        let sealed = self.seal_with(ts, None, out, |out| {
+            statement.write_fields(out);
+            Ok(())
+        });
+        debug_assert!(sealed.is_ok(), "writing by hand cannot fail");
+        self.since_checkpoint += 1;
     }
 
     /// Appends a signed checkpoint line; `reason` says why it was written.
@@ -202,38 +217,32 @@ impl Chain {
             records: self.since_checkpoint,
             key_commit: hex(&commit(&next_key(&self.key))),
         };
-        let rec = Stamped { ts, event };
-        self.seal_inner(&rec, Some(signer), out)?;
+        self.seal_with(ts, Some(signer), out, |out| write_event(&event, out))?;
         self.since_checkpoint = 0;
         Ok(())
     }
 
-    fn seal_inner(
+    /// Seals one line whose own fields `fields` appends, each preceded by
+    /// a comma (`,"kind":"…",…`), between the chain's leading and trailing
+    /// fields. On error nothing is appended and the chain does not move.
+    fn seal_with(
         &mut self,
-        rec: &Stamped,
+        ts: std::time::SystemTime,
         signer: Option<&Ed25519KeyPair>,
         out: &mut Vec<u8>,
+        fields: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
     ) -> Result<(), serde_json::Error> {
         let start = out.len();
         // {"seq":N,"ts":"…", then the event's own fields, then "prev".
         out.extend_from_slice(b"{\"seq\":");
-        let _ = write!(out, "{}", self.seq);
+        write_u64(out, self.seq);
         out.extend_from_slice(b",\"ts\":\"");
-        write_rfc3339(rec.ts, out);
+        write_rfc3339(ts, out);
         out.push(b'"');
-        let event_at = out.len();
-        if let Err(e) = serde_json::to_writer(&mut *out, &rec.event) {
+        if let Err(e) = fields(out) {
             out.truncate(start);
             return Err(e);
         }
-        if out.get(event_at) != Some(&b'{') || out.last() != Some(&b'}') {
-            out.truncate(start);
-            return Err(serde::ser::Error::custom(
-                "an event must serialize as an object",
-            ));
-        }
-        out[event_at] = b',';
-        out.pop();
         out.extend_from_slice(b",\"prev\":\"");
         hex_into(&self.prev_hash, out);
         out.push(b'"');
@@ -259,6 +268,22 @@ impl Chain {
         self.seq += 1;
         Ok(())
     }
+}
+
+/// Appends an event's fields through serde, as `,"kind":"…",…` (the
+/// object's braces dropped so the chain's fields frame them).
+fn write_event(event: &Event, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let at = out.len();
+    serde_json::to_writer(&mut *out, event)?;
+    if out.get(at) != Some(&b'{') || out.last() != Some(&b'}') {
+        out.truncate(at);
+        return Err(serde::ser::Error::custom(
+            "an event must serialize as an object",
+        ));
+    }
+    out[at] = b',';
+    out.pop();
+    Ok(())
 }
 
 /// One line split into what was hashed, signed and MACed.

@@ -2,26 +2,25 @@
 //! whether it is healthy, close it.
 //!
 //! One [`Audit`] is shared by every session (in `server::Shared`). Logging
-//! never blocks and never allocates a lock: it is a `try_send` on a bounded
-//! channel, or — for statements on protected columns — a channel slot
-//! reserved before the statement is forwarded, so its record cannot be
-//! lost to a full queue after the data has been read.
+//! seals the record on the caller's thread into the shared pending buffer
+//! (see `sealer.rs`) and never waits for I/O; the writer thread writes and
+//! fsyncs what has been sealed. A statement on protected columns is
+//! forwarded only while the trail is healthy, and its record is sealed
+//! when its result ends: no access goes unrecorded for want of a slot.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::AuditConfig;
 use super::error::AuditError;
-use super::record::{ApprovalIssued, ApprovalUsed, Event, Stamped};
+use super::record::{ApprovalIssued, ApprovalUsed, Event, Stamped, StatementView};
+use super::sealer::Sealing;
 use super::track::SessionAudit;
-use super::writer::{Msg, Writer};
-
-/// Records queued for the writer at most. Each in-flight statement on
-/// protected columns holds one slot from its request to its last row.
-const QUEUE: usize = 16 * 1024;
+use super::writer::{Ctl, Writer};
 
 /// Whether the audit trail can currently be written. Sessions read it
 /// before forwarding a statement on protected columns.
@@ -36,7 +35,8 @@ pub struct Health {
 /// The running audit trail.
 #[derive(Debug)]
 pub struct Audit {
-    tx: mpsc::Sender<Msg>,
+    sealing: Arc<Sealing>,
+    ctl: mpsc::Sender<Ctl>,
     health: Arc<Health>,
     next_conn: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -59,7 +59,8 @@ impl Audit {
             closed: AtomicBool::new(false),
         });
         let writer = Writer::open(cfg, path, keyring, &master, health.clone())?;
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let sealing = writer.sealing();
+        let (ctl, rx) = mpsc::channel(64);
         let interval = cfg.checkpoint_interval;
         let thread = std::thread::Builder::new()
             .name("pgveil-audit".into())
@@ -78,7 +79,8 @@ impl Audit {
                 source,
             })?;
         Ok(Some(Arc::new(Audit {
-            tx,
+            sealing,
+            ctl,
             health,
             next_conn: AtomicU64::new(1),
             thread: Mutex::new(Some(thread)),
@@ -91,39 +93,18 @@ impl Audit {
         self.health.ok.load(Ordering::Acquire)
     }
 
-    /// Queues an event; fails (and marks the trail unhealthy, so protected
-    /// statements are refused) when the queue is full or the writer gone.
+    /// Records an event; fails (and marks the trail unhealthy, so protected
+    /// statements are refused) when it cannot be sealed.
     pub fn log(&self, event: Event) -> Result<(), AuditError> {
-        self.send(Stamped::now(event))
+        let rec = Stamped::now(event);
+        self.sealing.record(&self.health, |s| s.seal(&rec))
     }
 
-    pub(super) fn send(&self, rec: Stamped) -> Result<(), AuditError> {
-        match self.tx.try_send(Msg::Record(rec)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.unhealthy("queue full");
-                Err(AuditError::Unavailable("queue full"))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.unhealthy("writer stopped");
-                Err(AuditError::Unavailable("writer stopped"))
-            }
-        }
-    }
-
-    fn unhealthy(&self, why: &'static str) {
-        if self.health.ok.swap(false, Ordering::AcqRel) {
-            tracing::error!(reason = why, "audit record lost; refusing statements on protected columns until the writer catches up");
-        }
-    }
-
-    /// Reserves a queue slot for a statement's record, or `None` when the
-    /// trail is unhealthy or full: the statement must then be refused.
-    pub(super) fn reserve(&self) -> Option<mpsc::OwnedPermit<Msg>> {
-        if !self.healthy() {
-            return None;
-        }
-        self.tx.clone().try_reserve_owned().ok()
+    /// Records a statement on protected columns.
+    pub(super) fn statement(&self, statement: &StatementView<'_>) -> Result<(), AuditError> {
+        let ts = SystemTime::now();
+        self.sealing
+            .record(&self.health, |s| s.seal_statement(ts, statement))
     }
 
     /// A session's audit state for a client at `client`.
@@ -156,7 +137,7 @@ impl Audit {
     /// write failed.
     pub async fn flush(&self) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_err() {
+        if self.ctl.send(Ctl::Flush(tx)).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -166,7 +147,7 @@ impl Audit {
     /// records are refused; statements on protected columns too.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+        if self.ctl.send(Ctl::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
         let thread = match self.thread.lock() {

@@ -24,6 +24,7 @@ pub mod files;
 pub mod fingerprint;
 mod handle;
 pub mod record;
+mod sealer;
 pub mod spool;
 pub mod track;
 pub mod verify;

@@ -62,8 +62,6 @@ pub enum Event {
         /// How long the connection lasted.
         duration_ms: u64,
     },
-    /// A statement that touched a protected column.
-    Statement(Box<StatementRecord>),
     /// A second person approved a one-off bulk read (vault rule).
     ApprovalIssued(ApprovalIssued),
     /// An approval was used by a statement.
@@ -105,44 +103,169 @@ pub enum Event {
     },
 }
 
-/// One statement on protected columns.
-///
-/// Shared parts are `Arc`s: a prepared statement's fingerprint, tables and
-/// columns are computed once at Parse and only referenced per execution.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatementRecord {
+/// One statement on protected columns, as the session knows it at the
+/// end of the statement: borrowed from its bookkeeping and written by hand
+/// into the sealed line (`kind` = `statement`), so recording a statement
+/// builds no owned record and runs no serializer.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementView<'a> {
     /// Connection id (see [`Event::ConnectionOpened`]).
     pub conn: u64,
     /// PostgreSQL user.
-    pub user: Arc<str>,
+    pub user: &'a str,
     /// Policy role.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<Arc<str>>,
+    pub role: Option<&'a str>,
     /// The SQL with every literal and parameter replaced by `?`; `None`
     /// when pgveil saw only the result (a prepared statement it did not plan).
-    pub fingerprint: Option<Arc<str>>,
-    /// `schema.table` of every protected column involved.
-    pub tables: Arc<[Arc<str>]>,
-    /// What happened to each protected column.
-    pub columns: Arc<[ColumnUse]>,
+    pub fingerprint: Option<&'a str>,
+    /// Columns in the result, with what the role was shown.
+    pub shown: &'a [ColumnUse],
+    /// Columns the plan touched; those not in `shown` are listed after it
+    /// with how they reached the server.
+    pub planned: &'a [ColumnUse],
     /// DataRows sent to the client.
     pub rows: u64,
     /// Bytes of those DataRows.
     pub bytes: u64,
     /// Rows the server reported in CommandComplete (INSERT/UPDATE/COPY ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub affected: Option<u64>,
     /// How it ended.
     pub outcome: Outcome,
     /// SQLSTATE of the error, when it failed (never the message: server
     /// messages can quote values).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sqlstate: Option<Arc<str>>,
+    pub sqlstate: Option<&'a str>,
     /// From the client's request to the end of the result.
     pub duration_us: u64,
     /// The approval that allowed it, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval: Option<String>,
+    pub approval: Option<&'a str>,
+}
+
+impl StatementView<'_> {
+    /// Every protected column involved, each once: the result's first.
+    pub fn columns(&self) -> impl Iterator<Item = &ColumnUse> {
+        let shown = self.shown;
+        shown.iter().chain(
+            self.planned
+                .iter()
+                .filter(move |c| !shown.iter().any(|s| s.column == c.column)),
+        )
+    }
+
+    /// Appends `,"kind":"statement",…`: the fields in the order (and with
+    /// the omissions) of the other events' serde form.
+    pub fn write_fields(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b",\"kind\":\"statement\",\"conn\":");
+        write_u64(out, self.conn);
+        out.extend_from_slice(b",\"user\":");
+        write_json_str(out, self.user);
+        if let Some(role) = self.role {
+            out.extend_from_slice(b",\"role\":");
+            write_json_str(out, role);
+        }
+        out.extend_from_slice(b",\"fingerprint\":");
+        match self.fingerprint {
+            Some(f) => write_json_str(out, f),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"tables\":[");
+        let mut first = true;
+        for (i, c) in self.columns().enumerate() {
+            let table = table_of(&c.column);
+            // Listed once, where it first appears.
+            if self.columns().take(i).any(|p| table_of(&p.column) == table) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_str(out, table);
+        }
+        out.extend_from_slice(b"],\"columns\":[");
+        for (i, c) in self.columns().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"column\":");
+            write_json_str(out, &c.column);
+            out.extend_from_slice(b",\"action\":\"");
+            out.extend_from_slice(c.action.as_str().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        out.extend_from_slice(b"],\"rows\":");
+        write_u64(out, self.rows);
+        out.extend_from_slice(b",\"bytes\":");
+        write_u64(out, self.bytes);
+        if let Some(n) = self.affected {
+            out.extend_from_slice(b",\"affected\":");
+            write_u64(out, n);
+        }
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.push(b'"');
+        if let Some(code) = self.sqlstate {
+            out.extend_from_slice(b",\"sqlstate\":");
+            write_json_str(out, code);
+        }
+        out.extend_from_slice(b",\"duration_us\":");
+        write_u64(out, self.duration_us);
+        if let Some(id) = self.approval {
+            out.extend_from_slice(b",\"approval\":");
+            write_json_str(out, id);
+        }
+    }
+}
+
+/// `schema.table` of `schema.table.column`.
+fn table_of(column: &str) -> &str {
+    column.rsplit_once('.').map_or("", |(t, _)| t)
+}
+
+/// Appends `n` in decimal.
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// A protected column and what pgveil did with it.
@@ -173,6 +296,18 @@ pub enum ColumnAction {
 }
 
 impl ColumnAction {
+    /// The name written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnAction::Encrypted => "encrypted",
+            ColumnAction::Clear => "clear",
+            ColumnAction::Masked => "masked",
+            ColumnAction::Pseudonym => "pseudonym",
+            ColumnAction::Null => "null",
+            ColumnAction::Denied => "denied",
+        }
+    }
+
     /// The action a read-policy decision stands for.
     pub fn of(action: &crate::policy::role::Action) -> Self {
         use crate::policy::mask::MaskSpec;
@@ -200,6 +335,18 @@ pub enum Outcome {
     Blocked,
     /// The server reported an error.
     Error,
+}
+
+impl Outcome {
+    /// The name written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Blocked => "blocked",
+            Outcome::Error => "error",
+        }
+    }
 }
 
 /// A bulk-read approval was issued.
@@ -308,31 +455,117 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 
+    fn statement_json(view: &StatementView<'_>) -> serde_json::Value {
+        let mut out = b"{\"seq\":0".to_vec();
+        view.write_fields(&mut out);
+        out.push(b'}');
+        serde_json::from_slice(&out).expect("the hand-written fields are JSON")
+    }
+
     #[test]
-    fn statement_serializes_flat_with_kind() {
-        let e = Event::Statement(Box::new(StatementRecord {
-            conn: 3,
-            user: "alice".into(),
-            role: None,
-            fingerprint: Some("SELECT phone FROM guests WHERE id = ?".into()),
-            tables: vec!["public.guests".into()].into(),
-            columns: vec![ColumnUse {
+    fn statement_fields_are_flat_with_kind() {
+        let shown = [ColumnUse {
+            column: "public.guests.phone".into(),
+            action: ColumnAction::Masked,
+        }];
+        let planned = [
+            ColumnUse {
                 column: "public.guests.phone".into(),
-                action: ColumnAction::Masked,
-            }]
-            .into(),
+                action: ColumnAction::Encrypted,
+            },
+            ColumnUse {
+                column: "public.rooms.code".into(),
+                action: ColumnAction::Encrypted,
+            },
+            ColumnUse {
+                column: "public.guests.name".into(),
+                action: ColumnAction::Encrypted,
+            },
+        ];
+        let view = StatementView {
+            conn: 3,
+            user: "al\"ice",
+            role: None,
+            fingerprint: Some("SELECT phone FROM guests WHERE id = ?"),
+            shown: &shown,
+            planned: &planned,
             rows: 1,
             bytes: 0,
             affected: None,
             outcome: Outcome::Ok,
             sqlstate: None,
-            duration_us: 0,
+            duration_us: 12,
             approval: None,
-        }));
-        let v: serde_json::Value = serde_json::to_value(&e).expect("json");
-        assert_eq!(v["kind"], "statement");
-        assert_eq!(v["columns"][0]["action"], "masked");
-        assert_eq!(v["outcome"], "ok");
-        assert!(v.get("approval").is_none());
+        };
+        assert_eq!(
+            statement_json(&view),
+            serde_json::json!({
+                "seq": 0, "kind": "statement", "conn": 3, "user": "al\"ice",
+                "fingerprint": "SELECT phone FROM guests WHERE id = ?",
+                "tables": ["public.guests", "public.rooms"],
+                "columns": [
+                    {"column": "public.guests.phone", "action": "masked"},
+                    {"column": "public.rooms.code", "action": "encrypted"},
+                    {"column": "public.guests.name", "action": "encrypted"},
+                ],
+                "rows": 1, "bytes": 0, "outcome": "ok", "duration_us": 12,
+            })
+        );
+        let failed = StatementView {
+            role: Some("desk"),
+            fingerprint: None,
+            shown: &[],
+            affected: Some(u64::MAX),
+            outcome: Outcome::Refused,
+            sqlstate: Some("42501"),
+            approval: Some("ap-1"),
+            ..view
+        };
+        let v = statement_json(&failed);
+        assert_eq!(v["role"], "desk");
+        assert!(v["fingerprint"].is_null());
+        assert_eq!(v["columns"][0]["action"], "encrypted");
+        assert_eq!(
+            v["tables"],
+            serde_json::json!(["public.guests", "public.rooms"])
+        );
+        assert_eq!(v["affected"], u64::MAX);
+        assert_eq!(v["outcome"], "refused");
+        assert_eq!(v["sqlstate"], "42501");
+        assert_eq!(v["approval"], "ap-1");
+    }
+
+    #[test]
+    fn names_match_serde() {
+        for a in [
+            ColumnAction::Encrypted,
+            ColumnAction::Clear,
+            ColumnAction::Masked,
+            ColumnAction::Pseudonym,
+            ColumnAction::Null,
+            ColumnAction::Denied,
+        ] {
+            assert_eq!(serde_json::to_value(a).expect("json"), a.as_str());
+        }
+        for o in [
+            Outcome::Ok,
+            Outcome::Refused,
+            Outcome::Blocked,
+            Outcome::Error,
+        ] {
+            assert_eq!(serde_json::to_value(o).expect("json"), o.as_str());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_and_numbers_are_written_as_serde_writes_them(s in "\\PC*|[\\x00-\\x20\"\\\\a-z\u{7f}\u{e9}]*", n in proptest::num::u64::ANY) {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&s).expect("json"));
+            let mut num = Vec::new();
+            write_u64(&mut num, n);
+            proptest::prop_assert_eq!(num, n.to_string().into_bytes());
+        }
     }
 }

@@ -10,27 +10,24 @@
 //! result carried one; rows and bytes are counted from the DataRows the
 //! client actually received.
 //!
-//! Before such a statement is forwarded, a slot in the writer's queue is
-//! reserved for its record. When none can be had (the trail is unhealthy
-//! or its queue full) the statement is refused with SQLSTATE 58030, so no
-//! access to protected data goes unrecorded.
+//! Such a statement is forwarded only while the trail is healthy;
+//! otherwise it is refused with SQLSTATE 58030, so no access to protected
+//! data goes unrecorded. Its record is sealed when its result ends (see
+//! `sealer.rs`), borrowing from this bookkeeping rather than copying it.
 //!
-//! Per execution this costs a few small allocations: what a statement's
-//! plan says (fingerprint, columns, tables) is computed once at Parse and
-//! shared by `Arc` with every record of its executions.
+//! Per execution this costs one small allocation: what a statement's plan
+//! says (fingerprint, columns) is computed once at Parse and shared by
+//! `Arc` with every execution.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc::OwnedPermit;
-
 use super::error::{AUDIT_UNAVAILABLE_MESSAGE, AUDIT_UNAVAILABLE_SQLSTATE};
 use super::fingerprint::fingerprint;
 use super::handle::Audit;
-use super::record::{ColumnAction, ColumnUse, Event, Outcome, Stamped, StatementRecord};
-use super::writer::Msg;
+use super::record::{ColumnAction, ColumnUse, Event, Outcome, StatementView};
 use crate::net::Frame;
 use crate::policy::role::{Action, PolicyRole};
 use crate::rewrite::Snapshot;
@@ -42,7 +39,6 @@ use crate::sql::{Plan, Refusal};
 pub struct Planned {
     fingerprint: Arc<str>,
     columns: Arc<[ColumnUse]>,
-    tables: Arc<[Arc<str>]>,
     /// SQLSTATE when pgveil refused the statement at planning.
     refused: Option<&'static str>,
 }
@@ -106,24 +102,10 @@ impl Planned {
         };
         Some(Planned {
             fingerprint: Arc::from(fingerprint(sql)),
-            tables: tables_of(&columns),
             columns: columns.into(),
             refused: plan.as_ref().err().map(|r| r.sqlstate),
         })
     }
-}
-
-/// `schema.table` of each column, in order, without duplicates.
-fn tables_of(columns: &[ColumnUse]) -> Arc<[Arc<str>]> {
-    let mut tables: Vec<Arc<str>> = Vec::new();
-    for c in columns {
-        if let Some((table, _)) = c.column.rsplit_once('.') {
-            if !tables.iter().any(|t| &**t == table) {
-                tables.push(Arc::from(table));
-            }
-        }
-    }
-    tables.into()
 }
 
 /// A statement being recorded.
@@ -141,8 +123,6 @@ struct Open {
     affected: Option<u64>,
     outcome: Option<(Outcome, Option<Arc<str>>)>,
     approval: Option<String>,
-    /// The queue slot reserved for the record.
-    permit: Option<OwnedPermit<Msg>>,
     /// The result's columns have been merged in (Execute units).
     shaped: bool,
 }
@@ -163,7 +143,6 @@ impl Open {
             affected: None,
             outcome,
             approval: None,
-            permit: None,
             shaped: false,
         })
     }
@@ -172,26 +151,6 @@ impl Open {
         if self.outcome.is_none() {
             self.outcome = Some((outcome, sqlstate));
         }
-    }
-
-    /// Columns in the result by what the role was shown; the others by
-    /// how they reached the server.
-    fn columns(&mut self) -> (Arc<[ColumnUse]>, Arc<[Arc<str>]>) {
-        let planned = self.planned.as_deref();
-        if self.shown.is_empty() {
-            return match planned {
-                Some(p) => (p.columns.clone(), p.tables.clone()),
-                None => (Arc::from([]), Arc::from([])),
-            };
-        }
-        let mut columns = std::mem::take(&mut self.shown);
-        for c in planned.map_or(&[][..], |p| &p.columns[..]) {
-            if !columns.iter().any(|s| s.column == c.column) {
-                columns.push(c.clone());
-            }
-        }
-        let tables = tables_of(&columns);
-        (columns.into(), tables)
     }
 }
 
@@ -271,33 +230,28 @@ impl SessionAudit {
         });
     }
 
-    /// Opens a record for `planned`, reserving its queue slot unless pgveil
-    /// refuses the statement anyway. `Err`: it must be refused.
+    /// Opens a record for `planned`. `Err`: the statement must be refused
+    /// (pgveil refuses it anyway, or the trail cannot record it).
     fn open(&self, planned: Arc<Planned>) -> (Box<Open>, Result<(), Refusal>) {
         let refused = planned.refused.is_some();
         let mut open = Open::new(Some(planned), None);
         if refused {
             return (open, Ok(()));
         }
-        let gate = self.reserve(&mut open);
+        let gate = self.admit(&mut open);
         (open, gate)
     }
 
-    /// Reserves the record's queue slot, or refuses.
-    fn reserve(&self, open: &mut Open) -> Result<(), Refusal> {
-        match self.audit.reserve() {
-            Some(p) => {
-                open.permit = Some(p);
-                Ok(())
-            }
-            None => {
-                open.fail(
-                    Outcome::Refused,
-                    Some(Arc::from(AUDIT_UNAVAILABLE_SQLSTATE)),
-                );
-                Err(unavailable())
-            }
+    /// Whether the trail can record the statement; refuses it when not.
+    fn admit(&self, open: &mut Open) -> Result<(), Refusal> {
+        if self.audit.healthy() {
+            return Ok(());
         }
+        open.fail(
+            Outcome::Refused,
+            Some(Arc::from(AUDIT_UNAVAILABLE_SQLSTATE)),
+        );
+        Err(unavailable())
     }
 
     /// A simple Query with its plan. `Err` means it must be refused
@@ -469,7 +423,7 @@ impl SessionAudit {
                     .map(|t| Arc::from(fingerprint(&String::from_utf8_lossy(t))))
             });
             let mut open = Open::new(None, fp);
-            result = self.reserve(&mut open);
+            result = self.admit(&mut open);
             if let Some(unit) = self.units.front_mut() {
                 unit.open = Some(open);
             }
@@ -584,7 +538,6 @@ impl SessionAudit {
             return;
         };
         self.statements += 1;
-        let (columns, tables) = open.columns();
         let (outcome, sqlstate) = open.outcome.take().unwrap_or((Outcome::Ok, None));
         if let Some(id) = open.approval.as_deref() {
             if !self.approvals_used.iter().any(|a| a == id) {
@@ -598,33 +551,27 @@ impl SessionAudit {
                     }));
             }
         }
-        let fingerprint = match &open.planned {
-            Some(p) => Some(p.fingerprint.clone()),
-            None => open.fingerprint.take(),
-        };
-        let record = Stamped::now(Event::Statement(Box::new(StatementRecord {
+        let planned = open.planned.as_deref();
+        let statement = StatementView {
             conn: self.conn,
-            user: self.user.clone(),
-            role: self.role.clone(),
-            fingerprint,
-            tables,
-            columns,
+            user: &self.user,
+            role: self.role.as_deref(),
+            fingerprint: planned
+                .map(|p| &*p.fingerprint)
+                .or(open.fingerprint.as_deref()),
+            shown: &open.shown,
+            planned: planned.map_or(&[][..], |p| &p.columns[..]),
             rows: open.rows,
             bytes: open.bytes,
             affected: open.affected,
             outcome,
-            sqlstate,
+            sqlstate: sqlstate.as_deref(),
             duration_us: u64::try_from(open.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            approval: open.approval.take(),
-        })));
-        match open.permit.take() {
-            Some(permit) => {
-                permit.send(Msg::Record(record));
-            }
-            None => {
-                let _ = self.audit.send(record);
-            }
-        }
+            approval: open.approval.as_deref(),
+        };
+        // A failure marks the trail unhealthy (and is logged there), so
+        // the next statements on protected columns are refused.
+        let _ = self.audit.statement(&statement);
     }
 }
 

@@ -1,13 +1,13 @@
 //! The writer: the only code that appends to the audit file.
 //!
 //! It runs on its own thread (with its own small runtime), so `write` and
-//! `fsync` never stall a session's task. Sessions send records over a
-//! bounded channel; the writer seals whatever has queued up into lines,
-//! writes them in one `write` and one `fsync`, and only then counts them as
-//! written. When a write fails (disk full, permissions, the file removed or
-//! replaced) it clears the shared health flag — sessions then refuse
-//! statements on protected columns — keeps the sealed lines in memory and
-//! retries until the file can be written again.
+//! `fsync` never stall a session's task. Sessions seal their records into
+//! the shared pending buffer (`sealer.rs`); the writer takes whatever has
+//! been sealed, writes it in one `write` and one `fsync`, and only then
+//! counts it as written. When a write fails (disk full, permissions, the
+//! file removed or replaced) it clears the shared health flag — sessions
+//! then refuse statements on protected columns — keeps the taken lines in
+//! memory and retries until the file can be written again.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -26,15 +26,14 @@ use super::error::AuditError;
 use super::files::{self, io, Tail};
 use super::handle::Health;
 use super::record::{Event, Stamped};
+use super::sealer::{Sealer, Sealing};
 use super::spool;
 use crate::crypto::Keyring;
 
-/// What the writer receives.
+/// What the writer is asked besides writing what is sealed.
 #[derive(Debug)]
-pub enum Msg {
-    /// A record to write.
-    Record(Stamped),
-    /// Answer once everything sent before has been written (or failed).
+pub enum Ctl {
+    /// Answer once everything sealed before has been written (or failed).
     Flush(oneshot::Sender<bool>),
     /// Write a final checkpoint and stop.
     Shutdown(oneshot::Sender<()>),
@@ -44,22 +43,16 @@ pub enum Msg {
 const RETRY: Duration = Duration::from_millis(200);
 /// How often the spool is read when no checkpoint is due sooner.
 const SPOOL_EVERY: Duration = Duration::from_secs(1);
-/// Records handled per batch at most, so a flood cannot delay the fsync
-/// of what is already queued indefinitely.
-const MAX_BATCH: usize = 4096;
-/// Group commit: after the first record of a batch arrives, the writer
-/// waits this long (not listening to the queue, so senders do not wake
-/// it) and then seals, writes and fsyncs everything queued in one go. It
-/// bounds wake-ups and fsyncs to a few hundred per second under load, at
-/// the price of this much extra delay before a record is on disk.
+/// Group commit: after the first record of a batch is sealed, the writer
+/// waits this long and then writes and fsyncs everything sealed by then in
+/// one go. It bounds wake-ups and fsyncs to a few hundred per second under
+/// load, at the price of this much extra delay before a record is on disk.
 const GROUP_COMMIT: Duration = Duration::from_millis(5);
 
 pub(super) struct Writer {
     path: PathBuf,
     max_file_bytes: u64,
-    checkpoint_every: u64,
-    chain: Chain,
-    keyring: Keyring,
+    sealing: Arc<Sealing>,
     health: Arc<Health>,
     file: Option<File>,
     /// (device, inode) of the open file, to notice it being replaced.
@@ -68,9 +61,10 @@ pub(super) struct Writer {
     file_len: u64,
     /// First sequence number in the open file.
     file_first_seq: Option<u64>,
-    /// Sealed lines not yet durably written, and the first one's seq.
-    pending: Vec<u8>,
-    pending_first_seq: Option<u64>,
+    /// Lines taken from the sealer and not yet durably written, and the
+    /// first one's seq.
+    unwritten: Vec<u8>,
+    unwritten_first_seq: Option<u64>,
     /// The file is full and sealed; rename it before writing more.
     rotate_due: bool,
     /// Spool files whose events are sealed but not yet written.
@@ -139,26 +133,25 @@ impl Writer {
         };
         let chain = Chain::new(next_seq, prev_hash, key);
         key.fill(0);
+        let sealer = Sealer::new(chain, keyring, cfg.checkpoint_every);
         let mut w = Writer {
             path: path.to_path_buf(),
             max_file_bytes: cfg.max_file_bytes,
-            checkpoint_every: cfg.checkpoint_every,
-            chain,
-            keyring,
+            sealing: Arc::new(Sealing::new(sealer)),
             health,
             file: None,
             file_id: (0, 0),
             file_len: active_len,
             file_first_seq: active_first_seq,
-            pending: Vec::with_capacity(64 * 1024),
-            pending_first_seq: None,
+            unwritten: Vec::with_capacity(64 * 1024),
+            unwritten_first_seq: None,
             rotate_due: false,
             spooled: Vec::new(),
             closing: false,
             _lock: lock,
         };
         w.reopen(false)?;
-        w.seal(Stamped::now(start))?;
+        w.sealing.lock()?.seal(&Stamped::now(start))?;
         w.ingest_spool()?;
         w.try_flush()?;
         info!(path = %path.display(), seq = next_seq, %run, "audit trail open");
@@ -188,38 +181,51 @@ impl Writer {
         Ok(())
     }
 
-    /// Seals one record into the pending buffer; a checkpoint follows when
-    /// `checkpoint_every` records have accumulated.
-    fn seal(&mut self, rec: Stamped) -> Result<(), AuditError> {
-        if self.pending_first_seq.is_none() {
-            self.pending_first_seq = Some(self.chain.seq);
-        }
-        self.chain.seal(&rec, &mut self.pending)?;
-        if self.chain.since_checkpoint >= self.checkpoint_every {
-            self.checkpoint("count")?;
-        }
-        Ok(())
-    }
-
-    fn checkpoint(&mut self, reason: &str) -> Result<(), AuditError> {
-        if self.pending_first_seq.is_none() {
-            self.pending_first_seq = Some(self.chain.seq);
-        }
-        self.chain.checkpoint(
-            std::time::SystemTime::now(),
-            reason,
-            self.keyring.signing_key(),
-            &mut self.pending,
-        )?;
-        Ok(())
+    /// What sessions seal into.
+    pub(super) fn sealing(&self) -> Arc<Sealing> {
+        self.sealing.clone()
     }
 
     /// Seals spooled events from other processes.
     fn ingest_spool(&mut self) -> Result<(), AuditError> {
         for (file, rec) in spool::take(&self.path, &self.spooled) {
-            self.seal(rec)?;
+            self.sealing.lock()?.seal(&rec)?;
             self.spooled.push(file);
         }
+        Ok(())
+    }
+
+    /// Takes everything sealed so far into `unwritten`.
+    fn take(&mut self) -> Result<(), AuditError> {
+        let first = self.sealing.lock()?.take(&mut self.unwritten);
+        if self.unwritten_first_seq.is_none() {
+            self.unwritten_first_seq = first;
+        }
+        Ok(())
+    }
+
+    /// Appends `unwritten` to the open file and fsyncs it.
+    fn write_unwritten(&mut self) -> Result<(), AuditError> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or(AuditError::Unavailable("no file"))?;
+        // A failed write may have left part of a line: cut back to what is
+        // known written before appending again.
+        let on_disk = file.metadata().map_err(io("inspect", &self.path))?.len();
+        if on_disk != self.file_len {
+            file.set_len(self.file_len)
+                .map_err(io("truncate a partial write in", &self.path))?;
+        }
+        file.write_all(&self.unwritten)
+            .and_then(|()| file.sync_data())
+            .map_err(io("write", &self.path))?;
+        self.file_len += self.unwritten.len() as u64;
+        if self.file_first_seq.is_none() {
+            self.file_first_seq = self.unwritten_first_seq;
+        }
+        self.unwritten.clear();
+        self.unwritten_first_seq = None;
         Ok(())
     }
 
@@ -252,45 +258,20 @@ impl Writer {
         if self.rotate_due {
             self.rotate()?;
         }
-        if self.pending.is_empty() {
+        self.take()?;
+        if self.unwritten.is_empty() {
             return Ok(());
         }
-        let file = self
-            .file
-            .as_mut()
-            .ok_or(AuditError::Unavailable("no file"))?;
-        // A failed write may have left part of a line: cut back to what is
-        // known written before appending again.
-        let on_disk = file.metadata().map_err(io("inspect", &self.path))?.len();
-        if on_disk != self.file_len {
-            file.set_len(self.file_len)
-                .map_err(io("truncate a partial write in", &self.path))?;
-        }
-        file.write_all(&self.pending)
-            .and_then(|()| file.sync_data())
-            .map_err(io("write", &self.path))?;
-        self.file_len += self.pending.len() as u64;
-        if self.file_first_seq.is_none() {
-            self.file_first_seq = self.pending_first_seq;
-        }
-        self.pending.clear();
-        self.pending_first_seq = None;
+        self.write_unwritten()?;
         for f in self.spooled.drain(..) {
             let _ = std::fs::remove_file(&f);
         }
         if self.file_len >= self.max_file_bytes && !self.closing {
-            // Seal the full file, then rename it away.
-            self.checkpoint("rotate")?;
-            let file = self
-                .file
-                .as_mut()
-                .ok_or(AuditError::Unavailable("no file"))?;
-            file.write_all(&self.pending)
-                .and_then(|()| file.sync_data())
-                .map_err(io("write", &self.path))?;
-            self.file_len += self.pending.len() as u64;
-            self.pending.clear();
-            self.pending_first_seq = None;
+            // Seal the full file (after whatever was sealed meanwhile),
+            // then rename it away.
+            self.sealing.lock()?.checkpoint("rotate")?;
+            self.take()?;
+            self.write_unwritten()?;
             self.rotate_due = true;
             self.rotate()?;
         }
@@ -298,7 +279,10 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {
-        let first = self.file_first_seq.unwrap_or(self.chain.seq);
+        let first = match self.file_first_seq {
+            Some(seq) => seq,
+            None => self.sealing.lock()?.seq(),
+        };
         let target = files::rotated_name(&self.path, first);
         std::fs::rename(&self.path, &target).map_err(io("rotate", &self.path))?;
         self.rotate_due = false;
@@ -331,72 +315,59 @@ impl Writer {
         }
     }
 
-    /// The writer's loop; returns after a shutdown message or when every
-    /// sender is gone.
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>, interval: Duration) {
+    /// The writer's loop; returns after a shutdown request or when the
+    /// proxy's handle is gone.
+    pub(super) async fn run(mut self, mut ctl: mpsc::Receiver<Ctl>, interval: Duration) {
         let mut checkpoint_tick = tokio::time::interval(interval);
         checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         checkpoint_tick.reset();
         let mut spool_tick = tokio::time::interval(SPOOL_EVERY);
         spool_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut waiters: Vec<oneshot::Sender<bool>> = Vec::new();
+        let sealing = self.sealing.clone();
         loop {
             let healthy = self.health.ok.load(Ordering::Acquire);
             tokio::select! {
-                msg = rx.recv() => {
-                    if matches!(msg, Some(Msg::Record(_))) {
-                        tokio::time::sleep(GROUP_COMMIT).await;
+                () = sealing.wake.notified() => {
+                    tokio::time::sleep(GROUP_COMMIT).await;
+                    self.flush();
+                }
+                msg = ctl.recv() => match msg {
+                    Some(Ctl::Flush(tx)) => {
+                        let ok = self.flush();
+                        let _ = tx.send(ok);
                     }
-                    let mut next = msg;
-                    let mut n = 0;
-                    while let Some(m) = next.take() {
-                        match m {
-                            Msg::Record(rec) => {
-                                if let Err(e) = self.seal(rec) {
-                                    warn!(error = %e, "audit record dropped");
-                                }
-                            }
-                            Msg::Flush(tx) => waiters.push(tx),
-                            Msg::Shutdown(done) => {
-                                self.shutdown();
-                                let _ = done.send(());
-                                return;
-                            }
-                        }
-                        n += 1;
-                        if n < MAX_BATCH {
-                            next = rx.try_recv().ok();
-                        }
+                    Some(Ctl::Shutdown(done)) => {
+                        self.shutdown();
+                        let _ = done.send(());
+                        return;
                     }
-                    if n == 0 {
-                        // Every sender is gone.
+                    None => {
                         self.shutdown();
                         return;
                     }
-                    let ok = self.flush();
-                    for w in waiters.drain(..) {
-                        let _ = w.send(ok);
-                    }
-                }
+                },
                 _ = checkpoint_tick.tick() => {
-                    if self.chain.since_checkpoint > 0 {
-                        if let Err(e) = self.checkpoint("interval") {
-                            warn!(error = %e, "audit checkpoint failed");
+                    let sealed = self.sealing.lock().and_then(|mut s| {
+                        if s.since_checkpoint() > 0 {
+                            s.checkpoint("interval")
+                        } else {
+                            Ok(())
                         }
-                        self.flush();
+                    });
+                    if let Err(e) = sealed {
+                        warn!(error = %e, "audit checkpoint failed");
                     }
+                    self.flush();
                 }
                 _ = spool_tick.tick() => {
                     if healthy {
                         if let Err(e) = self.ingest_spool() {
                             warn!(error = %e, "audit spool not read");
                         }
-                        if !self.pending.is_empty() {
-                            self.flush();
-                        }
+                        self.flush();
                     }
                 }
-                _ = tokio::time::sleep(RETRY), if !healthy => {
+                () = tokio::time::sleep(RETRY), if !healthy => {
                     self.flush();
                 }
             }
@@ -404,7 +375,8 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
-        if let Err(e) = self.checkpoint("shutdown") {
+        let closed = self.sealing.lock().and_then(|mut s| s.close());
+        if let Err(e) = closed {
             warn!(error = %e, "final audit checkpoint failed");
         }
         self.closing = true;
@@ -416,14 +388,15 @@ impl Writer {
             }
             std::thread::sleep(RETRY);
         }
-        if !self.pending.is_empty() {
+        if !self.unwritten.is_empty() {
             error!(
-                bytes = self.pending.len(),
+                bytes = self.unwritten.len(),
                 "audit records could not be written before shutdown"
             );
         }
         self.health.ok.store(false, Ordering::Release);
         self.health.closed.store(true, Ordering::Release);
-        info!(seq = self.chain.seq, "audit trail closed");
+        let seq = self.sealing.lock().map(|s| s.seq()).unwrap_or_default();
+        info!(seq, "audit trail closed");
     }
 }
