@@ -138,6 +138,11 @@ pub struct StatementView<'a> {
     pub duration_us: u64,
     /// The approval that allowed it, if any.
     pub approval: Option<&'a str>,
+    /// `fingerprint`, `shown` and `planned` as [`StatementView::write_parts`]
+    /// wrote them for an earlier execution, when they are the same: a
+    /// prepared statement's records then copy them instead of escaping
+    /// the same strings again.
+    pub written: Option<&'a [u8]>,
 }
 
 impl StatementView<'_> {
@@ -162,6 +167,35 @@ impl StatementView<'_> {
             out.extend_from_slice(b",\"role\":");
             write_json_str(out, role);
         }
+        match self.written {
+            Some(parts) => out.extend_from_slice(parts),
+            None => self.write_parts(out),
+        }
+        out.extend_from_slice(b",\"rows\":");
+        write_u64(out, self.rows);
+        out.extend_from_slice(b",\"bytes\":");
+        write_u64(out, self.bytes);
+        if let Some(n) = self.affected {
+            out.extend_from_slice(b",\"affected\":");
+            write_u64(out, n);
+        }
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.push(b'"');
+        if let Some(code) = self.sqlstate {
+            out.extend_from_slice(b",\"sqlstate\":");
+            write_json_str(out, code);
+        }
+        out.extend_from_slice(b",\"duration_us\":");
+        write_u64(out, self.duration_us);
+        if let Some(id) = self.approval {
+            out.extend_from_slice(b",\"approval\":");
+            write_json_str(out, id);
+        }
+    }
+
+    /// Appends `,"fingerprint":…,"tables":[…],"columns":[…]`.
+    pub fn write_parts(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"fingerprint\":");
         match self.fingerprint {
             Some(f) => write_json_str(out, f),
@@ -192,27 +226,7 @@ impl StatementView<'_> {
             out.extend_from_slice(c.action.as_str().as_bytes());
             out.extend_from_slice(b"\"}");
         }
-        out.extend_from_slice(b"],\"rows\":");
-        write_u64(out, self.rows);
-        out.extend_from_slice(b",\"bytes\":");
-        write_u64(out, self.bytes);
-        if let Some(n) = self.affected {
-            out.extend_from_slice(b",\"affected\":");
-            write_u64(out, n);
-        }
-        out.extend_from_slice(b",\"outcome\":\"");
-        out.extend_from_slice(self.outcome.as_str().as_bytes());
-        out.push(b'"');
-        if let Some(code) = self.sqlstate {
-            out.extend_from_slice(b",\"sqlstate\":");
-            write_json_str(out, code);
-        }
-        out.extend_from_slice(b",\"duration_us\":");
-        write_u64(out, self.duration_us);
-        if let Some(id) = self.approval {
-            out.extend_from_slice(b",\"approval\":");
-            write_json_str(out, id);
-        }
+        out.push(b']');
     }
 }
 
@@ -496,6 +510,7 @@ mod tests {
             sqlstate: None,
             duration_us: 12,
             approval: None,
+            written: None,
         };
         assert_eq!(
             statement_json(&view),
@@ -511,6 +526,17 @@ mod tests {
                 "rows": 1, "bytes": 0, "outcome": "ok", "duration_us": 12,
             })
         );
+        // Copying the parts an earlier execution wrote gives the same line.
+        let mut parts = Vec::new();
+        view.write_parts(&mut parts);
+        let (mut direct, mut copied) = (Vec::new(), Vec::new());
+        view.write_fields(&mut direct);
+        StatementView {
+            written: Some(&parts),
+            ..view
+        }
+        .write_fields(&mut copied);
+        assert_eq!(direct, copied);
         let failed = StatementView {
             role: Some("desk"),
             fingerprint: None,

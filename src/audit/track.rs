@@ -19,9 +19,10 @@
 //! says (fingerprint, columns) is computed once at Parse and shared by
 //! `Arc` with every execution.
 
+use crate::proto::name::Name;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use super::error::{AUDIT_UNAVAILABLE_MESSAGE, AUDIT_UNAVAILABLE_SQLSTATE};
@@ -41,6 +42,9 @@ pub struct Planned {
     columns: Arc<[ColumnUse]>,
     /// SQLSTATE when pgveil refused the statement at planning.
     refused: Option<&'static str>,
+    /// The record's fingerprint, tables and columns as written for the
+    /// first execution, with the result columns they were written for.
+    written: OnceLock<(Vec<ColumnUse>, Vec<u8>)>,
 }
 
 impl Planned {
@@ -104,6 +108,7 @@ impl Planned {
             fingerprint: Arc::from(fingerprint(sql)),
             columns: columns.into(),
             refused: plan.as_ref().err().map(|r| r.sqlstate),
+            written: OnceLock::new(),
         })
     }
 }
@@ -177,8 +182,8 @@ pub struct SessionAudit {
     opened: Option<Instant>,
     statements: u64,
     units: VecDeque<Unit>,
-    prepared: HashMap<Vec<u8>, Arc<Planned>>,
-    portals: HashMap<Vec<u8>, Arc<Planned>>,
+    prepared: HashMap<Name, Arc<Planned>>,
+    portals: HashMap<Name, Arc<Planned>>,
     /// A Parse or Bind pgveil refused: its record is opened at the Sync.
     refused_pending: Option<Arc<Planned>>,
     /// The first error of the current batch, for the requests it skipped.
@@ -277,7 +282,7 @@ impl SessionAudit {
     pub fn parse(&mut self, name: &[u8], planned: Option<Planned>) {
         match planned {
             Some(p) => {
-                self.prepared.insert(name.to_vec(), Arc::new(p));
+                self.prepared.insert(Name::new(name), Arc::new(p));
             }
             None => {
                 self.prepared.remove(name);
@@ -293,7 +298,7 @@ impl SessionAudit {
                 match self.portals.get_mut(portal) {
                     Some(slot) => *slot = p,
                     None => {
-                        self.portals.insert(portal.to_vec(), p);
+                        self.portals.insert(Name::new(portal), p);
                     }
                 }
             }
@@ -552,7 +557,7 @@ impl SessionAudit {
             }
         }
         let planned = open.planned.as_deref();
-        let statement = StatementView {
+        let mut statement = StatementView {
             conn: self.conn,
             user: &self.user,
             role: self.role.as_deref(),
@@ -568,7 +573,20 @@ impl SessionAudit {
             sqlstate: sqlstate.as_deref(),
             duration_us: u64::try_from(open.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             approval: open.approval.as_deref(),
+            written: None,
         };
+        if let Some(p) = planned {
+            // Later executions with the same result columns copy the
+            // first one's fingerprint, tables and columns.
+            let (shown, parts) = p.written.get_or_init(|| {
+                let mut parts = Vec::new();
+                statement.write_parts(&mut parts);
+                (open.shown.clone(), parts)
+            });
+            if *shown == open.shown {
+                statement.written = Some(parts);
+            }
+        }
         // A failure marks the trail unhealthy (and is logged there), so
         // the next statements on protected columns are refused.
         let _ = self.audit.statement(&statement);

@@ -14,6 +14,7 @@ pub mod cursor;
 pub mod error;
 pub mod extended;
 pub mod keydata;
+pub mod name;
 pub mod startup;
 
 /// Message type bytes used by the handlers, named as in the PostgreSQL docs.

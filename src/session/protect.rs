@@ -18,6 +18,7 @@
 
 mod audit;
 mod copy;
+use crate::proto::name::Name;
 use copy::copy_encryptor;
 mod guarded;
 mod plan;
@@ -176,8 +177,8 @@ pub(super) struct CopyOutState {
 /// Per-session protection state.
 #[derive(Debug, Default)]
 pub(super) struct ProtectState {
-    statements: HashMap<Vec<u8>, Arc<Prepared>>,
-    portals: HashMap<Vec<u8>, Arc<Prepared>>,
+    statements: HashMap<Name, Arc<Prepared>>,
+    portals: HashMap<Name, Arc<Prepared>>,
     pending: VecDeque<Pending>,
     /// Set after a refusal inside an extended batch: drop until Sync.
     refused: Option<Refusal>,
@@ -213,9 +214,9 @@ pub(super) struct ProtectState {
     /// Row shapes planned lately, reused by repeated executions.
     descriptions: DescriptionCache,
     /// Row shapes of described statements that return protected columns.
-    statement_rows: HashMap<Vec<u8>, Arc<RowPlan>>,
+    statement_rows: HashMap<Name, Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
-    portal_rows: HashMap<Vec<u8>, PortalRows>,
+    portal_rows: HashMap<Name, PortalRows>,
     /// The result being streamed by a simple query (or FETCH).
     current: Option<Arc<ResultPlan>>,
     /// pgveil refused a result mid-stream: swallow the rest until ReadyForQuery.
@@ -459,7 +460,7 @@ impl ProtectState {
                 let utf8 = std::str::from_utf8(parse.query).is_ok();
                 let sql = String::from_utf8_lossy(parse.query).into_owned();
                 let name = parse.name.to_vec();
-                self.statement_rows.remove(&name);
+                self.statement_rows.remove(&name[..]);
                 let analysis = snapshot.analysis(&sql);
                 let planned = role_effects(&sql).and_then(|effects| {
                     let (mut p, r) = plan_and_render_parse(&snapshot, &sql, &analysis, &parse)?;
@@ -493,10 +494,10 @@ impl ProtectState {
                                 to_server.extend_from_slice(frame.as_bytes())
                             }
                         }
-                        self.statements.insert(name, Arc::new(prepared));
+                        self.statements.insert(Name::new(&name), Arc::new(prepared));
                     }
                     Err(refusal) => {
-                        self.statements.remove(&name);
+                        self.statements.remove(&name[..]);
                         note_refusal(user, &refusal);
                         self.refused = Some(refusal);
                     }
@@ -556,7 +557,7 @@ impl ProtectState {
                         let mut formats = Vec::new();
                         set_result_format_codes(&mut formats, bind.result_formats);
                         self.portal_rows.insert(
-                            bind.portal.to_vec(),
+                            Name::new(bind.portal),
                             PortalRows {
                                 statement: bind.statement.to_vec(),
                                 formats,
@@ -569,7 +570,7 @@ impl ProtectState {
                 match (prepared, self.portals.get_mut(bind.portal)) {
                     (Some(p), Some(slot)) => *slot = p,
                     (Some(p), None) => {
-                        self.portals.insert(bind.portal.to_vec(), p);
+                        self.portals.insert(Name::new(bind.portal), p);
                     }
                     (None, _) => {
                         self.portals.remove(bind.portal);
@@ -633,7 +634,7 @@ impl ProtectState {
                         let described = rows
                             .described
                             .as_ref()
-                            .or_else(|| self.statement_rows.get(&rows.statement));
+                            .or_else(|| self.statement_rows.get(&rows.statement[..]));
                         match described {
                             Some(row) => {
                                 (Some(ResultPlan::bound(row.clone(), &rows.formats)), None)
@@ -778,7 +779,7 @@ impl ProtectState {
                         prepared.as_ref().and_then(|p| p.results.clone())
                     }
                     Some(Pending::DescribePortal(name, _)) => {
-                        self.portals.get(name).and_then(|p| p.results.clone())
+                        self.portals.get(&name[..]).and_then(|p| p.results.clone())
                     }
                     _ => self.query_results.take(),
                 };
@@ -807,8 +808,10 @@ impl ProtectState {
                         }
                         self.pending.pop_front();
                         match &planned {
-                            Some((row, _)) => self.statement_rows.insert(name, row.clone()),
-                            None => self.statement_rows.remove(&name),
+                            Some((row, _)) => {
+                                self.statement_rows.insert(Name::new(&name), row.clone())
+                            }
+                            None => self.statement_rows.remove(&name[..]),
                         };
                     }
                     Some(Pending::DescribePortal(name, cell)) => {
@@ -817,7 +820,7 @@ impl ProtectState {
                             let _ = cell.set(row.clone());
                         }
                         self.pending.pop_front();
-                        if let Some(p) = self.portal_rows.get_mut(&name) {
+                        if let Some(p) = self.portal_rows.get_mut(&name[..]) {
                             p.described = planned.as_ref().map(|(row, _)| row.clone());
                             if let Some((row, _)) = &planned {
                                 p.formats = row_formats(row);
@@ -1086,7 +1089,7 @@ impl ProtectState {
             .push_back(Pending::ParseOrBind { injected: true });
         tracing::debug!("statement prepared again after a key rotation");
         let again = Arc::new(again);
-        self.statements.insert(name.to_vec(), again.clone());
+        self.statements.insert(Name::new(name), again.clone());
         Ok(again)
     }
 

@@ -31,6 +31,7 @@ use crate::guard::precheck::{self, Caller, Verdict};
 use crate::guard::{cancel, how_to_approve, Approval, Guard, GuardError, Limits, Precheck};
 use crate::policy::role::Action;
 use crate::proto::keydata::CancelKey;
+use crate::proto::name::Name;
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
 use crate::sql::{bulk, BulkRead, ReadKind, Refusal};
@@ -60,7 +61,7 @@ pub(in crate::session) struct GuardState {
     /// Rows returned so far per open cursor declared over protected data.
     cursors: HashMap<String, Counted>,
     /// Rows returned so far per suspended portal.
-    portals: HashMap<Vec<u8>, Counted>,
+    portals: HashMap<Name, Counted>,
     /// A refused result's cancel, until the server has taken it.
     cancel_wait: Option<oneshot::Receiver<()>>,
     /// `precheck = "explain"`: the cap the next rendered Query's estimate
@@ -485,7 +486,7 @@ impl ProtectState {
     ) {
         let before = match &target {
             Target::Cursor(c) => self.guard.cursors.get(c).cloned(),
-            Target::Portal(p) => self.guard.portals.get(p).cloned(),
+            Target::Portal(p) => self.guard.portals.get(&p[..]).cloned(),
             Target::Statement => None,
         };
         let (base_rows, base_bytes, approval) = match before {
@@ -579,7 +580,7 @@ impl ProtectState {
             if tag == b'C' && !self.guard.portals.is_empty() {
                 if let Some(Pending::Execute(_, _, Some(e), _)) = self.pending.front() {
                     let portal = e.portal.clone();
-                    self.guard.portals.remove(&portal);
+                    self.guard.portals.remove(&portal[..]);
                 }
             }
             return false;
@@ -614,10 +615,10 @@ impl ProtectState {
                 }
             }
             Target::Portal(p) if tag == b's' => {
-                self.guard.portals.insert(p, counted);
+                self.guard.portals.insert(Name::new(&p), counted);
             }
             Target::Portal(p) => {
-                self.guard.portals.remove(&p);
+                self.guard.portals.remove(&p[..]);
             }
             Target::Statement => {}
         }
