@@ -19,8 +19,8 @@
 //! says (fingerprint, columns) is computed once at Parse and shared by
 //! `Arc` with every execution.
 
-use crate::proto::name::Name;
-use std::collections::{HashMap, VecDeque};
+use crate::proto::name::{Name, NameMap};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -182,8 +182,8 @@ pub struct SessionAudit {
     opened: Option<Instant>,
     statements: u64,
     units: VecDeque<Unit>,
-    prepared: HashMap<Name, Arc<Planned>>,
-    portals: HashMap<Name, Arc<Planned>>,
+    prepared: NameMap<Arc<Planned>>,
+    portals: NameMap<Arc<Planned>>,
     /// A Parse or Bind pgveil refused: its record is opened at the Sync.
     refused_pending: Option<Arc<Planned>>,
     /// The first error of the current batch, for the requests it skipped.
@@ -211,8 +211,8 @@ impl SessionAudit {
             opened: None,
             statements: 0,
             units: VecDeque::new(),
-            prepared: HashMap::new(),
-            portals: HashMap::new(),
+            prepared: NameMap::default(),
+            portals: NameMap::default(),
             refused_pending: None,
             batch_error: None,
             approvals_used: Vec::new(),

@@ -10,6 +10,13 @@
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 
+/// A map keyed by statement or portal names. The hasher is foldhash's
+/// seeded one: these maps are looked up several times per statement, and
+/// SipHash cost more than the lookup's other work. The seed is random per
+/// process, and the maps are per session, so a client choosing colliding
+/// names could only slow its own session.
+pub type NameMap<V> = std::collections::HashMap<Name, V, foldhash::fast::RandomState>;
+
 /// Longest name stored without an allocation.
 pub const INLINE: usize = 22;
 
@@ -78,12 +85,11 @@ impl std::fmt::Debug for Name {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     #[test]
     fn short_and_long_names_are_found_by_their_bytes() {
         let long = [b'x'; INLINE + 1];
-        let mut m = HashMap::new();
+        let mut m = NameMap::default();
         for n in [&b""[..], b"P_0", &long[..INLINE], &long[..]] {
             m.insert(Name::new(n), n.len());
         }

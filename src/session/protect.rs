@@ -18,7 +18,7 @@
 
 mod audit;
 mod copy;
-use crate::proto::name::Name;
+use crate::proto::name::{Name, NameMap};
 use copy::copy_encryptor;
 mod guarded;
 mod plan;
@@ -41,7 +41,7 @@ use crate::server::Shared;
 use crate::sql::role::{role_effects, RoleEffect};
 use crate::sql::{CopyIn, ParamTarget, ProtectedColumn, Refusal};
 use bytes::{BufMut, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What pgveil remembers about a prepared statement or portal.
@@ -177,8 +177,8 @@ pub(super) struct CopyOutState {
 /// Per-session protection state.
 #[derive(Debug, Default)]
 pub(super) struct ProtectState {
-    statements: HashMap<Name, Arc<Prepared>>,
-    portals: HashMap<Name, Arc<Prepared>>,
+    statements: NameMap<Arc<Prepared>>,
+    portals: NameMap<Arc<Prepared>>,
     pending: VecDeque<Pending>,
     /// Set after a refusal inside an extended batch: drop until Sync.
     refused: Option<Refusal>,
@@ -214,9 +214,9 @@ pub(super) struct ProtectState {
     /// Row shapes planned lately, reused by repeated executions.
     descriptions: DescriptionCache,
     /// Row shapes of described statements that return protected columns.
-    statement_rows: HashMap<Name, Arc<RowPlan>>,
+    statement_rows: NameMap<Arc<RowPlan>>,
     /// Result formats and shapes of bound portals.
-    portal_rows: HashMap<Name, PortalRows>,
+    portal_rows: NameMap<PortalRows>,
     /// The result being streamed by a simple query (or FETCH).
     current: Option<Arc<ResultPlan>>,
     /// pgveil refused a result mid-stream: swallow the rest until ReadyForQuery.

@@ -31,7 +31,7 @@ use crate::guard::precheck::{self, Caller, Verdict};
 use crate::guard::{cancel, how_to_approve, Approval, Guard, GuardError, Limits, Precheck};
 use crate::policy::role::Action;
 use crate::proto::keydata::CancelKey;
-use crate::proto::name::Name;
+use crate::proto::name::{Name, NameMap};
 use crate::rewrite::{refusal_sql, Snapshot};
 use crate::server::Shared;
 use crate::sql::{bulk, BulkRead, ReadKind, Refusal};
@@ -61,7 +61,7 @@ pub(in crate::session) struct GuardState {
     /// Rows returned so far per open cursor declared over protected data.
     cursors: HashMap<String, Counted>,
     /// Rows returned so far per suspended portal.
-    portals: HashMap<Name, Counted>,
+    portals: NameMap<Counted>,
     /// A refused result's cancel, until the server has taken it.
     cancel_wait: Option<oneshot::Receiver<()>>,
     /// `precheck = "explain"`: the cap the next rendered Query's estimate
