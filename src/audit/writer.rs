@@ -269,8 +269,17 @@ impl Writer {
         if self.file_len >= self.max_file_bytes && !self.closing {
             // Seal the full file (after whatever was sealed meanwhile),
             // then rename it away.
-            self.sealing.lock()?.checkpoint("rotate")?;
-            self.take()?;
+            // Sealed and taken under one lock: a session's record sealed
+            // in between would otherwise follow the checkpoint into the
+            // full file.
+            {
+                let mut sealer = self.sealing.lock()?;
+                sealer.checkpoint("rotate")?;
+                let first = sealer.take(&mut self.unwritten);
+                if self.unwritten_first_seq.is_none() {
+                    self.unwritten_first_seq = first;
+                }
+            }
             self.write_unwritten()?;
             self.rotate_due = true;
             self.rotate()?;
