@@ -159,38 +159,28 @@ impl StatementView<'_> {
     /// Appends `,"kind":"statement",…`: the fields in the order (and with
     /// the omissions) of the other events' serde form.
     pub fn write_fields(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b",\"kind\":\"statement\",\"conn\":");
-        write_u64(out, self.conn);
-        out.extend_from_slice(b",\"user\":");
-        write_json_str(out, self.user);
+        out.extend_from_slice(b",\"kind\":\"statement\"");
+        number(out, b",\"conn\":", self.conn);
+        string(out, b",\"user\":", self.user);
         if let Some(role) = self.role {
-            out.extend_from_slice(b",\"role\":");
-            write_json_str(out, role);
+            string(out, b",\"role\":", role);
         }
         match self.written {
             Some(parts) => out.extend_from_slice(parts),
             None => self.write_parts(out),
         }
-        out.extend_from_slice(b",\"rows\":");
-        write_u64(out, self.rows);
-        out.extend_from_slice(b",\"bytes\":");
-        write_u64(out, self.bytes);
+        number(out, b",\"rows\":", self.rows);
+        number(out, b",\"bytes\":", self.bytes);
         if let Some(n) = self.affected {
-            out.extend_from_slice(b",\"affected\":");
-            write_u64(out, n);
+            number(out, b",\"affected\":", n);
         }
-        out.extend_from_slice(b",\"outcome\":\"");
-        out.extend_from_slice(self.outcome.as_str().as_bytes());
-        out.push(b'"');
+        string(out, b",\"outcome\":", self.outcome.as_str());
         if let Some(code) = self.sqlstate {
-            out.extend_from_slice(b",\"sqlstate\":");
-            write_json_str(out, code);
+            string(out, b",\"sqlstate\":", code);
         }
-        out.extend_from_slice(b",\"duration_us\":");
-        write_u64(out, self.duration_us);
+        number(out, b",\"duration_us\":", self.duration_us);
         if let Some(id) = self.approval {
-            out.extend_from_slice(b",\"approval\":");
-            write_json_str(out, id);
+            string(out, b",\"approval\":", id);
         }
     }
 
@@ -235,19 +225,21 @@ fn table_of(column: &str) -> &str {
     column.rsplit_once('.').map_or("", |(t, _)| t)
 }
 
+/// Appends `,"key":` (as given) and `n`.
+fn number(out: &mut Vec<u8>, key: &[u8], n: u64) {
+    out.extend_from_slice(key);
+    write_u64(out, n);
+}
+
+/// Appends `,"key":` (as given) and `s` as a JSON string.
+fn string(out: &mut Vec<u8>, key: &[u8], s: &str) {
+    out.extend_from_slice(key);
+    write_json_str(out, s);
+}
+
 /// Appends `n` in decimal.
-pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[at..]);
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes it.

@@ -168,24 +168,9 @@ fn trim_ws(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-/// Appends the decimal digits of `v` (no sign handling beyond `-`).
+/// Appends the decimal digits of `v`.
 fn push_i64<B: OutBuf + ?Sized>(out: &mut B, v: i64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let neg = v < 0;
-    let mut u = v.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (u % 10) as u8;
-        u /= 10;
-        if u == 0 {
-            break;
-        }
-    }
-    if neg {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends `v` zero-padded to at least `width` digits (`v` non-negative).
