@@ -40,7 +40,7 @@ pub enum AuditError {
         /// The audit file.
         path: PathBuf,
     },
-    /// The writer is gone or its queue is full: the event was not recorded.
+    /// The trail is closed or its sealer failed: the event was not recorded.
     #[error("pgveil: the audit trail is not accepting records ({0})")]
     Unavailable(&'static str),
     /// A record could not be serialized.

@@ -133,7 +133,7 @@ impl Audit {
         })
     }
 
-    /// Waits until everything queued so far is written; `false` when the
+    /// Waits until everything sealed so far is written; `false` when the
     /// write failed.
     pub async fn flush(&self) -> bool {
         let (tx, rx) = oneshot::channel();

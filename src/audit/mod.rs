@@ -2,12 +2,12 @@
 //! when, with what result — never the values.
 //!
 //! The flow: sessions ([`track::SessionAudit`]) turn connection events and
-//! statements on protected columns into [`record::Event`]s and hand them to
-//! the [`handle::Audit`], which queues them for the [`writer`] thread. The
-//! writer seals each record into one JSON line ([`chain`]: a hash link to
-//! the previous line and a forward-evolving HMAC), writes and fsyncs in
-//! batches, signs a checkpoint every N records or T seconds and at
-//! shutdown, and rotates files by size ([`files`]). Other processes (the
+//! statements on protected columns into records and hand them to the
+//! [`handle::Audit`], which seals each into one JSON line on the calling
+//! thread (`sealer`, [`chain`]: a hash link to the previous line and a
+//! forward-evolving HMAC; a signed checkpoint every N records or T seconds
+//! and at shutdown). The `writer` thread writes and fsyncs the sealed
+//! lines in batches and rotates files by size ([`files`]). Other processes (the
 //! keyring commands) hand their events over through a [`spool`]. The
 //! [`verify`] module and `pgveil audit verify` ([`cli`]) check a series of
 //! files with only the public key. `docs/AUDIT.md` describes the

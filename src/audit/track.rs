@@ -15,9 +15,10 @@
 //! data goes unrecorded. Its record is sealed when its result ends (see
 //! `sealer.rs`), borrowing from this bookkeeping rather than copying it.
 //!
-//! Per execution this costs one small allocation: what a statement's plan
-//! says (fingerprint, columns) is computed once at Parse and shared by
-//! `Arc` with every execution.
+//! Per execution this costs a boxed entry and the list of the result's
+//! columns: what a statement's plan says (fingerprint, columns) is computed
+//! once at Parse and shared by `Arc` with every execution, and the JSON of
+//! it written for the first execution is copied by the later ones.
 
 use crate::proto::name::{Name, NameMap};
 use std::collections::VecDeque;

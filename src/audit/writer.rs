@@ -267,11 +267,9 @@ impl Writer {
             let _ = std::fs::remove_file(&f);
         }
         if self.file_len >= self.max_file_bytes && !self.closing {
-            // Seal the full file (after whatever was sealed meanwhile),
-            // then rename it away.
-            // Sealed and taken under one lock: a session's record sealed
-            // in between would otherwise follow the checkpoint into the
-            // full file.
+            // Seal the full file, then rename it away. The checkpoint is
+            // sealed and taken under one lock: a session's record sealed in
+            // between would otherwise follow it into the full file.
             {
                 let mut sealer = self.sealing.lock()?;
                 sealer.checkpoint("rotate")?;
