@@ -37,6 +37,8 @@ pub(super) struct Sealer {
     pending_first_seq: Option<u64>,
     /// The shutdown checkpoint is sealed: nothing may follow it.
     closed: bool,
+    /// [`MAX_PENDING_BYTES`], smaller in tests.
+    max_pending: usize,
 }
 
 impl Sealer {
@@ -48,6 +50,7 @@ impl Sealer {
             pending: Vec::with_capacity(64 * 1024),
             pending_first_seq: None,
             closed: false,
+            max_pending: MAX_PENDING_BYTES,
         }
     }
 
@@ -174,18 +177,18 @@ impl Sealing {
         health: &Health,
         f: impl FnOnce(&mut Sealer) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
-        let (first, backlog, sealed) = match self.lock() {
+        let (first, behind, sealed) = match self.lock() {
             Ok(mut s) => {
                 let first = s.pending_len() == 0;
                 let sealed = f(&mut s);
-                (first, s.pending_len(), sealed)
+                (first, s.pending_len() > s.max_pending, sealed)
             }
-            Err(e) => (false, 0, Err(e)),
+            Err(e) => (false, false, Err(e)),
         };
         if first {
             self.wake.notify_one();
         }
-        if sealed.is_err() || backlog > MAX_PENDING_BYTES {
+        if sealed.is_err() || behind {
             let why = if sealed.is_err() {
                 "a record could not be sealed"
             } else {
@@ -199,5 +202,128 @@ impl Sealing {
             }
         }
         sealed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::{self, GENESIS};
+    use crate::audit::record::{Event, Outcome};
+    use std::sync::atomic::AtomicBool;
+
+    fn sealing(checkpoint_every: u64, max_pending: usize) -> (Sealing, Health) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keyring");
+        let keyring = Keyring::open(&dir, &crate::crypto::MasterKey::demo()).expect("demo keyring");
+        let mut sealer = Sealer::new(Chain::new(5, GENESIS, [3; 32]), keyring, checkpoint_every);
+        sealer.max_pending = max_pending;
+        let health = Health {
+            ok: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        };
+        (Sealing::new(sealer), health)
+    }
+
+    fn reload() -> Stamped {
+        Stamped::now(Event::ConfigReloaded {
+            path: "p".into(),
+            outcome: "ok".into(),
+            detail: None,
+        })
+    }
+
+    fn statement() -> StatementView<'static> {
+        StatementView {
+            conn: 1,
+            user: "u",
+            role: None,
+            fingerprint: Some("SELECT ?"),
+            shown: &[],
+            planned: &[],
+            rows: 0,
+            bytes: 0,
+            affected: None,
+            outcome: Outcome::Ok,
+            sqlstate: None,
+            duration_us: 0,
+            approval: None,
+            written: None,
+        }
+    }
+
+    fn lines(bytes: &[u8]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| chain::parse(l).expect("a sealed line").fields)
+            .collect()
+    }
+
+    #[test]
+    fn lines_are_taken_in_order_with_a_checkpoint_every_n() {
+        let (sealing, health) = sealing(3, MAX_PENDING_BYTES);
+        for _ in 0..2 {
+            sealing
+                .record(&health, |s| s.seal(&reload()))
+                .expect("sealed");
+        }
+        let mut out = Vec::new();
+        let first = sealing.lock().expect("lock").take(&mut out);
+        assert_eq!(first, Some(5));
+        let ts = std::time::SystemTime::now();
+        sealing
+            .record(&health, |s| s.seal_statement(ts, &statement()))
+            .expect("sealed");
+        // Taken into a buffer that still holds the earlier lines: appended.
+        let first = sealing.lock().expect("lock").take(&mut out);
+        assert_eq!(first, Some(7));
+        let recs = lines(&out);
+        let kinds: Vec<&str> = recs
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "config_reloaded",
+                "config_reloaded",
+                "statement",
+                "checkpoint"
+            ]
+        );
+        let seqs: Vec<u64> = recs.iter().filter_map(|r| r["seq"].as_u64()).collect();
+        assert_eq!(seqs, [5, 6, 7, 8]);
+        assert!(health.ok.load(Ordering::Acquire));
+        assert_eq!(sealing.lock().expect("lock").take(&mut Vec::new()), None);
+    }
+
+    #[test]
+    fn a_writer_far_behind_makes_the_trail_unhealthy_without_losing_records() {
+        let (sealing, health) = sealing(1000, 1024);
+        let mut n = 0;
+        while health.ok.load(Ordering::Acquire) {
+            sealing
+                .record(&health, |s| s.seal(&reload()))
+                .expect("still sealed");
+            n += 1;
+            assert!(n < 100, "1 KiB of backlog never reported");
+        }
+        let mut out = Vec::new();
+        sealing.lock().expect("lock").take(&mut out);
+        assert_eq!(lines(&out).len(), n);
+    }
+
+    #[test]
+    fn nothing_is_sealed_after_the_shutdown_checkpoint() {
+        let (sealing, health) = sealing(1000, MAX_PENDING_BYTES);
+        sealing.lock().expect("lock").close().expect("closed");
+        let refused = sealing.record(&health, |s| s.seal(&reload()));
+        assert!(matches!(refused, Err(AuditError::Unavailable(_))));
+        assert!(!health.ok.load(Ordering::Acquire));
+        let mut out = Vec::new();
+        sealing.lock().expect("lock").take(&mut out);
+        let recs = lines(&out);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0]["reason"], "shutdown");
     }
 }
