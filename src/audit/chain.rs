@@ -54,12 +54,17 @@ pub fn hex(bytes: &[u8]) -> String {
     String::from_utf8(v).unwrap_or_default()
 }
 
-/// Appends lowercase hex of `bytes` to `out`.
+/// Appends lowercase hex of `bytes` to `out` (two hex fields per record:
+/// converted 32 bytes at a time on the stack, appended in one copy).
 pub fn hex_into(bytes: &[u8], out: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        out.extend_from_slice(&buf[..chunk.len() * 2]);
     }
 }
 
@@ -440,6 +445,14 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         assert_eq!(hex(&[0, 255, 16]), "00ff10");
+        assert_eq!(hex(&[]), "");
+        // Longer than one 32-byte chunk.
+        let long: Vec<u8> = (0..=70).collect();
+        let mut expected = String::new();
+        for b in &long {
+            expected.push_str(&format!("{b:02x}"));
+        }
+        assert_eq!(hex(&long), expected);
         assert_eq!(unhex::<3>("00FF10"), Some([0, 255, 16]));
         assert_eq!(unhex::<2>("00ff10"), None);
         assert_eq!(unhex::<1>("zz"), None);
