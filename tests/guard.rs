@@ -255,6 +255,12 @@ async fn full_table_reads_are_refused_before_execution() {
     // Extended protocol too.
     let err = c.query("SELECT phone FROM guests", &[]).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    // A RETURNING clause without WHERE returns every row it changes: it is
+    // refused before the change (all 3,000 guests are still there below).
+    refused(
+        rows(&c, "DELETE FROM guests RETURNING id, phone").await,
+        &["before execution", "the RETURNING clause", "public.guests"],
+    );
     // Columns the role cannot see in any form, or no protected column at
     // all, are not bulk reads of protected data.
     assert_eq!(rows(&c, "SELECT id FROM guests").await.unwrap().len(), 3000);

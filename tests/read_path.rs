@@ -371,6 +371,41 @@ async fn denied_column_is_refused_before_the_server_runs_the_statement() {
 }
 
 #[tokio::test]
+async fn returning_a_denied_column_is_refused_before_the_change() {
+    // Row 97: outside the `id < 90` rows the other tests compare.
+    let c = as_user("aud_carol").await;
+    db().psql(
+        "INSERT INTO rguests (id, note) VALUES (97, 'before') \
+         ON CONFLICT (id) DO UPDATE SET note = 'before'",
+    )
+    .unwrap();
+    let note = || db().psql("SELECT note FROM rguests WHERE id = 97").unwrap();
+    let before = note();
+    assert!(before.contains("before"), "{before}");
+    for sql in [
+        "UPDATE rguests SET note = 'after' WHERE id = 97 RETURNING id_number",
+        "DELETE FROM rguests WHERE id = 97 RETURNING id, id_number",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
+        let err = c.query(sql, &[]).await.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
+        let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+        assert!(message.contains("public.rguests.id_number"), "{message}");
+        // Refused before the server ran it: the row is as it was.
+        assert_eq!(note(), before, "{sql} changed the row");
+    }
+    // Returning a column the role may see runs (masked).
+    let rows = text_rows(
+        &c,
+        "UPDATE rguests SET note = 'after' WHERE id = 97 RETURNING id, note",
+    )
+    .await;
+    assert_eq!(rows, vec![vec!["97", "after"]]);
+    assert_ne!(note(), before);
+}
+
+#[tokio::test]
 async fn cursors_and_row_limited_portals_are_masked() {
     let mut c = as_user("fd_alice").await;
     let rows = text_rows(

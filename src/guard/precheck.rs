@@ -91,6 +91,7 @@ pub fn check(
                     ReadKind::Select => "the SELECT",
                     ReadKind::Cursor(_) => "the cursor's query",
                     ReadKind::CopyTo => "the COPY",
+                    ReadKind::Returning => "the RETURNING clause",
                 },
                 table: table.clone(),
                 role: caller.role.to_owned(),

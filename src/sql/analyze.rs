@@ -123,9 +123,21 @@ impl<'s> Ctx<'s> {
                 self.note_read(ReadKind::Select, q, &out);
                 Ok(())
             }
-            Statement::Insert(i) => self.insert(i, None).map(drop),
-            Statement::Update(u) => self.update(u, None).map(drop),
-            Statement::Delete(d) => self.delete(d, None).map(drop),
+            Statement::Insert(i) => {
+                let out = self.insert(i, None)?;
+                self.note_returning(&out, true);
+                Ok(())
+            }
+            Statement::Update(u) => {
+                let out = self.update(u, None)?;
+                self.note_returning(&out, u.selection.is_some());
+                Ok(())
+            }
+            Statement::Delete(d) => {
+                let out = self.delete(d, None)?;
+                self.note_returning(&out, d.selection.is_some());
+                Ok(())
+            }
             Statement::Copy { .. } => self.copy(st),
             Statement::Explain { statement, .. } => self.statement(statement),
             Statement::Prepare { statement, .. } => {

@@ -54,6 +54,10 @@ pub enum ReadKind {
     Cursor(String),
     /// `COPY table TO` or `COPY (query) TO`.
     CopyTo,
+    /// The RETURNING clause of an INSERT, UPDATE or DELETE: checked before
+    /// the statement runs, since a refusal at the result would come after
+    /// its change.
+    Returning,
 }
 
 impl BulkRead {
@@ -61,6 +65,26 @@ impl BulkRead {
     pub fn tables(&self) -> impl Iterator<Item = &str> {
         self.columns.iter().map(|c| table_of(&c.full_name))
     }
+}
+
+/// The protected columns a result carries as they are (without
+/// duplicates, in first-seen order), and whether it may carry some pgveil
+/// cannot name.
+fn protected_output(out: &Output) -> (Vec<ProtectedColumn>, bool) {
+    let mut columns: Vec<ProtectedColumn> = Vec::new();
+    let mut opaque = out.opaque;
+    for c in out.cols.iter().flatten() {
+        match &c.kind {
+            ColKind::Protected(pc) => {
+                if !columns.iter().any(|x| x.full_name == pc.full_name) {
+                    columns.push(pc.clone());
+                }
+            }
+            ColKind::Unknown => opaque = true,
+            ColKind::Plain => {}
+        }
+    }
+    (columns, opaque)
 }
 
 /// `schema.table` of a column's full name `schema.table.column`.
@@ -71,19 +95,7 @@ pub fn table_of(full_name: &str) -> &str {
 impl Ctx<'_> {
     /// Records the facts of a query whose result reaches the client.
     pub fn note_read(&mut self, kind: ReadKind, q: &Query, out: &Output) {
-        let mut columns: Vec<ProtectedColumn> = Vec::new();
-        let mut opaque = out.opaque;
-        for c in out.cols.iter().flatten() {
-            match &c.kind {
-                ColKind::Protected(pc) => {
-                    if !columns.iter().any(|x| x.full_name == pc.full_name) {
-                        columns.push(pc.clone());
-                    }
-                }
-                ColKind::Unknown => opaque = true,
-                ColKind::Plain => {}
-            }
-        }
+        let (columns, opaque) = protected_output(out);
         if columns.is_empty() && !opaque {
             return;
         }
@@ -101,6 +113,33 @@ impl Ctx<'_> {
             opaque,
             unfiltered,
             limit: query_limit(q),
+        });
+    }
+
+    /// Records the RETURNING clause of an INSERT, UPDATE or DELETE.
+    /// `filtered`: the statement changes only the rows a WHERE clause picks
+    /// (an INSERT returns the rows it inserts); otherwise every row of the
+    /// tables it returns protected columns of comes back.
+    pub fn note_returning(&mut self, out: &Output, filtered: bool) {
+        let (columns, opaque) = protected_output(out);
+        if columns.is_empty() && !opaque {
+            return;
+        }
+        let mut unfiltered: Vec<String> = Vec::new();
+        if !filtered {
+            for c in &columns {
+                let t = table_of(&c.full_name);
+                if !unfiltered.iter().any(|x| x == t) {
+                    unfiltered.push(t.to_owned());
+                }
+            }
+        }
+        self.reads.push(BulkRead {
+            kind: ReadKind::Returning,
+            columns,
+            opaque,
+            unfiltered,
+            limit: None,
         });
     }
 

@@ -310,6 +310,30 @@ fn bulk_read_facts_are_recorded_per_statement() {
 }
 
 #[test]
+fn returning_clauses_are_reads_checked_before_the_change() {
+    let r = reads("UPDATE guests SET note = 'x' WHERE id = 1 RETURNING id, phone");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].kind, ReadKind::Returning);
+    assert_eq!(short(&r[0].columns[0]), "phone");
+    assert!(r[0].unfiltered.is_empty());
+    // Without WHERE every row's value comes back.
+    let r = reads("DELETE FROM guests RETURNING name, phone, name");
+    assert_eq!(r[0].kind, ReadKind::Returning);
+    assert_eq!(r[0].columns.len(), 2);
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    let r = reads("UPDATE guests SET note = 'x' RETURNING *");
+    assert_eq!(r[0].columns.len(), 5);
+    assert_eq!(r[0].unfiltered, ["public.guests"]);
+    // An INSERT returns the rows it inserts.
+    let r = reads("INSERT INTO guests (id, phone) VALUES (1, '1') RETURNING phone");
+    assert_eq!(r[0].kind, ReadKind::Returning);
+    assert!(r[0].unfiltered.is_empty());
+    // Nothing protected returned, or no RETURNING: nothing to check.
+    assert!(reads("UPDATE guests SET note = 'x' RETURNING id").is_empty());
+    assert!(reads("DELETE FROM guests WHERE phone = '1'").is_empty());
+}
+
+#[test]
 fn bulk_read_facts_for_cursors_and_copy() {
     let r =
         reads("BEGIN; DECLARE \"Cur\" CURSOR FOR SELECT name FROM guests; FETCH 5 FROM \"Cur\"");
