@@ -333,6 +333,17 @@ async fn denied_column_refuses_the_whole_result() {
     );
 }
 
+/// `sql` is refused with 42501 naming `column`, through the simple and the
+/// extended protocol.
+async fn refused_as_denied(c: &tokio_postgres::Client, sql: &str, column: &str) {
+    let err = c.simple_query(sql).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
+    let err = c.query(sql, &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains(column), "{sql}: {message}");
+}
+
 #[tokio::test]
 async fn denied_column_is_refused_before_the_server_runs_the_statement() {
     db().psql(
@@ -348,12 +359,7 @@ async fn denied_column_is_refused_before_the_server_runs_the_statement() {
     let c = as_user("aud_carol").await;
     // Had the server run these, nextval would have moved the sequence.
     let sql = "SELECT id_number, nextval('deny_probe') FROM rguests WHERE id = 1";
-    let err = c.simple_query(sql).await.unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
-    let err = c.query(sql, &[]).await.unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
-    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
-    assert!(message.contains("public.rguests.id_number"), "{message}");
+    refused_as_denied(&c, sql, "public.rguests.id_number").await;
     assert_eq!(probe(), before, "the server ran a statement pgveil refused");
     // A cursor over the column is refused at DECLARE, not at FETCH.
     c.simple_query("BEGIN").await.unwrap();
@@ -386,12 +392,7 @@ async fn returning_a_denied_column_is_refused_before_the_change() {
         "UPDATE rguests SET note = 'after' WHERE id = 97 RETURNING id_number",
         "DELETE FROM rguests WHERE id = 97 RETURNING id, id_number",
     ] {
-        let err = c.simple_query(sql).await.unwrap_err();
-        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
-        let err = c.query(sql, &[]).await.unwrap_err();
-        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}: {err}");
-        let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
-        assert!(message.contains("public.rguests.id_number"), "{message}");
+        refused_as_denied(&c, sql, "public.rguests.id_number").await;
         // Refused before the server ran it: the row is as it was.
         assert_eq!(note(), before, "{sql} changed the row");
     }
