@@ -18,7 +18,7 @@ fn copy_text_defaults_all_columns() {
     assert_eq!(c.delimiter, b'\t');
     assert_eq!(c.null, "\\N");
     assert!(!c.header);
-    let names: Vec<Option<&str>> = c.fields.iter().map(|f| f.as_ref().map(short)).collect();
+    let names = field_names(&c.fields);
     assert_eq!(
         names,
         vec![
@@ -82,7 +82,7 @@ fn copy_out_and_plain_tables_pass() {
         other => panic!("expected CopyOut, got {other:?}"),
     };
     assert_eq!(out.format, CopyFormat::Text);
-    let names: Vec<Option<&str>> = out.fields.iter().map(|f| f.as_ref().map(short)).collect();
+    let names = field_names(&out.fields);
     assert_eq!(
         names,
         vec![
@@ -165,4 +165,10 @@ mod prop {
             }
         }
     }
+}
+
+/// The short names of a COPY layout's protected fields (`None` for the
+/// others), in order.
+fn field_names(fields: &[Option<ProtectedColumn>]) -> Vec<Option<&str>> {
+    fields.iter().map(|f| f.as_ref().map(short)).collect()
 }
