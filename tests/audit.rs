@@ -1070,3 +1070,59 @@ async fn set_role_and_copy_to_are_recorded() {
     let raw = std::fs::read_to_string(&v.path).expect("read");
     assert!(!raw.contains("13400000901") && !raw.contains("Role Test"));
 }
+
+/// pgbench's prepared mode pipelines Bind, Describe (portal), Execute and
+/// Sync, so the result's plan is only settled when the rows arrive: every
+/// execution's record must still say what the role was shown.
+#[tokio::test]
+async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
+    let v = Veiled::start("");
+    let su = v.connect("postgres").await;
+    su.batch_execute(
+        "INSERT INTO guests (id, name, phone) VALUES (911, 'Bench Read', '13400000911')",
+    )
+    .await
+    .expect("insert");
+    let script = v.dir.path().join("read.sql");
+    std::fs::write(&script, "SELECT name, phone FROM guests WHERE id = 911;\n").expect("script");
+    let script = script.to_str().expect("utf8");
+    for user in ["fd_amy", "mgr_ben"] {
+        let out = run_tool(
+            "pgbench",
+            v.addr(),
+            user,
+            None,
+            &[
+                "-n", "-c", "1", "-t", "5", "-M", "prepared", "-f", script, "postgres",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{user}: {out:?}");
+    }
+    v.audit().flush().await;
+    v.close().await;
+    let recs = v.records();
+    for (user, name, phone) in [
+        ("fd_amy", "masked", "masked"),
+        ("mgr_ben", "clear", "clear"),
+    ] {
+        let reads: Vec<_> = statements(&recs, user)
+            .into_iter()
+            .filter(|r| r["fingerprint"] == "SELECT name, phone FROM guests WHERE id = ?;")
+            .collect();
+        assert_eq!(reads.len(), 5, "{user}: {reads:?}");
+        for r in reads {
+            assert_eq!(r["rows"], 1, "{r}");
+            assert_eq!(
+                action_of(r, "public.guests.name").as_deref(),
+                Some(name),
+                "{r}"
+            );
+            assert_eq!(
+                action_of(r, "public.guests.phone").as_deref(),
+                Some(phone),
+                "{r}"
+            );
+        }
+    }
+}

@@ -861,18 +861,7 @@ impl ProtectState {
                 false
             }
             b'D' => {
-                let plan = match self.pending.front_mut() {
-                    Some(Pending::Execute(plan, _, _, deferred)) => {
-                        if plan.is_none() {
-                            if let Some(d) = deferred.take() {
-                                *plan = d.resolve().map(Arc::new);
-                            }
-                        }
-                        plan.clone()
-                    }
-                    _ => self.current.clone(),
-                };
-                let Some(mut plan) = plan else {
+                let Some(mut plan) = self.streaming_plan() else {
                     return false;
                 };
                 if plan.row.generation != self.generation() {
@@ -1139,6 +1128,23 @@ impl ProtectState {
             .role
             .get_or_insert_with(|| Arc::new(snapshot.role_for("")));
         (role.clone(), generation)
+    }
+
+    /// The plan of the result now streaming: the front Execute's —
+    /// settling one that waited for its portal's Describe, as pipelined
+    /// Bind/Describe/Execute leaves it — or a simple query's.
+    fn streaming_plan(&mut self) -> Option<Arc<ResultPlan>> {
+        match self.pending.front_mut() {
+            Some(Pending::Execute(plan, _, _, deferred)) => {
+                if plan.is_none() {
+                    if let Some(d) = deferred.take() {
+                        *plan = d.resolve().map(Arc::new);
+                    }
+                }
+                plan.clone()
+            }
+            _ => self.current.clone(),
+        }
     }
 
     /// A result planned before the role changed, decided again for the

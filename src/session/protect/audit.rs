@@ -150,11 +150,7 @@ impl ProtectState {
         let tag = frame.tag();
         let before = to_client.len();
         if tag == b'D' && !self.suppress && a.wants_row_shape() {
-            let plan = match self.pending.front() {
-                Some(Pending::Execute(p, ..)) => p.clone(),
-                _ => self.current.clone(),
-            };
-            if let Some(plan) = plan {
+            if let Some(plan) = self.streaming_plan() {
                 if let Err(refusal) = a.shape(plan.row.columns()) {
                     self.refuse_result(to_client, refusal.sqlstate, &refusal.message);
                     a.server_output(&to_client[before..]);
