@@ -1126,3 +1126,54 @@ async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
         }
     }
 }
+
+/// A prepared statement's record parts are reused only for the same
+/// result: executed again after `SET ROLE`, its record says what the new
+/// role was shown.
+#[tokio::test]
+async fn a_prepared_statement_reused_after_set_role_records_the_new_roles_view() {
+    let v = Veiled::start("");
+    let su = v.connect("postgres").await;
+    su.batch_execute(
+        "INSERT INTO guests (id, name, phone) VALUES (921, 'Role Reuse', '13400000921')",
+    )
+    .await
+    .expect("insert");
+    su.batch_execute("SET ROLE mgr_ben")
+        .await
+        .expect("set role");
+    let stmt = su
+        .prepare("SELECT phone FROM guests WHERE id = $1")
+        .await
+        .expect("prepare");
+    for _ in 0..2 {
+        let row = su.query_one(&stmt, &[&921i32]).await.expect("as manager");
+        assert_eq!(row.get::<_, String>(0), "13400000921");
+    }
+    su.batch_execute("SET ROLE fd_amy").await.expect("set role");
+    let row = su
+        .query_one(&stmt, &[&921i32])
+        .await
+        .expect("as front desk");
+    assert_eq!(row.get::<_, String>(0), "134****0921");
+    v.audit().flush().await;
+    v.close().await;
+    let recs = v.records();
+    let reads: Vec<_> = statements(&recs, "postgres")
+        .into_iter()
+        .filter(|r| r["fingerprint"] == "SELECT phone FROM guests WHERE id = ?")
+        .collect();
+    let seen: Vec<_> = reads
+        .iter()
+        .map(|r| (r["role"].as_str(), action_of(r, "public.guests.phone")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("manager"), Some("clear".to_owned())),
+            (Some("manager"), Some("clear".to_owned())),
+            (Some("frontdesk"), Some("masked".to_owned())),
+        ],
+        "{reads:?}"
+    );
+}

@@ -9,7 +9,7 @@
 //! when its result ends: no access goes unrecorded for want of a slot.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -39,6 +39,10 @@ pub struct Audit {
     ctl: mpsc::Sender<Ctl>,
     health: Arc<Health>,
     next_conn: AtomicU64,
+    /// Sessions holding ended statements whose records they have not
+    /// sealed yet (they seal right after handing the reply to the client
+    /// socket); [`Audit::flush`] waits for them.
+    pub(super) sealing_soon: AtomicUsize,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -83,6 +87,7 @@ impl Audit {
             ctl,
             health,
             next_conn: AtomicU64::new(1),
+            sealing_soon: AtomicUsize::new(0),
             thread: Mutex::new(Some(thread)),
         })))
     }
@@ -133,9 +138,16 @@ impl Audit {
         })
     }
 
-    /// Waits until everything sealed so far is written; `false` when the
-    /// write failed.
+    /// Waits until every record so far is written — including those of
+    /// statements whose replies have just been sent and are being sealed
+    /// (waited for up to a second); `false` when the write failed.
     pub async fn flush(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.sealing_soon.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let (tx, rx) = oneshot::channel();
         if self.ctl.send(Ctl::Flush(tx)).await.is_err() {
             return false;

@@ -23,6 +23,7 @@
 use crate::proto::name::{Name, NameMap};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -35,6 +36,32 @@ use crate::policy::role::{Action, PolicyRole};
 use crate::rewrite::Snapshot;
 use crate::sql::{Plan, Refusal};
 
+/// A result's protected columns and what the role is shown of each. An
+/// execution keeps a shared reference to it and reads it only when its
+/// record is sealed, after the reply has left: nothing is copied while the
+/// client waits, and a later execution of the same result shape is
+/// recognised by identity.
+pub trait ResultColumns: std::fmt::Debug + Send + Sync {
+    /// Calls `f` with each protected column's `schema.table.column` and
+    /// the role's action on it, in result order.
+    fn each(&self, f: &mut dyn FnMut(&str, &Action));
+}
+
+/// The record parts written for a statement's first execution, with the
+/// result they were written for.
+#[derive(Debug)]
+struct Written {
+    result: Option<Arc<dyn ResultColumns>>,
+    shown: Vec<ColumnUse>,
+    parts: Vec<u8>,
+}
+
+/// Whether two results are the same object (their data pointers; vtables
+/// of the same type may differ between codegen units).
+fn same_result(a: &Arc<dyn ResultColumns>, b: &Arc<dyn ResultColumns>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
 /// What planning said about one statement text, kept per prepared
 /// statement and portal, and shared by every record of its executions.
 #[derive(Debug)]
@@ -44,8 +71,8 @@ pub struct Planned {
     /// SQLSTATE when pgveil refused the statement at planning.
     refused: Option<&'static str>,
     /// The record's fingerprint, tables and columns as written for the
-    /// first execution, with the result columns they were written for.
-    written: OnceLock<(Vec<ColumnUse>, Vec<u8>)>,
+    /// first execution, with the result they were written for.
+    written: OnceLock<Written>,
 }
 
 impl Planned {
@@ -123,6 +150,8 @@ struct Open {
     fingerprint: Option<Arc<str>>,
     /// Columns in its result, with what the role was shown.
     shown: Vec<ColumnUse>,
+    /// An Execute's result, expanded into `shown` only when sealing.
+    result: Option<Arc<dyn ResultColumns>>,
     started: Instant,
     rows: u64,
     bytes: u64,
@@ -143,6 +172,7 @@ impl Open {
             planned,
             fingerprint,
             shown: Vec::new(),
+            result: None,
             started: Instant::now(),
             rows: 0,
             bytes: 0,
@@ -151,6 +181,25 @@ impl Open {
             approval: None,
             shaped: false,
         })
+    }
+
+    /// Adds a result column to `shown`, once per column and action.
+    fn show(&mut self, name: &str, action: &Action) {
+        let action = ColumnAction::of(action);
+        if self
+            .shown
+            .iter()
+            .any(|c| &*c.column == name && c.action == action)
+        {
+            return;
+        }
+        // Reuse the plan's copy of the name when it has one.
+        let column = self
+            .planned
+            .as_ref()
+            .and_then(|p| p.columns.iter().find(|c| &*c.column == name))
+            .map_or_else(|| Arc::from(name), |c| c.column.clone());
+        self.shown.push(ColumnUse { column, action });
     }
 
     fn fail(&mut self, outcome: Outcome, sqlstate: Option<Arc<str>>) {
@@ -172,6 +221,17 @@ struct Unit {
     query: Option<Frame>,
 }
 
+/// A statement whose result has ended, waiting to be sealed once its
+/// reply is on its way to the client.
+#[derive(Debug)]
+struct Finished {
+    open: Box<Open>,
+    role: Option<Arc<str>>,
+    outcome: Outcome,
+    sqlstate: Option<Arc<str>>,
+    duration_us: u64,
+}
+
 /// One session's audit state.
 #[derive(Debug)]
 pub struct SessionAudit {
@@ -191,6 +251,8 @@ pub struct SessionAudit {
     batch_error: Option<(Outcome, Option<Arc<str>>)>,
     /// Approvals already recorded as used on this connection.
     approvals_used: Vec<String>,
+    /// Ended statements not sealed yet (see [`SessionAudit::seal_finished`]).
+    finished: Vec<Finished>,
 }
 
 /// The refusal for statements that cannot be recorded.
@@ -217,6 +279,7 @@ impl SessionAudit {
             refused_pending: None,
             batch_error: None,
             approvals_used: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -439,23 +502,25 @@ impl SessionAudit {
         };
         open.shaped = true;
         for (name, action) in columns {
-            let action = ColumnAction::of(action);
-            if open
-                .shown
-                .iter()
-                .any(|c| &*c.column == name && c.action == action)
-            {
-                continue;
-            }
-            // Reuse the plan's copy of the name when it has one.
-            let column = open
-                .planned
-                .as_ref()
-                .and_then(|p| p.columns.iter().find(|c| &*c.column == name))
-                .map_or_else(|| Arc::from(name), |c| c.column.clone());
-            open.shown.push(ColumnUse { column, action });
+            open.show(name, action);
         }
         result
+    }
+
+    /// [`SessionAudit::shape`] for an Execute's result: when the record is
+    /// already open and has no columns yet (the usual case), only a shared
+    /// reference is kept, read when the record is sealed.
+    pub fn shape_result(&mut self, result: Arc<dyn ResultColumns>) -> Result<(), Refusal> {
+        if let Some(open) = self.units.front_mut().and_then(|u| u.open.as_mut()) {
+            if open.shown.is_empty() && open.result.is_none() {
+                open.shaped = true;
+                open.result = Some(result);
+                return Ok(());
+            }
+        }
+        let mut columns = Vec::new();
+        result.each(&mut |name, action| columns.push((name.to_owned(), action.clone())));
+        self.shape(columns.iter().map(|(n, a)| (n.as_str(), a)))
     }
 
     /// Frames pgveil sent to the client in answer to one server frame.
@@ -557,40 +622,88 @@ impl SessionAudit {
                     }));
             }
         }
-        let planned = open.planned.as_deref();
-        let mut statement = StatementView {
-            conn: self.conn,
-            user: &self.user,
-            role: self.role.as_deref(),
-            fingerprint: planned
-                .map(|p| &*p.fingerprint)
-                .or(open.fingerprint.as_deref()),
-            shown: &open.shown,
-            planned: planned.map_or(&[][..], |p| &p.columns[..]),
-            rows: open.rows,
-            bytes: open.bytes,
-            affected: open.affected,
-            outcome,
-            sqlstate: sqlstate.as_deref(),
-            duration_us: u64::try_from(open.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            approval: open.approval.as_deref(),
-            written: None,
-        };
-        if let Some(p) = planned {
-            // Later executions with the same result columns copy the
-            // first one's fingerprint, tables and columns.
-            let (shown, parts) = p.written.get_or_init(|| {
-                let mut parts = Vec::new();
-                statement.write_parts(&mut parts);
-                (open.shown.clone(), parts)
-            });
-            if *shown == open.shown {
-                statement.written = Some(parts);
-            }
+        let duration_us = u64::try_from(open.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if self.finished.is_empty() {
+            self.audit.sealing_soon.fetch_add(1, Ordering::AcqRel);
         }
-        // A failure marks the trail unhealthy (and is logged there), so
-        // the next statements on protected columns are refused.
-        let _ = self.audit.statement(&statement);
+        self.finished.push(Finished {
+            open,
+            role: self.role.clone(),
+            outcome,
+            sqlstate,
+            duration_us,
+        });
+    }
+
+    /// Seals the records of the statements that have ended. The session
+    /// calls this once it has handed their replies to the client socket,
+    /// so that sealing (about a microsecond each) is not on the client's
+    /// round trip; nothing else happens in between, and the records keep
+    /// their order.
+    pub fn seal_finished(&mut self) {
+        if self.finished.is_empty() {
+            return;
+        }
+        for mut done in self.finished.drain(..) {
+            let planned = done.open.planned.clone();
+            let planned = planned.as_deref();
+            // A later execution of the same result copies the first one's
+            // parts without looking at its columns.
+            let copied = match (&done.open.result, planned.and_then(|p| p.written.get())) {
+                (Some(r), Some(w)) if done.open.shown.is_empty() => w
+                    .result
+                    .as_ref()
+                    .filter(|wr| same_result(wr, r))
+                    .map(|_| &w.parts[..]),
+                _ => None,
+            };
+            if copied.is_none() {
+                if let Some(result) = done.open.result.take() {
+                    let open = &mut done.open;
+                    result.each(&mut |name, action| open.show(name, action));
+                    open.result = Some(result);
+                }
+            }
+            let open = &done.open;
+            let mut statement = StatementView {
+                conn: self.conn,
+                user: &self.user,
+                role: done.role.as_deref(),
+                fingerprint: planned
+                    .map(|p| &*p.fingerprint)
+                    .or(open.fingerprint.as_deref()),
+                shown: &open.shown,
+                planned: planned.map_or(&[][..], |p| &p.columns[..]),
+                rows: open.rows,
+                bytes: open.bytes,
+                affected: open.affected,
+                outcome: done.outcome,
+                sqlstate: done.sqlstate.as_deref(),
+                duration_us: done.duration_us,
+                approval: open.approval.as_deref(),
+                written: copied,
+            };
+            if let (Some(p), None) = (planned, copied) {
+                // Later executions with the same result columns copy the
+                // first one's fingerprint, tables and columns.
+                let w = p.written.get_or_init(|| {
+                    let mut parts = Vec::new();
+                    statement.write_parts(&mut parts);
+                    Written {
+                        result: open.result.clone(),
+                        shown: open.shown.clone(),
+                        parts,
+                    }
+                });
+                if w.shown == open.shown {
+                    statement.written = Some(&w.parts);
+                }
+            }
+            // A failure marks the trail unhealthy (and is logged there), so
+            // the next statements on protected columns are refused.
+            let _ = self.audit.statement(&statement);
+        }
+        self.audit.sealing_soon.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -603,6 +716,7 @@ impl Drop for SessionAudit {
             }
             self.finish(unit);
         }
+        self.seal_finished();
         if let Some(opened) = self.opened {
             let _ = self.audit.log(Event::ConnectionClosed {
                 conn: self.conn,

@@ -39,6 +39,15 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Seals the audit records of statements whose replies have just been
+    /// handed to the client socket (see `SessionAudit::seal_finished`).
+    #[inline]
+    pub(super) fn seal_finished(&mut self) {
+        if let Some(a) = self.audit.as_mut() {
+            a.seal_finished();
+        }
+    }
+
     /// ReadyForQuery: a statement round trip ended. Idle (`I`) means no
     /// transaction is open, so a graceful shutdown may close the session.
     #[inline]

@@ -861,12 +861,9 @@ impl ProtectState {
                 false
             }
             b'D' => {
-                let Some(mut plan) = self.streaming_plan() else {
+                let Some(plan) = self.streaming_plan(protector) else {
                     return false;
                 };
-                if plan.row.generation != self.generation() {
-                    plan = self.replan(protector, &plan);
-                }
                 if let Some((code, message)) = plan.row.refusal() {
                     self.refuse_result(to_client, code, &message);
                     return true;
@@ -1132,8 +1129,18 @@ impl ProtectState {
 
     /// The plan of the result now streaming: the front Execute's —
     /// settling one that waited for its portal's Describe, as pipelined
-    /// Bind/Describe/Execute leaves it — or a simple query's.
-    fn streaming_plan(&mut self) -> Option<Arc<ResultPlan>> {
+    /// Bind/Describe/Execute leaves it — or a simple query's, decided
+    /// again when the role changed since it was planned.
+    fn streaming_plan(&mut self, protector: &Protector) -> Option<Arc<ResultPlan>> {
+        let plan = self.planned_result()?;
+        if plan.row.generation != self.generation() {
+            return Some(self.replan(protector, &plan));
+        }
+        Some(plan)
+    }
+
+    /// [`ProtectState::streaming_plan`] as planned.
+    fn planned_result(&mut self) -> Option<Arc<ResultPlan>> {
         match self.pending.front_mut() {
             Some(Pending::Execute(plan, _, _, deferred)) => {
                 if plan.is_none() {

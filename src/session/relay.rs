@@ -272,6 +272,8 @@ impl Relay {
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::Client(e))),
             }
+            // The replies are on their way: now seal their audit records.
+            session.seal_finished();
             if self.to_server.len() < HIGH_WATER && !session.client_paused() {
                 self.client_in
                     .reserve(read_hint(&self.client_in, self.max_message));

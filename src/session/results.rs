@@ -136,6 +136,14 @@ impl RowPlan {
     }
 }
 
+impl crate::audit::track::ResultColumns for RowPlan {
+    fn each(&self, f: &mut dyn FnMut(&str, &Action)) {
+        for (name, action) in self.columns() {
+            f(name, action);
+        }
+    }
+}
+
 /// Why a result with a column the role is denied is refused.
 pub(super) fn denied_message(column: &str) -> String {
     format!(

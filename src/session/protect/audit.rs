@@ -150,8 +150,8 @@ impl ProtectState {
         let tag = frame.tag();
         let before = to_client.len();
         if tag == b'D' && !self.suppress && a.wants_row_shape() {
-            if let Some(plan) = self.streaming_plan() {
-                if let Err(refusal) = a.shape(plan.row.columns()) {
+            if let Some(plan) = self.streaming_plan(protector) {
+                if let Err(refusal) = a.shape_result(plan.row.clone()) {
                     self.refuse_result(to_client, refusal.sqlstate, &refusal.message);
                     a.server_output(&to_client[before..]);
                     return true;
