@@ -6,7 +6,8 @@
 # pgveil/direct, pgveil/PgBouncer and pgveil/forwarder, and each proxy's CPU
 # time per transaction (utime+stime of the proxy process / transactions).
 #
-# Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds)
+# Usage: benches/pgbench.sh            (defaults: 8 clients, 10 s runs, 2 rounds;
+#   even rounds run each workload's targets in reverse order)
 #   CLIENTS=8 DURATION=10 ROUNDS=2 SCALE=10 WORKLOADS="select-simple ..." benches/pgbench.sh
 #   WORKLOADS="guests-read guests-guard" benches/pgbench.sh   (read mixes: roles; bulk-read guard)
 #   WORKLOADS="guests-write guests-read" GUEST_TARGETS="pgveil-enc pgveil-enc-audit" \
@@ -293,7 +294,12 @@ TCK=$(getconf CLK_TCK)
 echo "running: clients=$CLIENTS threads=$THREADS duration=${DURATION}s rounds=$ROUNDS scale=$SCALE"
 for round in $(seq "$ROUNDS"); do
   for wl in $WORKLOADS; do
-    for target in $(targets_of "$wl"); do
+    # Odd rounds run the targets in the listed order, even rounds in the
+    # reverse order, so neither side of a comparison always runs second
+    # (after the other has grown the tables, or while autovacuum runs).
+    order=$(targets_of "$wl")
+    if [ $((round % 2)) -eq 0 ]; then order=$(printf '%s\n' $order | tac | tr '\n' ' '); fi
+    for target in $order; do
       port=$(port_of "$target"); pid=$(pid_of "$target")
       before=$(cpu_ticks "$pid"); ubefore=$(user_ticks "$pid")
       # shellcheck disable=SC2046

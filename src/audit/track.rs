@@ -12,13 +12,16 @@
 //!
 //! Such a statement is forwarded only while the trail is healthy;
 //! otherwise it is refused with SQLSTATE 58030, so no access to protected
-//! data goes unrecorded. Its record is sealed when its result ends (see
-//! `sealer.rs`), borrowing from this bookkeeping rather than copying it.
+//! data goes unrecorded. Its record is sealed once its result has ended
+//! and the reply has been handed to the client socket (see
+//! `seal_finished` and `sealer.rs`), borrowing from this bookkeeping
+//! rather than copying it; sealing so stays off the client's round trip.
 //!
-//! Per execution this costs a boxed entry and the list of the result's
-//! columns: what a statement's plan says (fingerprint, columns) is computed
-//! once at Parse and shared by `Arc` with every execution, and the JSON of
-//! it written for the first execution is copied by the later ones.
+//! Per execution this costs a boxed entry and a shared reference to the
+//! result's columns: what a statement's plan says (fingerprint, columns) is
+//! computed once at Parse and shared by `Arc` with every execution, and the
+//! JSON of it written for the first execution is copied by the later ones
+//! with the same result.
 
 use crate::proto::name::{Name, NameMap};
 use std::collections::VecDeque;
