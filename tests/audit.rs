@@ -1071,18 +1071,26 @@ async fn set_role_and_copy_to_are_recorded() {
     assert!(!raw.contains("13400000901") && !raw.contains("Role Test"));
 }
 
+/// A fresh audited proxy, and a superuser connection through it that has
+/// inserted guest `id` (phone 13400000`id`).
+async fn with_guest(id: i32, name: &str) -> (Veiled, tokio_postgres::Client) {
+    let v = Veiled::start("");
+    let su = v.connect("postgres").await;
+    su.execute(
+        "INSERT INTO guests (id, name, phone) VALUES ($1, $2, $3)",
+        &[&id, &name, &format!("13400000{id}")],
+    )
+    .await
+    .expect("insert");
+    (v, su)
+}
+
 /// pgbench's prepared mode pipelines Bind, Describe (portal), Execute and
 /// Sync, so the result's plan is only settled when the rows arrive: every
 /// execution's record must still say what the role was shown.
 #[tokio::test]
 async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
-    let v = Veiled::start("");
-    let su = v.connect("postgres").await;
-    su.batch_execute(
-        "INSERT INTO guests (id, name, phone) VALUES (911, 'Bench Read', '13400000911')",
-    )
-    .await
-    .expect("insert");
+    let (v, _su) = with_guest(911, "Bench Read").await;
     let script = v.dir.path().join("read.sql");
     std::fs::write(&script, "SELECT name, phone FROM guests WHERE id = 911;\n").expect("script");
     let script = script.to_str().expect("utf8");
@@ -1132,13 +1140,7 @@ async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
 /// role was shown.
 #[tokio::test]
 async fn a_prepared_statement_reused_after_set_role_records_the_new_roles_view() {
-    let v = Veiled::start("");
-    let su = v.connect("postgres").await;
-    su.batch_execute(
-        "INSERT INTO guests (id, name, phone) VALUES (921, 'Role Reuse', '13400000921')",
-    )
-    .await
-    .expect("insert");
+    let (v, su) = with_guest(921, "Role Reuse").await;
     su.batch_execute("SET ROLE mgr_ben")
         .await
         .expect("set role");
@@ -1176,4 +1178,66 @@ async fn a_prepared_statement_reused_after_set_role_records_the_new_roles_view()
         ],
         "{reads:?}"
     );
+}
+
+/// Every read path leaves a record saying what the role was shown: a
+/// portal read a few rows per Execute, and a cursor fetched through the
+/// extended protocol.
+#[tokio::test]
+async fn portal_and_cursor_reads_record_what_the_role_was_shown() {
+    let (v, su) = with_guest(931, "Portal Read").await;
+    su.execute(
+        "INSERT INTO guests (id, name, phone) VALUES ($1, $2, $3)",
+        &[&932i32, &"Portal Read2", &"13400000932"],
+    )
+    .await
+    .expect("insert");
+    drop(su);
+    let mut fd = v.connect("fd_amy").await;
+    let tx = fd.transaction().await.expect("begin");
+    let stmt = tx
+        .prepare("SELECT phone FROM guests WHERE id IN (931, 932) ORDER BY id")
+        .await
+        .expect("prepare");
+    let portal = tx.bind(&stmt, &[]).await.expect("bind");
+    let mut phones = Vec::new();
+    for _ in 0..2 {
+        for row in tx.query_portal(&portal, 1).await.expect("execute 1 row") {
+            phones.push(row.get::<_, String>(0));
+        }
+    }
+    tx.batch_execute(
+        "DECLARE c CURSOR FOR SELECT phone FROM guests WHERE id IN (931, 932) ORDER BY id",
+    )
+    .await
+    .expect("declare");
+    for row in tx.query("FETCH 2 FROM c", &[]).await.expect("fetch") {
+        phones.push(row.get::<_, String>(0));
+    }
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        phones,
+        ["134****0931", "134****0932", "134****0931", "134****0932"]
+    );
+    v.audit().flush().await;
+    v.close().await;
+    let recs = v.records();
+    let fd_st = statements(&recs, "fd_amy");
+    let portal_reads: Vec<_> = fd_st
+        .iter()
+        .filter(|r| r["fingerprint"] == "SELECT phone FROM guests WHERE id IN (?, ?) ORDER BY id")
+        .collect();
+    assert_eq!(portal_reads.len(), 2, "one record per Execute: {fd_st:?}");
+    let fetch = fd_st
+        .iter()
+        .find(|r| r["fingerprint"] == "FETCH ? FROM c")
+        .unwrap_or_else(|| panic!("FETCH record: {fd_st:?}"));
+    for r in portal_reads.into_iter().chain([fetch]) {
+        assert_eq!(
+            action_of(r, "public.guests.phone").as_deref(),
+            Some("masked"),
+            "{r}"
+        );
+    }
+    assert_eq!(fetch["rows"], 2, "{fetch}");
 }

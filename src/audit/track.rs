@@ -73,6 +73,10 @@ pub struct Planned {
     columns: Arc<[ColumnUse]>,
     /// SQLSTATE when pgveil refused the statement at planning.
     refused: Option<&'static str>,
+    /// The text touches nothing protected but its result may carry
+    /// protected columns (`FETCH`, `EXECUTE`): a record is opened only if
+    /// it does.
+    result_only: bool,
     /// The record's fingerprint, tables and columns as written for the
     /// first execution, with the result they were written for.
     written: OnceLock<Written>,
@@ -139,6 +143,29 @@ impl Planned {
             fingerprint: Arc::from(fingerprint(sql)),
             columns: columns.into(),
             refused: plan.as_ref().err().map(|r| r.sqlstate),
+            result_only: false,
+            written: OnceLock::new(),
+        })
+    }
+
+    /// For a prepared statement [`Planned::of`] found untouched: kept when
+    /// its result may still carry protected columns (`FETCH` from a
+    /// cursor, `EXECUTE` of an SQL-level prepared statement), so that a
+    /// record opened by its result has its fingerprint.
+    pub fn result_only(sql: &str) -> Option<Self> {
+        let word = sql
+            .trim_start()
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or_default();
+        if !(word.eq_ignore_ascii_case("fetch") || word.eq_ignore_ascii_case("execute")) {
+            return None;
+        }
+        Some(Planned {
+            fingerprint: Arc::from(fingerprint(sql)),
+            columns: Arc::from([]),
+            refused: None,
+            result_only: true,
             written: OnceLock::new(),
         })
     }
@@ -222,6 +249,10 @@ struct Unit {
     /// A simple query planned as untouched, kept (a shared reference to
     /// the received frame, no copy) in case its result turns out protected.
     query: Option<Frame>,
+    /// The fingerprint of an Execute whose statement looked untouched but
+    /// may return protected columns (`FETCH`, `EXECUTE`), for the record
+    /// opened if its result does.
+    fingerprint: Option<Arc<str>>,
 }
 
 /// A statement whose result has ended, waiting to be sealed once its
@@ -341,6 +372,7 @@ impl SessionAudit {
             execute: false,
             open,
             query,
+            fingerprint: None,
         });
         gate
     }
@@ -387,8 +419,13 @@ impl SessionAudit {
     /// Execute of `portal`. `Err` means it must be refused because it
     /// cannot be recorded.
     pub fn execute(&mut self, portal: &[u8]) -> Result<(), Refusal> {
+        let mut fingerprint = None;
         let (open, gate) = match self.portals.get(portal).cloned() {
             None => (None, Ok(())),
+            Some(p) if p.result_only => {
+                fingerprint = Some(p.fingerprint.clone());
+                (None, Ok(()))
+            }
             Some(p) => {
                 let (open, gate) = self.open(p);
                 (Some(open), gate)
@@ -398,6 +435,7 @@ impl SessionAudit {
             execute: true,
             open,
             query: None,
+            fingerprint,
         });
         gate
     }
@@ -411,12 +449,14 @@ impl SessionAudit {
                 execute: true,
                 open: Some(Open::new(Some(p), None)),
                 query: None,
+                fingerprint: None,
             });
         }
         self.units.push_back(Unit {
             execute: false,
             open: None,
             query: None,
+            fingerprint: None,
         });
     }
 
@@ -489,10 +529,13 @@ impl SessionAudit {
         let mut result = Ok(());
         let needs_open = self.units.front().is_some_and(|u| u.open.is_none());
         if needs_open {
-            let query = self.units.front_mut().and_then(|u| u.query.take());
-            let fp = query.and_then(|f| {
-                crate::proto::extended::query_text(f.body())
-                    .map(|t| Arc::from(fingerprint(&String::from_utf8_lossy(t))))
+            let unit = self.units.front_mut();
+            let (query, fp) = unit.map_or((None, None), |u| (u.query.take(), u.fingerprint.take()));
+            let fp = fp.or_else(|| {
+                query.and_then(|f| {
+                    crate::proto::extended::query_text(f.body())
+                        .map(|t| Arc::from(fingerprint(&String::from_utf8_lossy(t))))
+                })
             });
             let mut open = Open::new(None, fp);
             result = self.admit(&mut open);
@@ -766,6 +809,28 @@ mod tests {
         assert_eq!(command_rows(b"INSERT 0 5\0"), Some(5));
         assert_eq!(command_rows(b"UPDATE 3\0"), Some(3));
         assert_eq!(command_rows(b"BEGIN\0"), None);
+    }
+
+    #[test]
+    fn only_fetch_and_execute_are_kept_for_their_results() {
+        for sql in [
+            "FETCH 2 FROM c",
+            "  fetch next from c",
+            "EXECUTE s(1)",
+            "execute\ts",
+        ] {
+            let p = Planned::result_only(sql).expect(sql);
+            assert!(p.result_only && p.columns.is_empty(), "{sql}");
+        }
+        assert_eq!(
+            &*Planned::result_only("FETCH 2 FROM c")
+                .expect("fetch")
+                .fingerprint,
+            "FETCH ? FROM c"
+        );
+        for sql in ["SELECT 1", "FETCHED", "EXECUTED", "MOVE 1 IN c", ""] {
+            assert!(Planned::result_only(sql).is_none(), "{sql}");
+        }
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl ProtectState {
                     let snapshot = protector.snapshot();
                     a.parse(
                         parse.name,
-                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_deref()),
+                        Planned::of(&sql, &snapshot.plan(&sql), &snapshot, self.role.as_deref())
+                            .or_else(|| Planned::result_only(&sql)),
                     );
                 }
             }
