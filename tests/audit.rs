@@ -1214,10 +1214,22 @@ async fn portal_and_cursor_reads_record_what_the_role_was_shown() {
     for row in tx.query("FETCH 2 FROM c", &[]).await.expect("fetch") {
         phones.push(row.get::<_, String>(0));
     }
+    tx.batch_execute("PREPARE p AS SELECT phone FROM guests WHERE id = 931")
+        .await
+        .expect("PREPARE");
+    for row in tx.query("EXECUTE p", &[]).await.expect("EXECUTE") {
+        phones.push(row.get::<_, String>(0));
+    }
     tx.commit().await.expect("commit");
     assert_eq!(
         phones,
-        ["134****0931", "134****0932", "134****0931", "134****0932"]
+        [
+            "134****0931",
+            "134****0932",
+            "134****0931",
+            "134****0932",
+            "134****0931"
+        ]
     );
     v.audit().flush().await;
     v.close().await;
@@ -1232,7 +1244,12 @@ async fn portal_and_cursor_reads_record_what_the_role_was_shown() {
         .iter()
         .find(|r| r["fingerprint"] == "FETCH ? FROM c")
         .unwrap_or_else(|| panic!("FETCH record: {fd_st:?}"));
-    for r in portal_reads.into_iter().chain([fetch]) {
+    let execute = fd_st
+        .iter()
+        .find(|r| r["fingerprint"] == "EXECUTE p")
+        .unwrap_or_else(|| panic!("EXECUTE record: {fd_st:?}"));
+    assert_eq!(execute["rows"], 1, "{execute}");
+    for r in portal_reads.into_iter().chain([fetch, execute]) {
         assert_eq!(
             action_of(r, "public.guests.phone").as_deref(),
             Some("masked"),
