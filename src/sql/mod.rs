@@ -16,6 +16,7 @@
 //! statement is never re-printed from the AST.
 
 mod analyze;
+pub mod approval;
 pub mod bulk;
 mod copy;
 mod error;

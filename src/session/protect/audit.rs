@@ -6,7 +6,6 @@
 //! when it is off, so the relay of untouched traffic costs the same as
 //! without an audit trail.
 
-use super::guarded::ApprovalStmt;
 use super::{write_query, Pending, ProtectState};
 use crate::audit::track::Planned;
 use crate::audit::SessionAudit;
@@ -16,6 +15,7 @@ use crate::rewrite::{refusal_sql, Protector};
 use crate::server::Shared;
 use crate::session::frontend::Flow;
 use crate::session::Session;
+use crate::sql::approval::{approval_statement, ApprovalStmt};
 use bytes::BytesMut;
 
 impl Session<'_> {
@@ -63,7 +63,7 @@ impl ProtectState {
                     // `SET pgveil.approval` is answered by the guard, not
                     // planned; it touches no protected column.
                     let answered = matches!(
-                        super::guarded::approval_statement(&sql),
+                        approval_statement(&sql),
                         Some(ApprovalStmt::Set(_) | ApprovalStmt::Reset(_))
                     );
                     let planned = if answered {
