@@ -6,7 +6,8 @@
 //! (see `sealer.rs`) and never waits for I/O; the writer thread writes and
 //! fsyncs what has been sealed. A statement on protected columns is
 //! forwarded only while the trail is healthy, and its record is sealed
-//! when its result ends: no access goes unrecorded for want of a slot.
+//! once its result has ended and the reply has been handed to the client
+//! socket: no access goes unrecorded for want of a slot.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
