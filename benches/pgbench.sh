@@ -311,6 +311,10 @@ for round in $(seq "$ROUNDS"); do
       txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
       cpu_us=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$TCK" 'BEGIN { if (n > 0 && t > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us" >> "$results"
+      # Rotated audit files are not needed by the bench: remove them so a
+      # trail on tmpfs does not fill memory over a long run (pgveil keeps
+      # writing the active file).
+      rm -f "${AUDIT_DIR:-$work/audit}"/audit.jsonl.[0-9]*
       user_us=$(awk -v t=$((uafter - ubefore)) -v n="$txns" -v hz="$TCK" 'BEGIN { if (n > 0 && t > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')
       printf '  round %s %-16s %-10s tps=%10s  lat=%7s ms  proxy_cpu=%6s us/txn (user %s)\n' "$round" "$wl" "$target" "$tps" "$lat" "$cpu_us" "$user_us"
     done
