@@ -23,6 +23,7 @@ mod error;
 pub mod files;
 pub mod fingerprint;
 mod handle;
+pub mod planned;
 pub mod record;
 mod sealer;
 pub mod spool;

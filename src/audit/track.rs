@@ -27,149 +27,17 @@ use crate::proto::name::{Name, NameMap};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::{AUDIT_UNAVAILABLE_MESSAGE, AUDIT_UNAVAILABLE_SQLSTATE};
 use super::fingerprint::fingerprint;
 use super::handle::Audit;
+use super::planned::{same_result, Planned, ResultColumns, Written};
 use super::record::{ColumnAction, ColumnUse, Event, Outcome, StatementView};
 use crate::net::Frame;
-use crate::policy::role::{Action, PolicyRole};
-use crate::rewrite::Snapshot;
-use crate::sql::{Plan, Refusal};
-
-/// A result's protected columns and what the role is shown of each. An
-/// execution keeps a shared reference to it and reads it only when its
-/// record is sealed, after the reply has left: nothing is copied while the
-/// client waits, and a later execution of the same result shape is
-/// recognised by identity.
-pub trait ResultColumns: std::fmt::Debug + Send + Sync {
-    /// Calls `f` with each protected column's `schema.table.column` and
-    /// the role's action on it, in result order.
-    fn each(&self, f: &mut dyn FnMut(&str, &Action));
-}
-
-/// The record parts written for a statement's first execution, with the
-/// result they were written for.
-#[derive(Debug)]
-struct Written {
-    result: Option<Arc<dyn ResultColumns>>,
-    shown: Vec<ColumnUse>,
-    parts: Vec<u8>,
-}
-
-/// Whether two results are the same object (their data pointers; vtables
-/// of the same type may differ between codegen units).
-fn same_result(a: &Arc<dyn ResultColumns>, b: &Arc<dyn ResultColumns>) -> bool {
-    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
-}
-
-/// What planning said about one statement text, kept per prepared
-/// statement and portal, and shared by every record of its executions.
-#[derive(Debug)]
-pub struct Planned {
-    fingerprint: Arc<str>,
-    columns: Arc<[ColumnUse]>,
-    /// SQLSTATE when pgveil refused the statement at planning.
-    refused: Option<&'static str>,
-    /// The text touches nothing protected but its result may carry
-    /// protected columns (`FETCH`, `EXECUTE`): a record is opened only if
-    /// it does.
-    result_only: bool,
-    /// The record's fingerprint, tables and columns as written for the
-    /// first execution, with the result they were written for.
-    written: OnceLock<Written>,
-}
-
-impl Planned {
-    /// What the audit needs from a plan; `None` when the statement touches
-    /// no protected column (and is not refused). `role` decides what a
-    /// `COPY … TO STDOUT` shows of each column.
-    pub fn of(
-        sql: &str,
-        plan: &Result<Arc<Plan>, Refusal>,
-        snapshot: &Snapshot,
-        role: Option<&PolicyRole>,
-    ) -> Option<Self> {
-        let encrypts = |name: &str| {
-            snapshot
-                .catalog()
-                .protected_columns()
-                .find(|c| c.full_name == name)
-                .is_some_and(|c| c.protection.encrypts())
-        };
-        let columns: Vec<ColumnUse> = match plan {
-            Ok(p) => match &**p {
-                Plan::Passthrough => return None,
-                Plan::Rewrite(rw) if rw.touched.is_empty() => return None,
-                Plan::Rewrite(rw) => rw
-                    .touched
-                    .iter()
-                    .map(|c| ColumnUse {
-                        column: Arc::from(c.as_str()),
-                        action: if encrypts(c) {
-                            ColumnAction::Encrypted
-                        } else {
-                            ColumnAction::Clear
-                        },
-                    })
-                    .collect(),
-                Plan::CopyIn(copy) => copy
-                    .fields
-                    .iter()
-                    .flatten()
-                    .map(|c| ColumnUse {
-                        column: Arc::from(c.full_name.as_str()),
-                        action: ColumnAction::Encrypted,
-                    })
-                    .collect(),
-                Plan::CopyOut(copy) => {
-                    let nobody = PolicyRole::nobody("");
-                    let role = role.unwrap_or(&nobody);
-                    copy.fields
-                        .iter()
-                        .flatten()
-                        .map(|c| ColumnUse {
-                            column: Arc::from(c.full_name.as_str()),
-                            action: ColumnAction::of(&snapshot.action(role, c)),
-                        })
-                        .collect()
-                }
-            },
-            Err(_) => Vec::new(),
-        };
-        Some(Planned {
-            fingerprint: Arc::from(fingerprint(sql)),
-            columns: columns.into(),
-            refused: plan.as_ref().err().map(|r| r.sqlstate),
-            result_only: false,
-            written: OnceLock::new(),
-        })
-    }
-
-    /// For a prepared statement [`Planned::of`] found untouched: kept when
-    /// its result may still carry protected columns (`FETCH` from a
-    /// cursor, `EXECUTE` of an SQL-level prepared statement), so that a
-    /// record opened by its result has its fingerprint.
-    pub fn result_only(sql: &str) -> Option<Self> {
-        let word = sql
-            .trim_start()
-            .split(|c: char| !c.is_ascii_alphabetic())
-            .next()
-            .unwrap_or_default();
-        if !(word.eq_ignore_ascii_case("fetch") || word.eq_ignore_ascii_case("execute")) {
-            return None;
-        }
-        Some(Planned {
-            fingerprint: Arc::from(fingerprint(sql)),
-            columns: Arc::from([]),
-            refused: None,
-            result_only: true,
-            written: OnceLock::new(),
-        })
-    }
-}
+use crate::policy::role::Action;
+use crate::sql::Refusal;
 
 /// A statement being recorded.
 #[derive(Debug)]
@@ -809,28 +677,6 @@ mod tests {
         assert_eq!(command_rows(b"INSERT 0 5\0"), Some(5));
         assert_eq!(command_rows(b"UPDATE 3\0"), Some(3));
         assert_eq!(command_rows(b"BEGIN\0"), None);
-    }
-
-    #[test]
-    fn only_fetch_and_execute_are_kept_for_their_results() {
-        for sql in [
-            "FETCH 2 FROM c",
-            "  fetch next from c",
-            "EXECUTE s(1)",
-            "execute\ts",
-        ] {
-            let p = Planned::result_only(sql).expect(sql);
-            assert!(p.result_only && p.columns.is_empty(), "{sql}");
-        }
-        assert_eq!(
-            &*Planned::result_only("FETCH 2 FROM c")
-                .expect("fetch")
-                .fingerprint,
-            "FETCH ? FROM c"
-        );
-        for sql in ["SELECT 1", "FETCHED", "EXECUTED", "MOVE 1 IN c", ""] {
-            assert!(Planned::result_only(sql).is_none(), "{sql}");
-        }
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl RowPlan {
     }
 }
 
-impl crate::audit::track::ResultColumns for RowPlan {
+impl crate::audit::planned::ResultColumns for RowPlan {
     fn each(&self, f: &mut dyn FnMut(&str, &Action)) {
         for (name, action) in self.columns() {
             f(name, action);

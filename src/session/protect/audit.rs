@@ -7,7 +7,7 @@
 //! without an audit trail.
 
 use super::{write_query, Pending, ProtectState};
-use crate::audit::track::Planned;
+use crate::audit::planned::Planned;
 use crate::audit::SessionAudit;
 use crate::net::Frame;
 use crate::proto::extended::{self, Parse};
