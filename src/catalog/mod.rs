@@ -61,6 +61,25 @@ pub struct Catalog {
     /// Columns `pgveil migrate` is encrypting or decrypting right now, by
     /// full name: their values may still be legacy plaintext.
     migrating: std::collections::HashSet<String>,
+    /// Every column (table OID, attnum) of the protected tables and views,
+    /// so a result field the catalog has never seen (a column added since
+    /// the last load) is noticed instead of being relayed as plaintext.
+    attrs: std::collections::HashSet<(u32, i16)>,
+}
+
+/// One row of `pgveil.migrations` the catalog acts on: a column that is
+/// being encrypted or decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrating {
+    /// Schema of the table.
+    pub schema: String,
+    /// The table.
+    pub table: String,
+    /// The policy column.
+    pub column: String,
+    /// For an online encryption: the hidden column holding the values
+    /// not encrypted yet.
+    pub legacy: Option<String>,
 }
 
 impl Catalog {
@@ -88,6 +107,7 @@ impl Catalog {
                 logical_type,
                 protection: p.encrypt,
                 level,
+                legacy: None,
             };
             wanted
                 .entry((name.schema.clone(), name.table.clone()))
@@ -103,9 +123,11 @@ impl Catalog {
                 schema: key.0.clone(),
                 name: key.1.clone(),
                 columns: Vec::with_capacity(attrs.len()),
+                hidden: Vec::new(),
             };
             for (oid, attnum, attname) in attrs {
                 cat.table_oids.insert(*oid);
+                cat.attrs.insert((*oid, *attnum));
                 let protected = cols
                     .iter()
                     .find(|(n, _)| &n.column == attname)
@@ -156,9 +178,54 @@ impl Catalog {
         self.migrating.contains(full_name)
     }
 
-    /// Records the columns being migrated (loaded with the catalog).
-    pub fn set_migrating(&mut self, columns: impl IntoIterator<Item = String>) {
-        self.migrating = columns.into_iter().collect();
+    /// Records the columns being migrated (loaded with the catalog, before
+    /// the views). A column migrated online has a hidden twin holding the
+    /// values not encrypted yet: it leaves the table's visible columns, its
+    /// policy column learns its name (so analysis reads both), and the
+    /// twin itself counts as computed from protected data, so no result
+    /// and no view may show it.
+    pub fn set_migrating(&mut self, migrating: &[Migrating], columns: &TableColumns) {
+        self.migrating = migrating
+            .iter()
+            .map(|m| format!("{}.{}.{}", m.schema, m.table, m.column))
+            .collect();
+        for m in migrating {
+            let Some(legacy) = &m.legacy else { continue };
+            let key = (m.schema.clone(), m.table.clone());
+            let Some(info) = self.tables.get_mut(&key) else {
+                continue;
+            };
+            info.columns.retain(|c| &c.name != legacy);
+            if !info.hidden.contains(legacy) {
+                info.hidden.push(legacy.clone());
+            }
+            if let Some(pc) = info
+                .columns
+                .iter_mut()
+                .find(|c| c.name == m.column)
+                .and_then(|c| c.protected.as_mut())
+            {
+                pc.legacy = Some(legacy.clone());
+            }
+            for (oid, attnum, name) in columns.get(&key).into_iter().flatten() {
+                if name == &m.column {
+                    if let Some(pc) = self.by_attr.get_mut(&(*oid, *attnum)) {
+                        pc.legacy = Some(legacy.clone());
+                    }
+                } else if name == legacy {
+                    self.computed.insert(
+                        (*oid, *attnum),
+                        format!("{}.{}.{legacy}", m.schema, m.table),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the catalog has seen this column of a protected table or
+    /// view.
+    pub fn knows_attr(&self, table_oid: u32, attnum: i16) -> bool {
+        self.attrs.contains(&(table_oid, attnum))
     }
 
     /// The name of a view column that may be computed from a protected
@@ -218,11 +285,14 @@ impl Catalog {
                 continue;
             }
             self.table_oids.insert(v.oid);
+            self.attrs
+                .extend(v.columns.iter().map(|(attnum, _)| (v.oid, *attnum)));
             let key = (v.schema.clone(), v.name.clone());
             self.tables.entry(key).or_insert(TableInfo {
                 schema: v.schema.clone(),
                 name: v.name.clone(),
                 columns,
+                hidden: Vec::new(),
             });
         }
     }
@@ -299,26 +369,43 @@ impl Catalog {
                 .push(r.get::<_, String>(1));
         }
         catalog.set_memberships(memberships);
+        let migrating = load_migrating(&client).await.map_err(err)?;
+        catalog.set_migrating(&migrating, &columns);
         let views = load_views(&client).await.map_err(err)?;
         catalog.add_views(&views);
-        let migrating = client
-            .query(
-                "SELECT m.table_schema || '.' || m.table_name || '.' || m.column_name \
-                   FROM pgveil.migrations m WHERE m.state IN ('encrypting', 'decrypting') \
-                    AND to_regclass('pgveil.migrations') IS NOT NULL",
-                &[],
-            )
-            .await;
-        // The table exists only once `pgveil migrate` has run.
-        let migrating = match migrating {
-            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                Vec::new()
-            }
-            Err(e) => return Err(err(e)),
-        };
-        catalog.set_migrating(migrating);
         Ok(catalog)
+    }
+}
+
+/// The columns `pgveil migrate` is converting, from `pgveil.migrations`
+/// (none before its first run; `legacy_column` is absent before the first
+/// online run).
+async fn load_migrating(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<Migrating>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT m.table_schema, m.table_name, m.column_name, \
+                    CASE WHEN m.state = 'encrypting' THEN to_jsonb(m)->>'legacy_column' END \
+               FROM pgveil.migrations m WHERE m.state IN ('encrypting', 'decrypting') \
+                AND to_regclass('pgveil.migrations') IS NOT NULL",
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => Ok(rows
+            .iter()
+            .map(|r| Migrating {
+                schema: r.get(0),
+                table: r.get(1),
+                column: r.get(2),
+                legacy: r.get(3),
+            })
+            .collect()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
     }
 }
 

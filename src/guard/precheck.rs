@@ -153,6 +153,7 @@ mod tests {
             logical_type: LogicalType::Text,
             protection: Protection::Randomized,
             level: 3,
+            legacy: None,
         }
     }
 

@@ -51,9 +51,11 @@ pub(super) struct RowPlan {
     fields: Vec<Option<FieldPlan>>,
     /// A column the role may not receive: the result is refused.
     pub(super) denied: Option<String>,
-    /// A view column that may be computed from a protected column: the
+    /// A field no role may receive (a view column that may be computed
+    /// from a protected column, the hidden column of an online migration,
+    /// a column the catalog has not seen yet): SQLSTATE and message; the
     /// result is refused for every role.
-    computed: Option<String>,
+    computed: Option<(&'static str, String)>,
     /// Format codes as the RowDescription stated them.
     pub(super) described_formats: Vec<i16>,
     /// The role generation the actions were decided for (see
@@ -109,15 +111,8 @@ impl RowPlan {
 
     /// Why no row of this result may be shown: SQLSTATE and message.
     pub(super) fn refusal(&self) -> Option<(&'static str, String)> {
-        if let Some(col) = &self.computed {
-            return Some((
-                "0A000",
-                format!(
-                    "pgveil: view column {col} may be computed from a protected column, which the \
-                     database only holds as ciphertext; select the protected column itself \
-                     through the view or the table"
-                ),
-            ));
+        if let Some((code, message)) = &self.computed {
+            return Some((code, message.clone()));
         }
         self.denied
             .as_ref()
@@ -336,7 +331,31 @@ fn plan_description(
                     .flatten()
                 {
                     any = true;
-                    computed.get_or_insert_with(|| name.to_owned());
+                    computed.get_or_insert_with(|| unreadable(name));
+                } else if table_oid != 0
+                    && attnum > 0
+                    && type_oid == 17
+                    && snapshot.catalog().knows_table(table_oid)
+                    && !snapshot.catalog().knows_attr(table_oid, attnum)
+                {
+                    // A bytea column added since the catalog was loaded:
+                    // it may be the envelope column `pgveil migrate
+                    // encrypt` just added, which a stale catalog would
+                    // relay as raw envelopes and NULLs. Reload, and
+                    // refuse until then.
+                    any = true;
+                    *cacheable = false;
+                    on_unknown_table(table_oid);
+                    computed.get_or_insert_with(|| {
+                        (
+                            "40001",
+                            format!(
+                                "pgveil: the result has a column of protected table (OID {table_oid}) that \
+                                 pgveil's catalog does not know yet: the table changed since it was \
+                                 loaded; pgveil is reloading it, retry the statement"
+                            ),
+                        )
+                    });
                 }
                 out.put_u32(type_oid);
                 out.put_i16(typlen);
@@ -362,6 +381,23 @@ fn plan_description(
         }),
         out,
     ))
+}
+
+/// Why a field the catalog marks as computed is refused.
+fn unreadable(name: &str) -> (&'static str, String) {
+    let message = if name.contains(crate::sql::LEGACY_PREFIX) {
+        format!(
+            "pgveil: column {name} holds the values pgveil is still migrating to an encrypted \
+             column; it cannot be read: select the column being migrated instead"
+        )
+    } else {
+        format!(
+            "pgveil: view column {name} may be computed from a protected column, which the \
+             database only holds as ciphertext; select the protected column itself \
+             through the view or the table"
+        )
+    };
+    ("0A000", message)
 }
 
 /// Buffers one session reuses for every protected cell, so decrypting and

@@ -24,6 +24,17 @@ use super::schema::{ProtectedColumn, Schema};
 use super::scope::{name_parts, norm, ColKind};
 use super::span::Source;
 
+/// Why a statement reading a column migrated online is refused when its
+/// result columns cannot be listed by position.
+fn merged_unlocated() -> Refusal {
+    Refusal::unsupported(
+        "a column being migrated online (pgveil migrate encrypt) can only be read by a single \
+         SELECT, INSERT, UPDATE or DELETE ... RETURNING whose result columns pgveil can list \
+         (not a cursor, SQL-level PREPARE, several statements at once, or * over a table pgveil \
+         does not know); read it that way until the migration has finished",
+    )
+}
+
 /// Analysis state for one statement text.
 pub(crate) struct Ctx<'s> {
     pub src: &'s Source<'s>,
@@ -43,6 +54,11 @@ pub(crate) struct Ctx<'s> {
     results: Vec<Option<ProtectedColumn>>,
     /// Statements returning protected columns, for the bulk-read guard.
     pub reads: Vec<BulkRead>,
+    /// References to columns migrated online, rewritten to read both forms.
+    pub legacy_refs: super::online::LegacyRefs,
+    /// A result column combines both forms of such a column: it has no
+    /// origin, so the result columns must be known by position.
+    pub merged: bool,
 }
 
 impl<'s> Ctx<'s> {
@@ -59,6 +75,8 @@ impl<'s> Ctx<'s> {
             outputs: HashMap::new(),
             results: Vec::new(),
             reads: Vec::new(),
+            legacy_refs: Default::default(),
+            merged: false,
         }
     }
 
@@ -111,30 +129,25 @@ impl<'s> Ctx<'s> {
         match st {
             Statement::Query(q) => {
                 let out = self.query(q, None)?;
-                self.results = out
-                    .cols
-                    .iter()
-                    .flatten()
-                    .map(|c| match &c.kind {
-                        ColKind::Protected(pc) => Some(pc.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                self.set_results(&out)?;
                 self.note_read(ReadKind::Select, q, &out);
                 Ok(())
             }
             Statement::Insert(i) => {
                 let out = self.insert(i, None)?;
+                self.set_results(&out)?;
                 self.note_returning(&out, true);
                 Ok(())
             }
             Statement::Update(u) => {
                 let out = self.update(u, None)?;
+                self.set_results(&out)?;
                 self.note_returning(&out, u.selection.is_some());
                 Ok(())
             }
             Statement::Delete(d) => {
                 let out = self.delete(d, None)?;
+                self.set_results(&out)?;
                 self.note_returning(&out, d.selection.is_some());
                 Ok(())
             }
@@ -178,6 +191,25 @@ impl<'s> Ctx<'s> {
         }
     }
 
+    /// Records what each result column of a statement is. A column that
+    /// combines both forms of a column migrated online is found only this
+    /// way, so its result must list every column.
+    fn set_results(&mut self, out: &super::scope::Output) -> Result<(), Refusal> {
+        if self.merged && out.cols.is_none() {
+            return Err(merged_unlocated());
+        }
+        self.results = out
+            .cols
+            .iter()
+            .flatten()
+            .map(|c| match &c.kind {
+                ColKind::Protected(pc) => Some(pc.clone()),
+                _ => None,
+            })
+            .collect();
+        Ok(())
+    }
+
     /// A query whose result the server stores (`CREATE TABLE AS`, a
     /// materialized view): refused when a result column holds protected data.
     fn server_copy(&mut self, q: &sqlparser::ast::Query, what: &str) -> Result<(), Refusal> {
@@ -219,6 +251,22 @@ impl<'s> Ctx<'s> {
 
     /// Checks the whole text and builds the plan.
     pub fn finish(mut self, statements: &[Statement]) -> Result<Plan, Refusal> {
+        if self.merged
+            && (statements.len() != 1
+                || !matches!(
+                    statements.first(),
+                    Some(
+                        Statement::Query(_)
+                            | Statement::Insert(_)
+                            | Statement::Update(_)
+                            | Statement::Delete(_)
+                    )
+                ))
+        {
+            return Err(merged_unlocated());
+        }
+        let legacy = self.legacy_edits();
+        self.edits.extend(legacy);
         if let Some(copy) = self.copy.take() {
             if statements.len() > 1 {
                 return Err(Refusal::unsupported(

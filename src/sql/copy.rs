@@ -201,6 +201,24 @@ impl Ctx<'_> {
             Some(_) => return Ok(()), // the server rejects an unknown format
         };
 
+        let table_name = format!("{}.{}", info.schema, info.name);
+        if *to {
+            let listed: Vec<String> = columns.iter().map(ident_name).collect();
+            if let Some(pc) = info
+                .columns
+                .iter()
+                .filter(|c| listed.is_empty() || listed.contains(&c.name))
+                .find_map(|c| c.protected.as_ref().filter(|p| p.legacy.is_some()))
+            {
+                return Err(Refusal::on_column(
+                    &pc.full_name,
+                    "COPY ... TO",
+                    "while it is being migrated online, read it with SELECT",
+                ));
+            }
+        } else if columns.is_empty() {
+            self.legacy_positions(&info.hidden, &table_name, "COPY")?;
+        }
         let fields: Vec<Option<ProtectedColumn>> = if columns.is_empty() {
             info.columns.iter().map(|c| c.protected.clone()).collect()
         } else {

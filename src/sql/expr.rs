@@ -111,6 +111,9 @@ impl Ctx<'_> {
         let pc = sc.resolve(idents)?;
         if let Some(pc) = &pc {
             self.touch(pc);
+            if pc.legacy.is_some() {
+                self.legacy_ref(idents, sc, pc)?;
+            }
         }
         Ok(pc)
     }

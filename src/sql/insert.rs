@@ -84,7 +84,8 @@ impl Ctx<'_> {
             }
             Operand::Null | Operand::Default => Ok(()),
             Operand::Column { idents, .. } => match self.column(idents, sc)? {
-                Some(src) if src.full_name == pc.full_name => Ok(()),
+                // While migrating online, the column alone is not the value.
+                Some(src) if src.full_name == pc.full_name && src.legacy.is_none() => Ok(()),
                 _ => Err(Refusal::on_column(
                     name,
                     "writing another column's value",
@@ -120,6 +121,9 @@ impl Ctx<'_> {
             },
             None => rel,
         };
+        if ins.columns.is_empty() && ins.source.is_some() {
+            self.legacy_positions(&rel.hidden, &rel.name, "INSERT INTO")?;
+        }
         let targets: Vec<ColKind> = match (&rel.cols, ins.columns.is_empty()) {
             (Some(cols), true) => cols.iter().map(|c| c.kind.clone()).collect(),
             (Some(cols), false) => ins

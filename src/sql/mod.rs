@@ -22,6 +22,7 @@ mod copy;
 mod error;
 mod expr;
 mod insert;
+mod online;
 mod operand;
 pub mod plan;
 mod prefilter;
@@ -42,7 +43,7 @@ pub use plan::{
     apply, render_text, CopyFormat, CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite,
 };
 pub use prefilter::Prefilter;
-pub use schema::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
+pub use schema::{ColumnInfo, ProtectedColumn, Schema, TableInfo, LEGACY_PREFIX};
 
 /// Analyses `sql` (one or more statements) against `schema`.
 ///
@@ -94,6 +95,9 @@ pub fn analyze_full(sql: &str, schema: &dyn Schema, prefilter: &Prefilter) -> An
     // other mention would carry a token to the server.
     if bulk::mentions_approval(sql) {
         return refused(bulk::approval_elsewhere());
+    }
+    if let Err(r) = online::check_text(sql) {
+        return refused(r);
     }
     let Some((statements, source)) = span::parse(sql) else {
         let name = prefilter.first_match(sql).unwrap_or("");

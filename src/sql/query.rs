@@ -305,6 +305,10 @@ impl Ctx<'_> {
                 | SelectItem::ExprWithAliases { expr: e, .. } => {
                     self.expr(e, sc, true)?;
                     self.result_item(e, sc)?;
+                    if let Some(idents) = column_ref(e) {
+                        let aliased = !matches!(item, SelectItem::UnnamedExpr(_));
+                        self.legacy_item(idents, aliased)?;
+                    }
                     let kind = match column_ref(e) {
                         Some(idents) => sc
                             .resolve(idents)?
@@ -327,6 +331,7 @@ impl Ctx<'_> {
                 }
                 SelectItem::Wildcard(_) => {
                     let rels: Vec<Relation> = sc.rels.clone();
+                    self.legacy_wildcard(item, &rels)?;
                     for rel in &rels {
                         self.expand(rel, &mut items);
                     }
@@ -337,7 +342,10 @@ impl Ctx<'_> {
                 ) => {
                     let rel = name_parts(name).and_then(|p| sc.relation(&p).cloned());
                     match rel {
-                        Some(rel) => self.expand(&rel, &mut items),
+                        Some(rel) => {
+                            self.legacy_wildcard(item, std::slice::from_ref(&rel))?;
+                            self.expand(&rel, &mut items)
+                        }
                         None => items.push(Item {
                             col: Col {
                                 name: "*".into(),
@@ -548,6 +556,17 @@ impl Ctx<'_> {
         let Some((l, r)) = l.zip(r) else {
             return Ok(());
         };
+        if let Some(pc) = [l.encrypted(), r.encrypted()]
+            .into_iter()
+            .flatten()
+            .find(|pc| pc.legacy.is_some())
+        {
+            return Err(Refusal::on_column(
+                &pc.full_name,
+                "JOIN USING or NATURAL JOIN",
+                "while it is being migrated online, join with ON",
+            ));
+        }
         match (l.encrypted(), r.encrypted()) {
             (None, None) => Ok(()),
             (Some(a), Some(b)) if a.full_name == b.full_name => {

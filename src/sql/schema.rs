@@ -19,7 +19,17 @@ pub struct ProtectedColumn {
     pub protection: Protection,
     /// Sensitivity grade, 1..=4.
     pub level: u8,
+    /// While `pgveil migrate encrypt` converts the column online: the
+    /// hidden column that still holds the not-yet-encrypted values (see
+    /// [`LEGACY_PREFIX`]). A read of the column must combine both, so
+    /// analysis rewrites every reference to it.
+    pub legacy: Option<String>,
 }
+
+/// How the hidden columns of online migrations are named:
+/// `__pgveil_legacy_<column>`. Clients may never name them; analysis
+/// refuses any statement text that does.
+pub const LEGACY_PREFIX: &str = "__pgveil_legacy_";
 
 /// One column of a table, protected or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +48,14 @@ pub struct TableInfo {
     pub schema: String,
     /// Table name.
     pub name: String,
-    /// Columns in attnum order.
+    /// Columns in attnum order, without the hidden columns of online
+    /// migrations, so `*` and INSERT positions mean what they will mean
+    /// once the migration ends.
     pub columns: Vec<ColumnInfo>,
+    /// Names of hidden columns (old values of columns being migrated
+    /// online): when there are any, `*`, INSERT and COPY without a column
+    /// list are rewritten to name the visible columns.
+    pub hidden: Vec<String>,
 }
 
 impl TableInfo {

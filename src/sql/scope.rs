@@ -60,6 +60,10 @@ pub(crate) struct Relation {
     pub cols: Option<Vec<Col>>,
     /// Columns unknown and possibly protected.
     pub opaque: bool,
+    /// A table or view of the schema (not a subquery, CTE or function).
+    pub base: bool,
+    /// The table's hidden columns (see `TableInfo::hidden`).
+    pub hidden: Vec<String>,
 }
 
 impl Relation {
@@ -81,6 +85,8 @@ impl Relation {
             schema: Some(info.schema.clone()),
             cols: Some(cols),
             opaque: false,
+            base: true,
+            hidden: info.hidden.clone(),
         }
     }
 
@@ -92,6 +98,8 @@ impl Relation {
             schema: None,
             cols: None,
             opaque,
+            base: false,
+            hidden: Vec::new(),
         }
     }
 
@@ -102,6 +110,8 @@ impl Relation {
             schema: None,
             cols: out.cols,
             opaque: out.opaque,
+            base: false,
+            hidden: Vec::new(),
         }
     }
 
@@ -344,6 +354,25 @@ impl<'p> Scope<'p> {
                 }
                 self.relation(parts)
             }
+            _ => None,
+        }
+    }
+
+    /// The relation of this level (not an enclosing query's) that a
+    /// column reference names, when exactly one does.
+    pub fn origin(&self, idents: &[Ident]) -> Option<&Relation> {
+        let parts: Vec<String> = idents.iter().map(norm).collect();
+        match parts.as_slice() {
+            [c] => {
+                let mut found = self.rels.iter().filter(|r| r.col(c).is_some());
+                let one = found.next()?;
+                found.next().is_none().then_some(one)
+            }
+            [q, _] => self.rels.iter().find(|r| &r.name == q),
+            [s, t, _] | [_, s, t, _] => self
+                .rels
+                .iter()
+                .find(|r| &r.name == t && r.schema.as_ref() == Some(s)),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@ use crate::crypto::LogicalType;
 use crate::policy::Protection;
 
 mod copy;
+mod online;
 mod read;
 mod select;
 mod spans;
@@ -20,6 +21,7 @@ fn pc(col: &str, ty: LogicalType, protection: Protection) -> ProtectedColumn {
         logical_type: ty,
         protection,
         level: 3,
+        legacy: None,
     }
 }
 
@@ -54,6 +56,7 @@ fn schema() -> TestSchema {
                 Some(pc("birth_date", LogicalType::Date, Protection::Randomized)),
             ),
         ],
+        hidden: Vec::new(),
     };
     let stays = TableInfo {
         schema: "public".into(),
@@ -64,6 +67,7 @@ fn schema() -> TestSchema {
             col("room", None),
             col("phone", None),
         ],
+        hidden: Vec::new(),
     };
     TestSchema {
         tables: vec![guests, stays],
