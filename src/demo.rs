@@ -75,6 +75,8 @@ pub fn run(port: u16) -> Result<(), DemoError> {
         batch_size: 1000,
         dry_run: false,
         max_rewrite_mb: 1024,
+        // Nothing reads the table yet, and `SELECT *` keeps its order.
+        in_place: true,
     }))
     .map_err(|e| DemoError::Setup(e.to_string()))?;
     let config = Config::load(&config_path).map_err(|e| DemoError::Setup(e.to_string()))?;

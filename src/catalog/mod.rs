@@ -15,6 +15,8 @@ use crate::crypto::LogicalType;
 use crate::policy::{ColumnPolicy, QualifiedName};
 use crate::sql::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
 use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 pub mod views;
 pub use views::ViewDef;
@@ -65,6 +67,9 @@ pub struct Catalog {
     /// so a result field the catalog has never seen (a column added since
     /// the last load) is noticed instead of being relayed as plaintext.
     attrs: std::collections::HashSet<(u32, i16)>,
+    /// Identifies the set of online migrations in progress (0: none), so
+    /// a statement prepared under another set is prepared again.
+    online_epoch: u64,
 }
 
 /// One row of `pgveil.migrations` the catalog acts on: a column that is
@@ -189,6 +194,22 @@ impl Catalog {
             .iter()
             .map(|m| format!("{}.{}.{}", m.schema, m.table, m.column))
             .collect();
+        let mut online: Vec<(&str, &str, &str, &str)> = migrating
+            .iter()
+            .filter_map(|m| {
+                let l = m.legacy.as_deref()?;
+                Some((m.schema.as_str(), m.table.as_str(), m.column.as_str(), l))
+            })
+            .collect();
+        online.sort_unstable();
+        self.online_epoch = if online.is_empty() {
+            0
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            online.hash(&mut h);
+            h.finish() | 1
+        };
         for m in migrating {
             let Some(legacy) = &m.legacy else { continue };
             let key = (m.schema.clone(), m.table.clone());
@@ -220,6 +241,12 @@ impl Catalog {
                 }
             }
         }
+    }
+
+    /// Which online migrations are in progress (0: none): statements
+    /// read differently under each set.
+    pub fn online_epoch(&self) -> u64 {
+        self.online_epoch
     }
 
     /// Whether the catalog has seen this column of a protected table or
@@ -491,6 +518,35 @@ async fn load_views(
 
 /// Opens the catalog connection described by `[catalog]`.
 pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogError> {
+    connect_with(config, None).await.map(|(client, _)| client)
+}
+
+/// The channel `pgveil migrate` notifies when it changes a protected
+/// table's columns, so running pgveils reload their catalog at once.
+pub const CHANGES_CHANNEL: &str = "pgveil_catalog";
+
+/// Keeps a connection listening on [`CHANGES_CHANNEL`] and signals
+/// `changed` for every notification; returns when the connection ends.
+pub async fn listen(config: &Config, changed: Arc<Notify>) -> Result<(), CatalogError> {
+    let (client, conn) = connect_with(config, Some(changed)).await?;
+    client
+        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+        .await
+        .map_err(|source| CatalogError::Db {
+            addr: config.proxy.upstream.clone(),
+            user: config.catalog.user.clone(),
+            source,
+        })?;
+    let _ = conn.await;
+    Ok(())
+}
+
+/// Connects as the catalog user; the connection task signals `notify`
+/// for each notification it receives, and ends with the connection.
+async fn connect_with(
+    config: &Config,
+    notify: Option<Arc<Notify>>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), CatalogError> {
     let cat = &config.catalog;
     let (host, port) = config
         .proxy
@@ -517,21 +573,36 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogE
     match crate::tls::UpstreamTls::from_config(config)? {
         None => {
             let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
-            tokio::spawn(drive(conn));
-            Ok(client)
+            Ok((client, tokio::spawn(drive(conn, notify))))
         }
         Some(tls) => {
             pg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, conn) = pg.connect(tls.postgres_connector()).await.map_err(fail)?;
-            tokio::spawn(drive(conn));
-            Ok(client)
+            Ok((client, tokio::spawn(drive(conn, notify))))
         }
     }
 }
 
-async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
-    if let Err(e) = conn.await {
-        tracing::warn!(error = %e, "catalog connection ended");
+/// Runs a connection to its end, passing notifications on.
+async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, notify: Option<Arc<Notify>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                if let Some(n) = &notify {
+                    n.notify_one();
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "catalog connection failed");
+                return;
+            }
+            None => return,
+        }
     }
 }
 

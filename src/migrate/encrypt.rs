@@ -1,5 +1,8 @@
 //! `pgveil migrate encrypt`: plaintext column → `bytea` envelopes.
 //!
+//! By default a column that is not `bytea` yet is moved online
+//! ([`super::online`]); with `--in-place`, or for a `bytea` column:
+//!
 //! 1. If the column is not `bytea` yet: in one transaction, record it as
 //!    `encrypting` and `ALTER COLUMN … TYPE bytea USING
 //!    convert_to(col::text, 'UTF8')` (text forms printed with `DateStyle =
@@ -45,6 +48,10 @@ pub(super) async fn run(ctx: &mut Ctx, mut t: Target, all: bool) -> Result<(), M
             return Ok(());
         }
         _ => {}
+    }
+    let legacy = state::legacy(&ctx.client, &t).await?;
+    if legacy.is_some() || (!t.is_bytea() && !ctx.in_place) {
+        return super::online::run(ctx, t, &cipher, legacy).await;
     }
     report_indexes(&t);
     let dry = ctx.opts.dry_run;

@@ -33,6 +33,7 @@ mod batches;
 mod decrypt;
 mod encrypt;
 mod error;
+mod online;
 mod plan;
 mod progress;
 mod reencrypt;
@@ -87,6 +88,11 @@ pub struct MigrateArgs {
     /// are refused until the change is scheduled and this is raised.
     #[arg(long, default_value_t = 1024)]
     pub max_rewrite_mb: u64,
+    /// `encrypt`: change the column's type in place (one table rewrite
+    /// under an ACCESS EXCLUSIVE lock) instead of moving it online to a
+    /// new column; keeps the column's position, defaults and dependents.
+    #[arg(long)]
+    pub in_place: bool,
 }
 
 /// Which of the three operations.
@@ -104,6 +110,8 @@ pub(crate) struct Ctx {
     keyring: Keyring,
     opts: PassOptions,
     max_rewrite_mb: u64,
+    /// `encrypt --in-place`.
+    in_place: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -203,6 +211,7 @@ async fn run_async(op: Op, args: &MigrateArgs, config: &Config) -> Result<(), Mi
             dry_run: args.dry_run,
         },
         max_rewrite_mb: args.max_rewrite_mb,
+        in_place: args.in_place,
         stop,
     };
     let mut versions = reencrypt::VersionTally::default();

@@ -43,6 +43,11 @@ pub struct Target {
     pub table_sql: String,
     /// Quoted `"column"`.
     pub column_sql: String,
+    /// The column's attribute number.
+    pub attnum: i16,
+    /// During an online encryption: the quoted hidden column the values
+    /// not encrypted yet are read from (and cleared in).
+    pub legacy_sql: Option<String>,
 }
 
 /// Quotes an identifier the way `quote_ident` does, always.
@@ -128,6 +133,8 @@ impl Target {
             oid,
             keys,
             indexes,
+            attnum,
+            legacy_sql: None,
         })
     }
 
@@ -176,42 +183,56 @@ impl Target {
     pub fn select_sql(&self, after_key: bool, lock: bool) -> String {
         let lock = if lock { " FOR NO KEY UPDATE" } else { "" };
         let c = &self.column_sql;
+        // Online, the values come from the hidden column, as the stored
+        // form of legacy plaintext, and only where one is left.
+        let (value, pending) = match &self.legacy_sql {
+            Some(l) if self.logical == LogicalType::Bytea => (format!("t.{l}"), Some(l)),
+            Some(l) => (format!("convert_to(t.{l}::text, 'UTF8')"), Some(l)),
+            None => (format!("t.{c}"), None),
+        };
         match &self.keys {
             Keyset::Pk(cols) => {
                 // Qualified, so ORDER BY means the column and not the
                 // `::text` output column of the same name.
                 let names: Vec<String> = cols.iter().map(|(n, _)| format!("t.{n}")).collect();
                 let select: Vec<String> = names.iter().map(|n| format!("{n}::text")).collect();
-                let filter = if after_key {
+                let mut conds = Vec::new();
+                if after_key {
                     let params: Vec<String> = cols
                         .iter()
                         .enumerate()
                         .map(|(i, (_, ty))| format!("${}::text::{ty}", i + 2))
                         .collect();
-                    format!(
-                        " WHERE ({}) > ({})",
-                        names.join(", "),
-                        params.join(", ")
-                    )
-                } else {
+                    conds.push(format!("({}) > ({})", names.join(", "), params.join(", ")));
+                }
+                if let Some(l) = pending {
+                    conds.push(format!("t.{l} IS NOT NULL"));
+                }
+                let filter = if conds.is_empty() {
                     String::new()
+                } else {
+                    format!(" WHERE {}", conds.join(" AND "))
                 };
                 format!(
-                    "SELECT {}, t.{c} FROM {} AS t{filter} ORDER BY {} LIMIT $1{lock}",
+                    "SELECT {}, {value} FROM {} AS t{filter} ORDER BY {} LIMIT $1{lock}",
                     select.join(", "),
                     self.table_sql,
                     names.join(", ")
                 )
             }
             Keyset::Ctid => format!(
-                "SELECT ctid::text, {c} FROM {} WHERE ctid >= $1::text::tid AND ctid < $2::text::tid{lock}",
-                self.table_sql
+                "SELECT t.ctid::text, {value} FROM {} AS t WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid{}{lock}",
+                self.table_sql,
+                pending
+                    .map(|l| format!(" AND t.{l} IS NOT NULL"))
+                    .unwrap_or_default()
             ),
         }
     }
 
     /// SQL writing one batch: key arrays as `text[]`, then the new values
-    /// as `bytea[]`.
+    /// as `bytea[]`. Online, a row the application wrote meanwhile keeps
+    /// its envelope, and the old value is cleared either way.
     pub fn update_sql(&self) -> String {
         let (cols, cond): (Vec<String>, Vec<String>) = match &self.keys {
             Keyset::Pk(cols) => cols
@@ -221,12 +242,16 @@ impl Target {
                 .unzip(),
             Keyset::Ctid => (vec!["k0".into()], vec!["t.ctid = v.k0::tid".into()]),
         };
+        let c = &self.column_sql;
+        let set = match &self.legacy_sql {
+            Some(l) => format!("{c} = COALESCE(t.{c}, v.e), {l} = NULL"),
+            None => format!("{c} = v.e"),
+        };
         let n = cols.len();
         let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
         format!(
-            "UPDATE {} AS t SET {} = v.e FROM unnest({}, ${}::bytea[]) AS v({}, e) WHERE {}",
+            "UPDATE {} AS t SET {set} FROM unnest({}, ${}::bytea[]) AS v({}, e) WHERE {}",
             self.table_sql,
-            self.column_sql,
             arrays.join(", "),
             n + 1,
             cols.join(", "),

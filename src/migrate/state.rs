@@ -54,7 +54,8 @@ const CREATE: &str = "CREATE SCHEMA IF NOT EXISTS pgveil; \
       state text NOT NULL CHECK (state IN ('encrypting', 'encrypted', 'decrypting')), \
       original_type text NOT NULL, \
       updated_at timestamptz NOT NULL DEFAULT now(), \
-      PRIMARY KEY (table_schema, table_name, column_name))";
+      PRIMARY KEY (table_schema, table_name, column_name)); \
+    ALTER TABLE pgveil.migrations ADD COLUMN IF NOT EXISTS legacy_column text";
 
 /// Creates `pgveil.migrations` if it does not exist.
 pub async fn ensure(client: &impl GenericClient, t: &Target) -> Result<(), MigrateError> {
@@ -103,6 +104,44 @@ pub async fn set(
              ON CONFLICT (table_schema, table_name, column_name) \
              DO UPDATE SET state = EXCLUDED.state, original_type = EXCLUDED.original_type, updated_at = now()",
             &[&t.name.schema, &t.name.table, &t.name.column, &state.as_str(), &original_type],
+        )
+        .await
+        .map_err(|e| t.db_error("writing pgveil.migrations", &e))?;
+    Ok(())
+}
+
+/// The hidden column of an online encryption in progress, if any.
+pub async fn legacy(
+    client: &impl GenericClient,
+    t: &Target,
+) -> Result<Option<String>, MigrateError> {
+    if get(client, t).await?.is_none() {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT to_jsonb(m)->>'legacy_column' FROM pgveil.migrations m \
+              WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 \
+                AND state = 'encrypting'",
+            &[&t.name.schema, &t.name.table, &t.name.column],
+        )
+        .await
+        .map_err(|e| t.db_error("reading pgveil.migrations", &e))?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// Records (or, with `None`, forgets) the hidden column of an online
+/// encryption; call after [`set`].
+pub async fn set_legacy(
+    client: &impl GenericClient,
+    t: &Target,
+    legacy: Option<&str>,
+) -> Result<(), MigrateError> {
+    client
+        .execute(
+            "UPDATE pgveil.migrations SET legacy_column = $4, updated_at = now() \
+              WHERE table_schema = $1 AND table_name = $2 AND column_name = $3",
+            &[&t.name.schema, &t.name.table, &t.name.column, &legacy],
         )
         .await
         .map_err(|e| t.db_error("writing pgveil.migrations", &e))?;

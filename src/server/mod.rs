@@ -231,6 +231,7 @@ impl Proxy {
         });
         if let (Some(p), Some(n)) = (&shared.protector, &shared.reload_catalog) {
             tokio::spawn(reload_loop(shared.clone(), p.clone(), n.clone()));
+            tokio::spawn(listen_loop(shared.clone(), n.clone()));
         }
         let stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
@@ -333,6 +334,27 @@ async fn reload_loop(shared: Arc<Shared>, protector: Arc<Protector>, notify: Arc
             },
             Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),
         }
+    }
+}
+
+/// Listens for `pgveil migrate`'s notifications (see
+/// `catalog::CHANGES_CHANNEL`) and signals the reload loop, so an online
+/// migration's schema changes reach the catalog within moments rather
+/// than at the next `[catalog] refresh`. Reconnects after a failure, and
+/// reloads then in case a notification was missed.
+async fn listen_loop(shared: Arc<Shared>, notify: Arc<Notify>) {
+    let mut first = true;
+    loop {
+        if !first {
+            notify.notify_one();
+        }
+        first = false;
+        let config = shared.current_config();
+        match crate::catalog::listen(&config, notify.clone()).await {
+            Ok(()) => debug!("catalog listener connection ended"),
+            Err(e) => debug!(error = %e, "catalog listener cannot connect"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

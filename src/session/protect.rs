@@ -77,6 +77,12 @@ pub(super) struct Prepared {
     /// so they can be prepared again when a key rotation changes how
     /// their parameters must be sent (see [`Snapshot::match_usage`]).
     source: Option<Arc<Source>>,
+    /// The online migrations in progress when it was planned
+    /// (`Catalog::online_epoch`): a column that started or finished moving
+    /// since is read differently, so it is prepared again.
+    online_epoch: u64,
+    /// The latest snapshot generation it was checked against.
+    checked: std::sync::atomic::AtomicU64,
 }
 
 /// A statement as the client prepared it.
@@ -91,10 +97,11 @@ impl Prepared {
     /// has several: executing it as is would miss rows stored under the
     /// other versions.
     fn stale_under(&self, snapshot: &Snapshot) -> bool {
-        self.targets.iter().any(|t| {
-            t.usage == crate::sql::ParamUsage::MatchOne
-                && snapshot.match_usage(&t.column) != crate::sql::ParamUsage::MatchOne
-        })
+        self.online_epoch != snapshot.catalog().online_epoch()
+            || self.targets.iter().any(|t| {
+                t.usage == crate::sql::ParamUsage::MatchOne
+                    && snapshot.match_usage(&t.column) != crate::sql::ParamUsage::MatchOne
+            })
     }
 }
 

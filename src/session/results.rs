@@ -308,6 +308,27 @@ fn plan_description(
             on_unknown_table(table_oid);
         }
         match protected {
+            Some(col) if table_oid != 0 && col.legacy.is_some() => {
+                // Read straight from the table: planned before pgveil knew
+                // the column is being migrated online, so rows not
+                // encrypted yet would show as NULL.
+                any = true;
+                *cacheable = false;
+                fields.push(None);
+                out.put_u32(type_oid);
+                out.put_i16(typlen);
+                out.put_i32(typmod);
+                computed.get_or_insert_with(|| {
+                    (
+                        "0A000",
+                        format!(
+                            "pgveil: column {} is being migrated online and this statement was \
+                             prepared before pgveil knew; prepare it again",
+                            col.full_name
+                        ),
+                    )
+                });
+            }
             Some(col) => {
                 any = true;
                 let action = snapshot.action(role, col);

@@ -93,6 +93,8 @@ pub(super) fn plan_and_render_parse(
                 rows: Default::default(),
                 source: None,
                 reads: None,
+                online_epoch: 0,
+                checked: Default::default(),
             },
             None,
         )),
@@ -139,6 +141,8 @@ pub(super) fn plan_and_render_parse(
                     rows: Default::default(),
                     source: None,
                     reads: None,
+                    online_epoch: 0,
+                    checked: Default::default(),
                 },
                 Some(out),
             ))
