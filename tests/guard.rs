@@ -110,6 +110,7 @@ fn setup() -> Veil {
             batch_size: 1000,
             dry_run: false,
             max_rewrite_mb: 1024,
+            in_place: true,
         },
     ))
     .unwrap();

@@ -67,6 +67,9 @@ pub struct Catalog {
     /// so a result field the catalog has never seen (a column added since
     /// the last load) is noticed instead of being relayed as plaintext.
     attrs: std::collections::HashSet<(u32, i16)>,
+    /// Policy columns the database does not have, by full name, in case
+    /// one is the column of an online migration between its two steps.
+    absent: HashMap<String, ProtectedColumn>,
     /// Identifies the set of online migrations in progress (0: none), so
     /// a statement prepared under another set is prepared again.
     online_epoch: u64,
@@ -147,9 +150,10 @@ impl Catalog {
             }
             // A policy column the table does not have: keep it visible as
             // missing rather than silently unprotected.
-            for (n, _) in &cols {
+            for (n, p) in &cols {
                 if info.column(&n.column).is_none() {
                     cat.missing.push(n.to_string());
+                    cat.absent.insert(n.to_string(), p.clone());
                 }
             }
             cat.tables.insert(key, info);
@@ -194,11 +198,37 @@ impl Catalog {
             .iter()
             .map(|m| format!("{}.{}.{}", m.schema, m.table, m.column))
             .collect();
-        let mut online: Vec<(&str, &str, &str, &str)> = migrating
+        // Between the two steps of its start, an online migration's column
+        // exists only under its hidden name. It is not missing: statements
+        // naming it are rewritten as usual and fail at the server until
+        // the new column exists, and the rest of the table stays usable.
+        for m in migrating.iter().filter(|m| m.legacy.is_some()) {
+            let full = format!("{}.{}.{}", m.schema, m.table, m.column);
+            let Some(pc) = self.absent.remove(&full) else {
+                continue;
+            };
+            self.missing.retain(|x| x != &full);
+            if let Some(info) = self.tables.get_mut(&(m.schema.clone(), m.table.clone())) {
+                info.columns.push(ColumnInfo {
+                    name: m.column.clone(),
+                    protected: Some(pc),
+                });
+            }
+        }
+        let mut online: Vec<(&str, &str, &str, &str, bool)> = migrating
             .iter()
             .filter_map(|m| {
                 let l = m.legacy.as_deref()?;
-                Some((m.schema.as_str(), m.table.as_str(), m.column.as_str(), l))
+                let moved = columns
+                    .get(&(m.schema.clone(), m.table.clone()))
+                    .is_some_and(|cols| cols.iter().any(|(_, _, n)| n == &m.column));
+                Some((
+                    m.schema.as_str(),
+                    m.table.as_str(),
+                    m.column.as_str(),
+                    l,
+                    moved,
+                ))
             })
             .collect();
         online.sort_unstable();

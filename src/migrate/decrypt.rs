@@ -28,6 +28,12 @@ use tokio_postgres::types::ToSql;
 pub(super) async fn run(ctx: &mut Ctx, t: &Target) -> Result<(), MigrateError> {
     let name = t.name.to_string();
     let recorded = state::get(&ctx.client, t).await?;
+    if state::legacy(&ctx.client, t).await?.is_some() {
+        return Err(MigrateError::Usage(format!(
+            "{name} is being encrypted online; run the same `pgveil migrate encrypt` again to \
+             finish it, then decrypt"
+        )));
+    }
     if !t.is_bytea() {
         println!(
             "{name}: already {} in the database; nothing to decrypt",

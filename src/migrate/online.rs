@@ -42,6 +42,8 @@ const MAX_EXTRA_PASSES: usize = 3;
 /// hidden column's attribute number so a resumed run finds them again.
 struct Names {
     legacy: String,
+    legacy_name: String,
+    either_check_name: String,
     clear_fn: String,
     guard_fn: String,
     clear_trigger: String,
@@ -55,6 +57,8 @@ impl Names {
         let tag = format!("{}_{legacy_attnum}", t.oid);
         Names {
             legacy: ident(legacy),
+            legacy_name: legacy.to_owned(),
+            either_check_name: format!("pgveil_notnull_{legacy_attnum}"),
             clear_fn: format!("pgveil.{}", ident(&format!("legacy_clear_{tag}"))),
             guard_fn: format!("pgveil.{}", ident(&format!("legacy_guard_{tag}"))),
             clear_trigger: ident(&format!("pgveil_legacy_clear_{legacy_attnum}")),
@@ -86,23 +90,11 @@ pub(super) async fn run(
 ) -> Result<(), MigrateError> {
     let name = t.name.to_string();
     let dry = ctx.opts.dry_run;
-    let (legacy, notnull) = match legacy {
-        Some(l) => {
-            let notnull = has_constraint(ctx, &t, &l).await?;
-            (l, notnull)
-        }
+    let legacy = match legacy {
+        Some(l) => l,
         None => {
             refuse_dependents(ctx, &t).await?;
             let legacy = legacy_name(&t.name.column, t.attnum);
-            let notnull: bool = ctx
-                .client
-                .query_one(
-                    "SELECT attnotnull FROM pg_attribute WHERE attrelid = $1 AND attnum = $2",
-                    &[&t.oid, &t.attnum],
-                )
-                .await
-                .map_err(|e| t.db_error("reading the column", &e))?
-                .get(0);
             if dry {
                 let n: i64 = ctx
                     .client
@@ -121,14 +113,24 @@ pub(super) async fn run(
                 );
                 return Ok(());
             }
-            split(ctx, &t, &legacy, notnull).await?;
-            println!(
-                "{name}: column moved to a new bytea column; old values in {legacy} until encrypted \
-                 (reload running pgveils that do not LISTEN: `pgveil` does by default)"
+            rename(ctx, &t, &legacy).await?;
+            let listening = listeners(ctx).await;
+            eprintln!(
+                "{name}: renamed to {legacy}; waiting {} ms for {listening} listening pgveil(s) to \
+                 reload their catalog",
+                SETTLE.as_millis()
             );
-            (legacy, notnull)
+            tokio::time::sleep(SETTLE).await;
+            legacy
         }
     };
+    let legacy_attnum = attnum_of(ctx, &t, &legacy).await?;
+    let names = Names::new(&t, &legacy, legacy_attnum);
+    if !dry && !column_exists(ctx, &t).await? {
+        add_column(ctx, &t, &names).await?;
+        println!("{name}: moved to a new bytea column; old values in {legacy} until encrypted");
+    }
+    let notnull = has_constraint(ctx, &t, &names).await?;
     for (index, def) in &t.indexes {
         let advice = match t.mode {
             Some(crate::crypto::Mode::Searchable) => format!(
@@ -142,8 +144,6 @@ pub(super) async fn run(
              finishes; {advice}"
         );
     }
-    let legacy_attnum = attnum_of(ctx, &t, &legacy).await?;
-    let names = Names::new(&t, &legacy, legacy_attnum);
     t.legacy_sql = Some(names.legacy.clone());
     // Old values are read in the text forms pgveil parses.
     ctx.client
@@ -229,18 +229,56 @@ async fn refuse_dependents(ctx: &Ctx, t: &Target) -> Result<(), MigrateError> {
     )))
 }
 
-/// Step 1, in one transaction.
-async fn split(ctx: &mut Ctx, t: &Target, legacy: &str, notnull: bool) -> Result<(), MigrateError> {
-    let n = Names::new(t, legacy, t.attnum);
-    let (tbl, c, l) = (&t.table_sql, &t.column_sql, &n.legacy);
-    let mut sql = format!(
+/// How long the first half of step 1 gives running pgveils to reload
+/// their catalog (they LISTEN; a reload takes about 0.1 s) before the new
+/// column appears. In between, statements naming the column fail, which
+/// is what a pgveil still planning with the old catalog must do: with the
+/// new column in place it would read and filter on it alone.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Step 1a, in one transaction: the column becomes the hidden one.
+async fn rename(ctx: &mut Ctx, t: &Target, legacy: &str) -> Result<(), MigrateError> {
+    let (tbl, c, l) = (&t.table_sql, &t.column_sql, &ident(legacy));
+    let sql = format!(
         "SET LOCAL lock_timeout = '{lock}';
          ALTER TABLE {tbl} RENAME COLUMN {c} TO {l};
-         ALTER TABLE {tbl} ADD COLUMN {c} bytea;
          COMMENT ON COLUMN {tbl}.{l} IS 'pgveil: values of column {col} not encrypted yet; dropped when pgveil migrate encrypt finishes';
-         CREATE FUNCTION {clear_fn}() RETURNS trigger LANGUAGE plpgsql AS $pgveil$
+         NOTIFY {channel};",
+        lock = super::batches::LOCK_TIMEOUT,
+        col = t.name.column.replace('\'', "''"),
+        channel = crate::catalog::CHANGES_CHANNEL,
+    );
+    let err = |e| t.db_error("renaming the column to its hidden name", &e);
+    let tx = ctx.client.transaction().await.map_err(err)?;
+    state::ensure(&tx, t).await?;
+    state::set(&tx, t, State::Encrypting, &t.db_type).await?;
+    state::set_legacy(&tx, t, Some(legacy)).await?;
+    tx.batch_execute(&sql).await.map_err(err)?;
+    tx.commit().await.map_err(err)
+}
+
+/// Step 1b, in one transaction: the new column, the triggers, and NOT
+/// NULL carried over as a check that one of the two is set.
+async fn add_column(ctx: &mut Ctx, t: &Target, n: &Names) -> Result<(), MigrateError> {
+    let (tbl, c, l) = (&t.table_sql, &t.column_sql, &n.legacy);
+    let notnull: bool = ctx
+        .client
+        .query_one(
+            &format!(
+                "SELECT attnotnull FROM pg_attribute WHERE attrelid = $1 AND attname = {}",
+                crate::migrate::plan::literal(&n.legacy_name)
+            ),
+            &[&t.oid],
+        )
+        .await
+        .map_err(|e| t.db_error("reading the hidden column", &e))?
+        .get(0);
+    let mut sql = format!(
+        "SET LOCAL lock_timeout = '{lock}';
+         ALTER TABLE {tbl} ADD COLUMN {c} bytea;
+         CREATE OR REPLACE FUNCTION {clear_fn}() RETURNS trigger LANGUAGE plpgsql AS $pgveil$
            BEGIN NEW.{l} := NULL; RETURN NEW; END $pgveil$;
-         CREATE FUNCTION {guard_fn}() RETURNS trigger LANGUAGE plpgsql AS $pgveil$
+         CREATE OR REPLACE FUNCTION {guard_fn}() RETURNS trigger LANGUAGE plpgsql AS $pgveil$
            BEGIN
              IF NEW.{l} IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.{l}::text IS DISTINCT FROM OLD.{l}::text) THEN
                RAISE EXCEPTION 'pgveil: column {col} is being encrypted online; its old values can only be cleared'
@@ -264,17 +302,40 @@ async fn split(ctx: &mut Ctx, t: &Target, legacy: &str, notnull: bool) -> Result
             check = n.either_check
         ));
     }
-    sql.push_str("NOTIFY pgveil_catalog;");
-    let err = |e| t.db_error("moving the column to a new bytea column", &e);
+    sql.push_str(&format!("NOTIFY {};", crate::catalog::CHANGES_CHANNEL));
+    let err = |e| t.db_error("adding the new bytea column", &e);
     let tx = ctx.client.transaction().await.map_err(err)?;
-    state::ensure(&tx, t).await?;
-    state::set(&tx, t, State::Encrypting, &t.db_type).await?;
-    state::set_legacy(&tx, t, Some(legacy)).await?;
     tx.batch_execute("CREATE SCHEMA IF NOT EXISTS pgveil")
         .await
         .map_err(err)?;
     tx.batch_execute(&sql).await.map_err(err)?;
     tx.commit().await.map_err(err)
+}
+
+/// Whether the column exists under its own name (step 1b has run).
+async fn column_exists(ctx: &Ctx, t: &Target) -> Result<bool, MigrateError> {
+    Ok(ctx
+        .client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 \
+               AND NOT attisdropped)",
+            &[&t.oid, &t.name.column],
+        )
+        .await
+        .map_err(|e| t.db_error("looking up the column", &e))?
+        .get(0))
+}
+
+/// pgveil catalog connections listening for changes, for the operator.
+async fn listeners(ctx: &Ctx) -> i64 {
+    ctx.client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = $1",
+            &[&format!("LISTEN {}", crate::catalog::CHANGES_CHANNEL)],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0)
 }
 
 /// Step 3: NOT NULL proven online, then one short transaction.
@@ -364,15 +425,13 @@ async fn attnum_of(ctx: &Ctx, t: &Target, legacy: &str) -> Result<i16, MigrateEr
     }
 }
 
-/// Whether the split made the NOT NULL check (the column was NOT NULL).
-async fn has_constraint(ctx: &Ctx, t: &Target, legacy: &str) -> Result<bool, MigrateError> {
-    let attnum = attnum_of(ctx, t, legacy).await?;
-    let name = format!("pgveil_notnull_{attnum}");
+/// Whether step 1b made the NOT NULL check (the column was NOT NULL).
+async fn has_constraint(ctx: &Ctx, t: &Target, n: &Names) -> Result<bool, MigrateError> {
     Ok(ctx
         .client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1 AND conname = $2)",
-            &[&t.oid, &name],
+            &[&t.oid, &n.either_check_name],
         )
         .await
         .map_err(|e| t.db_error("looking up constraints", &e))?

@@ -55,6 +55,11 @@ pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Quotes a string literal for SQL.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 impl Target {
     /// Looks the policy's column up in the database.
     pub async fn resolve(client: &Client, policy: &ColumnPolicy) -> Result<Target, MigrateError> {

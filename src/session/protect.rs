@@ -94,8 +94,10 @@ struct Source {
 
 impl Prepared {
     /// Rendered for one live key version of a searchable column that now
-    /// has several: executing it as is would miss rows stored under the
-    /// other versions.
+    /// has several (executing it as is would miss rows stored under the
+    /// other versions), or under another set of online migrations (it
+    /// would read a column in only one of its places, or name a hidden
+    /// column that is gone).
     fn stale_under(&self, snapshot: &Snapshot) -> bool {
         self.online_epoch != snapshot.catalog().online_epoch()
             || self.targets.iter().any(|t| {
@@ -388,8 +390,8 @@ impl ProtectState {
         let Some(source) = old.source.clone() else {
             return Err(Refusal {
                 sqlstate: "0A000",
-                message: "pgveil: this statement was prepared before a key rotation; \
-                          prepare it again"
+                message: "pgveil: this statement was prepared before a key rotation or a \
+                          column migration; prepare it again"
                     .into(),
             });
         };
@@ -408,6 +410,8 @@ impl ProtectState {
             let _ = again.rows.set(rows.clone());
         }
         again.source = Some(source.clone());
+        again.online_epoch = snapshot.catalog().online_epoch();
+        again.checked = snapshot.generation().into();
         // Close: 'C', length, 'S', name, NUL.
         to_server.put_u8(b'C');
         to_server.put_u32((4 + 1 + name.len() + 1) as u32);
@@ -421,7 +425,7 @@ impl ProtectState {
         }
         self.pending
             .push_back(Pending::ParseOrBind { injected: true });
-        tracing::debug!("statement prepared again after a key rotation");
+        tracing::debug!("statement prepared again after a key rotation or a column migration");
         let again = Arc::new(again);
         self.statements.insert(Name::new(name), again.clone());
         Ok(again)

@@ -166,10 +166,16 @@ impl ProtectState {
                 match planned {
                     Ok((mut prepared, rewritten)) => {
                         self.guard_prepare(&snapshot, &sql, &mut prepared);
+                        let touches = matches!(
+                            analysis.plan.as_deref(),
+                            Ok(crate::sql::Plan::Rewrite(rw)) if !rw.touched.is_empty()
+                        );
+                        prepared.online_epoch = snapshot.catalog().online_epoch();
+                        prepared.checked = snapshot.generation().into();
                         if !analysis.reads.is_empty() {
                             prepared.reads = Some(analysis);
                         }
-                        if !prepared.targets.is_empty() {
+                        if !prepared.targets.is_empty() || touches {
                             prepared.source = Some(Arc::new(Source {
                                 sql: sql.clone(),
                                 param_types: parse.param_types.clone(),
@@ -205,11 +211,21 @@ impl ProtectState {
                 let mut prepared = self.statements.get(bind.statement).cloned();
                 // Parameters are encrypted with the keys in force now (a
                 // rotation since Parse adds a version equality must match).
+                // A statement reading protected columns is checked again
+                // once per new snapshot: an online migration that started
+                // or ended since changes how it must be written.
                 let snapshot = prepared
                     .as_ref()
-                    .filter(|p| !p.targets.is_empty())
+                    .filter(|p| {
+                        !p.targets.is_empty()
+                            || (p.source.is_some()
+                                && p.checked.load(std::sync::atomic::Ordering::Relaxed)
+                                    != protector.generation())
+                    })
                     .map(|_| protector.snapshot());
                 if let (Some(p), Some(snapshot)) = (prepared.clone(), snapshot.as_ref()) {
+                    p.checked
+                        .store(snapshot.generation(), std::sync::atomic::Ordering::Relaxed);
                     if p.stale_under(snapshot) {
                         match self.prepare_again(snapshot, bind.statement, &p, to_server) {
                             Ok(again) => prepared = Some(again),
