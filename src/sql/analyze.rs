@@ -20,7 +20,7 @@ use super::error::Refusal;
 use super::operand::param_index;
 use super::plan::{CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite};
 use super::read::{output_leak, Leak};
-use super::schema::{ProtectedColumn, Schema};
+use super::schema::{ProtectedColumn, Schema, TableInfo};
 use super::scope::{name_parts, norm, ColKind};
 use super::span::Source;
 
@@ -178,6 +178,14 @@ impl<'s> Ctx<'s> {
                 Some(q) => self.server_copy(q, "CREATE TABLE ... AS"),
                 None => Ok(()),
             },
+            Statement::CreateView(cv) if self.mentions_hidden(&cv.query).is_some() => {
+                let table = self.mentions_hidden(&cv.query).unwrap_or_default();
+                Err(Refusal::unsupported(format!(
+                    "a view over {table} cannot be created while a column of it is being migrated \
+                     online: the view would keep the column's hidden old values; create it once \
+                     pgveil migrate encrypt has finished"
+                )))
+            }
             Statement::CreateView(cv) if cv.materialized => {
                 self.server_copy(&cv.query, "CREATE MATERIALIZED VIEW")
             }
@@ -222,8 +230,20 @@ impl<'s> Ctx<'s> {
 
     /// The first protected table a node names, as `schema.table`.
     pub fn mentions_protected<V: Visit>(&self, node: &V) -> Option<String> {
+        self.mentions_table(node, TableInfo::is_protected)
+    }
+
+    /// The first table with a column being migrated online that a node
+    /// names, as `schema.table`.
+    pub fn mentions_hidden<V: Visit>(&self, node: &V) -> Option<String> {
+        self.mentions_table(node, |t| !t.hidden.is_empty())
+    }
+
+    /// The first table a node names that `pick` selects, as `schema.table`.
+    fn mentions_table<V: Visit>(&self, node: &V, pick: fn(&TableInfo) -> bool) -> Option<String> {
         struct Find<'a> {
             schema: &'a dyn Schema,
+            pick: fn(&TableInfo) -> bool,
         }
         impl Visitor for Find<'_> {
             type Break = String;
@@ -234,7 +254,7 @@ impl<'s> Ctx<'s> {
                     _ => None,
                 };
                 match info {
-                    Some(i) if i.is_protected() => {
+                    Some(i) if (self.pick)(i) => {
                         ControlFlow::Break(format!("{}.{}", i.schema, i.name))
                     }
                     _ => ControlFlow::Continue(()),
@@ -243,6 +263,7 @@ impl<'s> Ctx<'s> {
         }
         match node.visit(&mut Find {
             schema: self.schema,
+            pick,
         }) {
             ControlFlow::Break(t) => Some(t),
             ControlFlow::Continue(()) => None,
