@@ -163,8 +163,9 @@ async fn convert_to_bytea(ctx: &mut Ctx, t: &Target) -> Result<(), MigrateError>
         _ => format!("convert_to({c}::text, 'UTF8')"),
     };
     tx.batch_execute(&format!(
-        "ALTER TABLE {} ALTER COLUMN {c} TYPE bytea USING {using}",
-        t.table_sql
+        "ALTER TABLE {} ALTER COLUMN {c} TYPE bytea USING {using}; NOTIFY {}",
+        t.table_sql,
+        crate::catalog::CHANGES_CHANNEL
     ))
     .await
     .map_err(err)?;
