@@ -934,3 +934,52 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
     assert!(!raw.contains("13900000"), "plaintext at rest");
     proxy.shutdown();
 }
+
+/// A `bytea` column added to a protected table behind pgveil's back may be
+/// the envelope column of an online move that pgveil has not heard of: it
+/// is refused (40001) until the catalog has reloaded, which the refusal
+/// itself sets off, and then read as the plain column it is.
+#[test]
+fn a_bytea_column_pgveil_has_not_seen_is_refused_until_the_catalog_reloads() {
+    let table = "mig_added";
+    db().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, phone bytea, note text); \
+         INSERT INTO {table} VALUES (1, NULL, 'a');"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let roles = "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n";
+    let (_, cfg) = write_config(
+        tmp.path(),
+        &demo_keyring(),
+        &(policy(table, "phone", "text", "searchable") + roles),
+    );
+    let proxy = start_proxy(cfg);
+    rt().block_on(async {
+        let c = connect_to(proxy.local_addr(), "postgres", None)
+            .await
+            .unwrap();
+        let sql = format!("SELECT id, note FROM {table}");
+        assert_eq!(c.simple_query(&sql).await.unwrap().len(), 3);
+        db().psql(&format!(
+            "ALTER TABLE {table} ADD COLUMN extra bytea; UPDATE {table} SET extra = '\\x0102';"
+        ))
+        .unwrap();
+        let sql = format!("SELECT extra FROM {table}");
+        let err = c.query(&sql, &[]).await.unwrap_err();
+        let db_err = err.as_db_error().unwrap();
+        assert_eq!(db_err.code(), &tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE);
+        assert!(db_err.message().contains("does not know yet"), "{db_err:?}");
+        // The other connections' statements are unaffected meanwhile.
+        let other = connect_to(proxy.local_addr(), "postgres", None)
+            .await
+            .unwrap();
+        other
+            .simple_query(&format!("SELECT id, note FROM {table}"))
+            .await
+            .unwrap();
+        let rows = retrying(|| async { c.query(&sql, &[]).await }).await;
+        assert_eq!(rows[0].get::<_, Vec<u8>>(0), vec![1u8, 2]);
+    });
+    proxy.shutdown();
+}

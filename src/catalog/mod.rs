@@ -651,6 +651,58 @@ mod tests {
         }
     }
 
+    /// An online move: the hidden column leaves the visible ones and may
+    /// not be shown; the policy column knows it; between the two steps
+    /// the policy column is not "missing"; each stage has its own epoch.
+    #[test]
+    fn an_online_move_hides_the_old_column_and_marks_each_stage() {
+        let p = policies(
+            "[[columns]]\ntable = \"guests\"\ncolumn = \"phone\"\ntype = \"text\"\nencrypt = \"searchable\"\nlevel = 3\n",
+        );
+        let moving = [Migrating {
+            schema: "public".into(),
+            table: "guests".into(),
+            column: "phone".into(),
+            legacy: Some("__pgveil_legacy_phone".into()),
+        }];
+        let stage = |names: &[(i16, &str)]| {
+            let mut cols = HashMap::new();
+            cols.insert(
+                ("public".to_owned(), "guests".to_owned()),
+                names.iter().map(|(a, n)| (500, *a, (*n).to_owned())).collect(),
+            );
+            let mut cat = Catalog::build(&p, &cols).unwrap();
+            cat.set_migrating(&moving, &cols);
+            cat
+        };
+        let before = {
+            let mut cols = HashMap::new();
+            cols.insert(
+                ("public".to_owned(), "guests".to_owned()),
+                vec![(500, 1, "id".to_owned()), (500, 2, "phone".to_owned())],
+            );
+            Catalog::build(&p, &cols).unwrap()
+        };
+        // Renamed, new column not added yet.
+        let gap = stage(&[(1, "id"), (2, "__pgveil_legacy_phone")]);
+        assert!(gap.missing().is_empty(), "{:?}", gap.missing());
+        let t = gap.table(None, "guests").unwrap();
+        let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "phone"]);
+        assert_eq!(t.hidden, ["__pgveil_legacy_phone"]);
+        assert!(gap.computed(500, 2).is_some_and(|c| c.contains("__pgveil_legacy_phone")));
+        // Both columns.
+        let moving_now = stage(&[(1, "id"), (2, "__pgveil_legacy_phone"), (3, "phone")]);
+        let pc = moving_now.by_attr(500, 3).unwrap();
+        assert_eq!(pc.legacy.as_deref(), Some("__pgveil_legacy_phone"));
+        assert!(moving_now.by_attr(500, 2).is_none());
+        assert!(moving_now.knows_attr(500, 3) && moving_now.knows_attr(500, 2));
+        assert!(moving_now.is_migrating("public.guests.phone"));
+        let epochs = [before.online_epoch(), gap.online_epoch(), moving_now.online_epoch()];
+        assert_eq!(epochs[0], 0);
+        assert!(epochs[1] != 0 && epochs[2] != 0 && epochs[1] != epochs[2]);
+    }
+
     #[test]
     fn maps_columns_in_order_and_notes_missing() {
         let p = policies(
