@@ -5,8 +5,8 @@
 #
 # Usage: benches/migrate.sh        (defaults: ROWS=50000 BATCH=1000 MODE=randomized METHOD=online)
 #        METHOD=in-place benches/migrate.sh   (the table-rewrite path, `--in-place`)
-# The online command's wall clock includes its fixed 1 s pause between
-# renaming the column and adding the new one (see src/migrate/online.rs).
+# Online, the command waits between renaming the column and adding the new
+# one for running pgveils to confirm a catalog reload (none run here).
 # Needs: PostgreSQL server binaries (apt-get install postgresql).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -968,7 +968,10 @@ fn a_bytea_column_pgveil_has_not_seen_is_refused_until_the_catalog_reloads() {
         let sql = format!("SELECT extra FROM {table}");
         let err = c.query(&sql, &[]).await.unwrap_err();
         let db_err = err.as_db_error().unwrap();
-        assert_eq!(db_err.code(), &tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE);
+        assert_eq!(
+            db_err.code(),
+            &tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+        );
         assert!(db_err.message().contains("does not know yet"), "{db_err:?}");
         // The other connections' statements are unaffected meanwhile.
         let other = connect_to(proxy.local_addr(), "postgres", None)

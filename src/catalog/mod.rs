@@ -548,34 +548,84 @@ async fn load_views(
 
 /// Opens the catalog connection described by `[catalog]`.
 pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogError> {
-    connect_with(config, None).await.map(|(client, _)| client)
+    connect_with(config, "pgveil catalog", None)
+        .await
+        .map(|(client, _)| client)
 }
 
 /// The channel `pgveil migrate` notifies when it changes a protected
 /// table's columns, so running pgveils reload their catalog at once.
 pub const CHANGES_CHANNEL: &str = "pgveil_catalog";
 
-/// Keeps a connection listening on [`CHANGES_CHANNEL`] and signals
-/// `changed` for every notification; returns when the connection ends.
-pub async fn listen(config: &Config, changed: Arc<Notify>) -> Result<(), CatalogError> {
-    let (client, conn) = connect_with(config, Some(changed)).await?;
+/// The channel pgveil answers on once a reload is in force: the payload
+/// is the token of the [`CHANGES_CHANNEL`] notification that caused it,
+/// so `pgveil migrate` can wait exactly as long as every running pgveil
+/// needs.
+pub const ACK_CHANNEL: &str = "pgveil_catalog_ack";
+
+/// The `application_name` of the listening connection, by which `pgveil
+/// migrate` counts the pgveils whose acknowledgement it waits for.
+pub const LISTENER_NAME: &str = "pgveil catalog listener";
+
+/// What a connection task does with each notification: the sending
+/// backend's process id, and the payload.
+pub type OnNotification = Box<dyn Fn(i32, &str) + Send + Sync>;
+
+/// Tokens of change notifications received and not yet acknowledged:
+/// the listener adds them, the reload loop takes them when a load starts
+/// (so the load sees the change) and hands them back once it is in force.
+pub type PendingTokens = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Keeps a connection listening on [`CHANGES_CHANNEL`]: each notification
+/// keeps its token in `pending` and signals `changed`; each batch of
+/// tokens the reload loop sends on `reloaded` is answered on
+/// [`ACK_CHANNEL`]. Returns when the connection ends.
+pub async fn listen(
+    config: &Config,
+    changed: Arc<Notify>,
+    pending: PendingTokens,
+    reloaded: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+) -> Result<(), CatalogError> {
+    let on: OnNotification = Box::new(move |_, token| {
+        if !token.is_empty() {
+            if let Ok(mut p) = pending.lock() {
+                p.push(token.to_owned());
+            }
+        }
+        changed.notify_one();
+    });
+    let (client, mut conn) = connect_with(config, LISTENER_NAME, Some(on)).await?;
+    let fail = |source| CatalogError::Db {
+        addr: config.proxy.upstream.clone(),
+        user: config.catalog.user.clone(),
+        source,
+    };
     client
         .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
         .await
-        .map_err(|source| CatalogError::Db {
-            addr: config.proxy.upstream.clone(),
-            user: config.catalog.user.clone(),
-            source,
-        })?;
-    let _ = conn.await;
-    Ok(())
+        .map_err(fail)?;
+    loop {
+        tokio::select! {
+            _ = &mut conn => return Ok(()),
+            tokens = reloaded.recv() => {
+                let Some(tokens) = tokens else { return Ok(()) };
+                for token in tokens {
+                    client
+                        .execute("SELECT pg_notify($1, $2)", &[&ACK_CHANNEL, &token])
+                        .await
+                        .map_err(fail)?;
+                }
+            }
+        }
+    }
 }
 
-/// Connects as the catalog user; the connection task signals `notify`
-/// for each notification it receives, and ends with the connection.
-async fn connect_with(
+/// Connects as the catalog user, for `pgveil migrate` too; the
+/// connection task hands every notification's payload to `on`.
+pub async fn connect_with(
     config: &Config,
-    notify: Option<Arc<Notify>>,
+    application_name: &str,
+    on: Option<OnNotification>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), CatalogError> {
     let cat = &config.catalog;
     let (host, port) = config
@@ -588,7 +638,7 @@ async fn connect_with(
         .port(port.parse().unwrap_or(5432))
         .user(&cat.user)
         .dbname(&cat.database)
-        .application_name("pgveil catalog")
+        .application_name(application_name)
         .connect_timeout(config.proxy.connect_timeout);
     if let Some(var) = &cat.password_env {
         let pw = std::env::var(var).map_err(|_| CatalogError::MissingPassword(var.clone()))?;
@@ -603,27 +653,27 @@ async fn connect_with(
     match crate::tls::UpstreamTls::from_config(config)? {
         None => {
             let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
-            Ok((client, tokio::spawn(drive(conn, notify))))
+            Ok((client, tokio::spawn(drive(conn, on))))
         }
         Some(tls) => {
             pg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, conn) = pg.connect(tls.postgres_connector()).await.map_err(fail)?;
-            Ok((client, tokio::spawn(drive(conn, notify))))
+            Ok((client, tokio::spawn(drive(conn, on))))
         }
     }
 }
 
 /// Runs a connection to its end, passing notifications on.
-async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, notify: Option<Arc<Notify>>)
+async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, on: Option<OnNotification>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
         match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                if let Some(n) = &notify {
-                    n.notify_one();
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                if let Some(on) = &on {
+                    on(n.process_id(), n.payload());
                 }
             }
             Some(Ok(_)) => {}
@@ -669,7 +719,10 @@ mod tests {
             let mut cols = HashMap::new();
             cols.insert(
                 ("public".to_owned(), "guests".to_owned()),
-                names.iter().map(|(a, n)| (500, *a, (*n).to_owned())).collect(),
+                names
+                    .iter()
+                    .map(|(a, n)| (500, *a, (*n).to_owned()))
+                    .collect(),
             );
             let mut cat = Catalog::build(&p, &cols).unwrap();
             cat.set_migrating(&moving, &cols);
@@ -690,7 +743,9 @@ mod tests {
         let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["id", "phone"]);
         assert_eq!(t.hidden, ["__pgveil_legacy_phone"]);
-        assert!(gap.computed(500, 2).is_some_and(|c| c.contains("__pgveil_legacy_phone")));
+        assert!(gap
+            .computed(500, 2)
+            .is_some_and(|c| c.contains("__pgveil_legacy_phone")));
         // Both columns.
         let moving_now = stage(&[(1, "id"), (2, "__pgveil_legacy_phone"), (3, "phone")]);
         let pc = moving_now.by_attr(500, 3).unwrap();
@@ -698,7 +753,11 @@ mod tests {
         assert!(moving_now.by_attr(500, 2).is_none());
         assert!(moving_now.knows_attr(500, 3) && moving_now.knows_attr(500, 2));
         assert!(moving_now.is_migrating("public.guests.phone"));
-        let epochs = [before.online_epoch(), gap.online_epoch(), moving_now.online_epoch()];
+        let epochs = [
+            before.online_epoch(),
+            gap.online_epoch(),
+            moving_now.online_epoch(),
+        ];
         assert_eq!(epochs[0], 0);
         assert!(epochs[1] != 0 && epochs[2] != 0 && epochs[1] != epochs[2]);
     }

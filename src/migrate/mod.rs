@@ -112,6 +112,8 @@ pub(crate) struct Ctx {
     max_rewrite_mb: u64,
     /// `encrypt --in-place`.
     in_place: bool,
+    /// For the connections an online move opens besides `client`.
+    config: Config,
     stop: Arc<AtomicBool>,
 }
 
@@ -212,6 +214,7 @@ async fn run_async(op: Op, args: &MigrateArgs, config: &Config) -> Result<(), Mi
         },
         max_rewrite_mb: args.max_rewrite_mb,
         in_place: args.in_place,
+        config: config.clone(),
         stop,
     };
     let mut versions = reencrypt::VersionTally::default();

@@ -5,8 +5,10 @@
 //! EXCLUSIVE` lock. Instead:
 //!
 //! 1. **Split** (one short transaction, metadata only): the column is
-//!    renamed to a hidden `__pgveil_legacy_<column>` and added again as
-//!    `bytea` (at the end of the table). Two triggers keep the split
+//!    renamed to a hidden `__pgveil_legacy_<column>`; once every running
+//!    pgveil has confirmed it reloaded its catalog (they LISTEN on
+//!    `pgveil_catalog` and answer on `pgveil_catalog_ack`), it is added
+//!    again as `bytea` (at the end of the table). Two triggers keep the split
 //!    honest: assigning the column clears the row's old value, and nothing
 //!    may write a new old value. A NOT NULL column becomes a `NOT VALID`
 //!    check that one of the two is set. The state row names the hidden
@@ -90,6 +92,7 @@ pub(super) async fn run(
 ) -> Result<(), MigrateError> {
     let name = t.name.to_string();
     let dry = ctx.opts.dry_run;
+    let resumed = legacy.is_some();
     let legacy = match legacy {
         Some(l) => l,
         None => {
@@ -113,20 +116,24 @@ pub(super) async fn run(
                 );
                 return Ok(());
             }
-            rename(ctx, &t, &legacy).await?;
-            let listening = listeners(ctx).await;
-            eprintln!(
-                "{name}: renamed to {legacy}; waiting {} ms for {listening} listening pgveil(s) to \
-                 reload their catalog",
-                SETTLE.as_millis()
-            );
-            tokio::time::sleep(SETTLE).await;
+            let acks = Acks::listen(ctx).await?;
+            rename(ctx, &t, &legacy, &acks.notify_sql()).await?;
+            acks.wait(&name).await;
             legacy
         }
     };
     let legacy_attnum = attnum_of(ctx, &t, &legacy).await?;
     let names = Names::new(&t, &legacy, legacy_attnum);
     if !dry && !column_exists(ctx, &t).await? {
+        if resumed {
+            // Killed between the two steps: make sure every pgveil knows.
+            let acks = Acks::listen(ctx).await?;
+            ctx.client
+                .batch_execute(&acks.notify_sql())
+                .await
+                .map_err(|e| t.db_error("notifying pgveil", &e))?;
+            acks.wait(&name).await;
+        }
         add_column(ctx, &t, &names).await?;
         println!("{name}: moved to a new bytea column; old values in {legacy} until encrypted");
     }
@@ -229,24 +236,120 @@ async fn refuse_dependents(ctx: &Ctx, t: &Target) -> Result<(), MigrateError> {
     )))
 }
 
-/// How long the first half of step 1 gives running pgveils to reload
-/// their catalog (they LISTEN; a reload takes about 0.1 s) before the new
-/// column appears. In between, statements naming the column fail, which
-/// is what a pgveil still planning with the old catalog must do: with the
-/// new column in place it would read and filter on it alone.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
+/// The longest step 1 waits for running pgveils to confirm they reloaded
+/// their catalog after the rename. In between, statements naming the
+/// column fail, which is what a pgveil still planning with the old catalog
+/// must do: with the new column in place it would read and filter on the
+/// new column alone.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Confirmations from running pgveils that their catalog knows about the
+/// move (see `catalog::ACK_CHANNEL`).
+struct Acks {
+    /// The listening connections of the pgveils running now, by backend
+    /// process id.
+    expected: std::collections::HashSet<i32>,
+    /// `(sender, payload)` of each acknowledgement.
+    rx: tokio::sync::mpsc::UnboundedReceiver<(i32, String)>,
+    /// Sent with the change; acknowledgements carry it back.
+    token: String,
+    /// Keeps the listening connection open.
+    _client: tokio_postgres::Client,
+}
+
+impl Acks {
+    /// Listens for acknowledgements and notes which pgveils must send one;
+    /// call before the change they acknowledge.
+    async fn listen(ctx: &Ctx) -> Result<Acks, MigrateError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let on: crate::catalog::OnNotification = Box::new(move |pid, payload| {
+            let _ = tx.send((pid, payload.to_owned()));
+        });
+        let (client, _) =
+            crate::catalog::connect_with(&ctx.config, "pgveil migrate", Some(on)).await?;
+        let usage = |e: tokio_postgres::Error| {
+            MigrateError::Usage(format!("cannot listen for pgveil's acknowledgements: {e}"))
+        };
+        client
+            .batch_execute(&format!("LISTEN {}", crate::catalog::ACK_CHANNEL))
+            .await
+            .map_err(usage)?;
+        let expected = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                &[&crate::catalog::LISTENER_NAME],
+            )
+            .await
+            .map_err(usage)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        Ok(Acks {
+            expected,
+            rx,
+            token,
+            _client: client,
+        })
+    }
+
+    /// The notification that asks for the acknowledgements.
+    fn notify_sql(&self) -> String {
+        format!(
+            "NOTIFY {}, {}",
+            crate::catalog::CHANGES_CHANNEL,
+            super::plan::literal(&self.token)
+        )
+    }
+
+    /// Waits until every pgveil running at [`Acks::listen`] has reloaded
+    /// its catalog after the notification, or [`ACK_TIMEOUT`].
+    async fn wait(mut self, column: &str) {
+        let start = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        let total = self.expected.len();
+        while !self.expected.is_empty() {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((pid, payload))) => {
+                    if payload == self.token {
+                        self.expected.remove(&pid);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let ms = start.elapsed().as_millis();
+        if self.expected.is_empty() {
+            eprintln!("{column}: {total} running pgveil(s) reloaded their catalog in {ms} ms");
+        } else {
+            eprintln!(
+                "{column}: WARNING: {} of {total} running pgveil(s) did not confirm a catalog reload \
+                 within {} s; until they reload they may read and filter on the new column alone. \
+                 Reload them (SIGHUP or POST /reload)",
+                self.expected.len(),
+                ACK_TIMEOUT.as_secs()
+            );
+        }
+    }
+}
 
 /// Step 1a, in one transaction: the column becomes the hidden one.
-async fn rename(ctx: &mut Ctx, t: &Target, legacy: &str) -> Result<(), MigrateError> {
+async fn rename(ctx: &mut Ctx, t: &Target, legacy: &str, notify: &str) -> Result<(), MigrateError> {
     let (tbl, c, l) = (&t.table_sql, &t.column_sql, &ident(legacy));
     let sql = format!(
         "SET LOCAL lock_timeout = '{lock}';
          ALTER TABLE {tbl} RENAME COLUMN {c} TO {l};
          COMMENT ON COLUMN {tbl}.{l} IS 'pgveil: values of column {col} not encrypted yet; dropped when pgveil migrate encrypt finishes';
-         NOTIFY {channel};",
+         {notify};",
         lock = super::batches::LOCK_TIMEOUT,
         col = t.name.column.replace('\'', "''"),
-        channel = crate::catalog::CHANGES_CHANNEL,
     );
     let err = |e| t.db_error("renaming the column to its hidden name", &e);
     let tx = ctx.client.transaction().await.map_err(err)?;
@@ -324,18 +427,6 @@ async fn column_exists(ctx: &Ctx, t: &Target) -> Result<bool, MigrateError> {
         .await
         .map_err(|e| t.db_error("looking up the column", &e))?
         .get(0))
-}
-
-/// pgveil catalog connections listening for changes, for the operator.
-async fn listeners(ctx: &Ctx) -> i64 {
-    ctx.client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = $1",
-            &[&format!("LISTEN {}", crate::catalog::CHANGES_CHANNEL)],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0)
 }
 
 /// Step 3: NOT NULL proven online, then one short transaction.

@@ -230,8 +230,16 @@ impl Proxy {
             audit,
         });
         if let (Some(p), Some(n)) = (&shared.protector, &shared.reload_catalog) {
-            tokio::spawn(reload_loop(shared.clone(), p.clone(), n.clone()));
-            tokio::spawn(listen_loop(shared.clone(), n.clone()));
+            let tokens = crate::catalog::PendingTokens::default();
+            let (reloaded, acks) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(reload_loop(
+                shared.clone(),
+                p.clone(),
+                n.clone(),
+                tokens.clone(),
+                reloaded,
+            ));
+            tokio::spawn(listen_loop(shared.clone(), n.clone(), tokens, acks));
         }
         let stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
@@ -313,27 +321,70 @@ impl Proxy {
 ///
 /// Also reloads every `[catalog] refresh` interval, so DDL run directly on
 /// the server (not through pgveil) is picked up within that time.
-async fn reload_loop(shared: Arc<Shared>, protector: Arc<Protector>, notify: Arc<Notify>) {
+async fn reload_loop(
+    shared: Arc<Shared>,
+    protector: Arc<Protector>,
+    notify: Arc<Notify>,
+    tokens: crate::catalog::PendingTokens,
+    reloaded: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+) {
     loop {
         let every = shared.current_config().catalog.refresh;
         let signalled = tokio::select! {
             _ = notify.notified() => true,
             _ = tokio::time::sleep(every) => false,
         };
-        // Let the DDL commit first; several signals in a row coalesce.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Let the DDL commit first; several signals in a row coalesce. A
+        // `pgveil migrate` notification comes after its commit, and the
+        // migration waits for the reload: no pause then.
+        let notified = tokens.lock().map(|t| !t.is_empty()).unwrap_or(false);
+        if !notified {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // Not while a configuration reload swaps the policy: the catalog
         // must be loaded for the policy it is combined with.
         let _reloading = shared.reloading.lock().await;
         let config = shared.current_config();
+        // Notifications received so far are answered once this load is in
+        // force; later ones wait for the next.
+        let answered: Vec<String> = tokens
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         match Catalog::load(&config).await {
-            Ok(catalog) => match protector.replace_catalog(catalog) {
-                Ok(()) if signalled => info!("catalog reloaded"),
-                Ok(()) => debug!("catalog refreshed"),
-                Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),
-            },
-            Err(e) => warn!(error = %e, "catalog reload failed; keeping the old one"),
+            Ok(catalog) => {
+                match protector.replace_catalog(catalog) {
+                    Ok(()) => {
+                        if signalled {
+                            info!("catalog reloaded");
+                        } else {
+                            debug!("catalog refreshed");
+                        }
+                        // Acknowledged by the listener (`pgveil migrate`
+                        // waits for it).
+                        if !answered.is_empty() {
+                            let _ = reloaded.send(answered);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "catalog reload failed; keeping the old one");
+                        keep_for_next(&tokens, answered);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "catalog reload failed; keeping the old one");
+                keep_for_next(&tokens, answered);
+            }
         }
+    }
+}
+
+/// Puts tokens back for the next reload after one failed: they may only
+/// be answered once a reload is in force.
+fn keep_for_next(tokens: &crate::catalog::PendingTokens, answered: Vec<String>) {
+    if let Ok(mut t) = tokens.lock() {
+        t.extend(answered);
     }
 }
 
@@ -342,7 +393,12 @@ async fn reload_loop(shared: Arc<Shared>, protector: Arc<Protector>, notify: Arc
 /// migration's schema changes reach the catalog within moments rather
 /// than at the next `[catalog] refresh`. Reconnects after a failure, and
 /// reloads then in case a notification was missed.
-async fn listen_loop(shared: Arc<Shared>, notify: Arc<Notify>) {
+async fn listen_loop(
+    shared: Arc<Shared>,
+    notify: Arc<Notify>,
+    tokens: crate::catalog::PendingTokens,
+    mut acks: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+) {
     let mut first = true;
     loop {
         if !first {
@@ -350,7 +406,7 @@ async fn listen_loop(shared: Arc<Shared>, notify: Arc<Notify>) {
         }
         first = false;
         let config = shared.current_config();
-        match crate::catalog::listen(&config, notify.clone()).await {
+        match crate::catalog::listen(&config, notify.clone(), tokens.clone(), &mut acks).await {
             Ok(()) => debug!("catalog listener connection ended"),
             Err(e) => debug!(error = %e, "catalog listener cannot connect"),
         }

@@ -170,8 +170,14 @@ fn forms_the_split_would_change_are_refused() {
         "SELECT g.id FROM guests g JOIN guests h USING (phone)",
         "JOIN USING",
     );
-    refused_m("CREATE VIEW v AS SELECT * FROM guests", "view over public.guests");
-    refused_m("CREATE VIEW v AS SELECT id FROM guests", "view over public.guests");
+    refused_m(
+        "CREATE VIEW v AS SELECT * FROM guests",
+        "view over public.guests",
+    );
+    refused_m(
+        "CREATE VIEW v AS SELECT id FROM guests",
+        "view over public.guests",
+    );
 }
 
 #[test]
