@@ -891,6 +891,22 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
                         .is_some_and(|d| d.message().contains("cannot be named")),
                     "{err:?}"
                 );
+                // COPY TO reads both forms too, every row.
+                if mid_reads == 1 {
+                    use futures_util::TryStreamExt;
+                    let sql = format!("COPY {table} (id, phone) TO STDOUT");
+                    let chunks: Vec<bytes::Bytes> =
+                        retrying(|| async { c.copy_out(&sql).await?.try_collect().await }).await;
+                    let text = String::from_utf8(chunks.concat()).unwrap();
+                    let mut lines = 0;
+                    for line in text.lines() {
+                        let (id, phone) = line.split_once('\t').unwrap();
+                        let id: i64 = id.parse().unwrap();
+                        assert_eq!(Some(phone), expected[&id].as_deref(), "COPY row {id}");
+                        lines += 1;
+                    }
+                    assert_eq!(lines, expected.len());
+                }
                 let err = c
                     .execute(
                         &format!("INSERT INTO {table} VALUES (99999, 'x', 'y')"),

@@ -48,6 +48,11 @@ fn byte(c: char, what: &str, table: &str) -> Result<u8, Refusal> {
     })
 }
 
+/// The span of a COPY's table name.
+fn table_name_span(name: &sqlparser::ast::ObjectName) -> sqlparser::tokenizer::Span {
+    sqlparser::ast::Spanned::span(name)
+}
+
 impl Ctx<'_> {
     /// Analyses a COPY statement.
     pub fn copy(&mut self, st: &Statement) -> Result<(), Refusal> {
@@ -201,23 +206,12 @@ impl Ctx<'_> {
             Some(_) => return Ok(()), // the server rejects an unknown format
         };
 
-        let table_name = format!("{}.{}", info.schema, info.name);
+        let full_table = format!("{}.{}", info.schema, info.name);
+        let mut sql = None;
         if *to {
-            let listed: Vec<String> = columns.iter().map(ident_name).collect();
-            if let Some(pc) = info
-                .columns
-                .iter()
-                .filter(|c| listed.is_empty() || listed.contains(&c.name))
-                .find_map(|c| c.protected.as_ref().filter(|p| p.legacy.is_some()))
-            {
-                return Err(Refusal::on_column(
-                    &pc.full_name,
-                    "COPY ... TO",
-                    "while it is being migrated online, read it with SELECT",
-                ));
-            }
+            sql = self.legacy_copy_out(info, table_name_span(table_name), columns)?;
         } else if columns.is_empty() {
-            self.legacy_positions(&info.hidden, &table_name, "COPY")?;
+            self.legacy_positions(&info.hidden, &full_table, "COPY")?;
         }
         let fields: Vec<Option<ProtectedColumn>> = if columns.is_empty() {
             info.columns.iter().map(|c| c.protected.clone()).collect()
@@ -275,6 +269,7 @@ impl Ctx<'_> {
             quote,
             escape,
             header: o.header,
+            sql,
         });
         Ok(())
     }

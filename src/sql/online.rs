@@ -32,7 +32,7 @@ use sqlparser::tokenizer::Span;
 use super::analyze::Ctx;
 use super::error::Refusal;
 use super::plan::{Edit, EditKind};
-use super::schema::{ProtectedColumn, LEGACY_PREFIX};
+use super::schema::{ColumnInfo, ProtectedColumn, TableInfo, LEGACY_PREFIX};
 use super::scope::{ColKind, Relation, Scope};
 use crate::crypto::LogicalType;
 
@@ -276,6 +276,65 @@ impl Ctx<'_> {
         Err(Refusal::unsupported(format!(
             "{what} {table} without a column list is not supported while a column of it is being \
              migrated online: name the columns"
+        )))
+    }
+
+    /// `COPY table [(columns)] TO` of a column migrated online: the
+    /// statement to send instead, `COPY (SELECT …) TO` with the same fields
+    /// in the same order and the options as written. `None` when no listed
+    /// column is moving.
+    pub(crate) fn legacy_copy_out(
+        &self,
+        info: &TableInfo,
+        name: Span,
+        columns: &[Ident],
+    ) -> Result<Option<String>, Refusal> {
+        let listed: Vec<String> = columns.iter().map(super::scope::norm).collect();
+        let fields: Vec<&ColumnInfo> = if listed.is_empty() {
+            info.columns.iter().collect()
+        } else {
+            listed.iter().filter_map(|n| info.column(n)).collect()
+        };
+        let moving = |c: &ColumnInfo| c.protected.as_ref().is_some_and(|p| p.legacy.is_some());
+        let Some(first) = fields.iter().copied().find(|c| moving(c)) else {
+            return Ok(None);
+        };
+        let unlocated = || Refusal::unlocated(&first.name);
+        let start = self.src.range(name).ok_or_else(unlocated)?;
+        let end = match (columns.first(), columns.last()) {
+            (Some(a), Some(b)) => {
+                let inner = self
+                    .src
+                    .range(Span::new(a.span.start, b.span.end))
+                    .ok_or_else(unlocated)?;
+                self.src.paren_extent(&inner).ok_or_else(unlocated)?.end
+            }
+            _ => start.end,
+        };
+        let q = format!("{}.{}", quote(&info.schema), quote(&info.name));
+        let mut list = Vec::with_capacity(fields.len());
+        for c in fields {
+            let name = quote(&c.name);
+            match c
+                .protected
+                .as_ref()
+                .and_then(|p| p.legacy.as_deref().map(|l| (p, l)))
+            {
+                Some((pc, legacy)) => list.push(format!(
+                    "COALESCE({q}.{name}, {}) AS {name}",
+                    legacy_value(&q, pc, legacy)
+                )),
+                None => list.push(format!("{q}.{name}")),
+            }
+        }
+        let sql = self.src.sql;
+        let (before, after) = (
+            sql.get(..start.start).ok_or_else(unlocated)?,
+            sql.get(end..).ok_or_else(unlocated)?,
+        );
+        Ok(Some(format!(
+            "{before}(SELECT {} FROM {q}){after}",
+            list.join(", ")
         )))
     }
 

@@ -139,6 +139,10 @@ pub struct CopyIn {
     pub escape: u8,
     /// Whether the first line is a header (CSV only in PostgreSQL 15).
     pub header: bool,
+    /// For `COPY table TO` of a column being migrated online: the
+    /// statement to send instead, `COPY (SELECT …) TO` reading both of its
+    /// places, with the same fields in the same order.
+    pub sql: Option<String>,
 }
 
 /// The COPY stream formats pgveil can rewrite.

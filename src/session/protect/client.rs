@@ -134,7 +134,10 @@ impl ProtectState {
                         self.copy = Some(enc);
                     }
                     Ok(Ready::CopyOut(copy)) => {
-                        to_server.extend_from_slice(frame.as_bytes());
+                        match &copy.sql {
+                            Some(text) => write_query(to_server, text),
+                            None => to_server.extend_from_slice(frame.as_bytes()),
+                        }
                         self.query_copy_out = Some(copy);
                     }
                     Err(refusal) => {

@@ -98,13 +98,27 @@ pub(super) fn plan_and_render_parse(
             },
             None,
         )),
-        Plan::CopyOut(copy) => Ok((
-            Prepared {
-                copy_out: Some(copy.clone()),
-                ..Prepared::default()
-            },
-            None,
-        )),
+        Plan::CopyOut(copy) => {
+            // A COPY TO of a column being migrated online is sent as the
+            // statement analysis wrote.
+            let rewritten = copy.sql.as_ref().map(|text| {
+                let mut out = BytesMut::new();
+                Parse {
+                    name: parse.name,
+                    query: text.as_bytes(),
+                    param_types: parse.param_types.clone(),
+                }
+                .encode(&mut out);
+                out
+            });
+            Ok((
+                Prepared {
+                    copy_out: Some(copy.clone()),
+                    ..Prepared::default()
+                },
+                rewritten,
+            ))
+        }
         Plan::Rewrite(rw) => {
             let results = (!rw.results.is_empty()).then(|| rw.results.clone());
             if rw.edits.is_empty() && rw.params.is_empty() {
