@@ -135,7 +135,11 @@ pub(super) async fn run(
             acks.wait(&name).await;
         }
         add_column(ctx, &t, &names).await?;
-        println!("{name}: moved to a new bytea column; old values in {legacy} until encrypted");
+        println!(
+            "{name}: moved to a new bytea column, now the table's last column; old values in \
+             {legacy} until encrypted. INSERT and COPY FROM without a column list now follow the \
+             new column order (pgveil refuses them until the move ends)"
+        );
     }
     let notnull = has_constraint(ctx, &t, &names).await?;
     for (index, def) in &t.indexes {

@@ -22,7 +22,8 @@
 //! table pgveil does not know), the statement is refused. So are the few
 //! forms whose meaning the split would change: the hidden column named by
 //! a client, a reference from a correlated subquery or through a view,
-//! INSERT or COPY without a column list, and COPY TO of the column.
+//! INSERT or COPY FROM without a column list. `COPY table TO` is sent as
+//! `COPY (SELECT …) TO` with the same fields.
 
 use std::collections::BTreeMap;
 
