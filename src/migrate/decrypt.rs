@@ -15,9 +15,8 @@
 //! and pgveil reloaded: until then pgveil's writes of envelopes into the
 //! restored column fail with a type error (nothing is written).
 
-use super::batches::{run_pass, Change};
+use super::batches::Change;
 use super::plan::Target;
-use super::progress::Progress;
 use super::state::{self, State};
 use super::{
     classify, envelope_shape_sql, legacy_format, report_indexes, Ctx, MigrateError, Stored,
@@ -59,7 +58,6 @@ pub(super) async fn run(ctx: &mut Ctx, t: &Target) -> Result<(), MigrateError> {
         state::set(&ctx.client, t, State::Decrypting, &original).await?;
     }
     let total = t.count_rows(&ctx.client).await?;
-    let progress = Progress::new(format!("decrypt {name}"), total);
     let mut plain = Vec::new();
     let mut decide = |v: &[u8]| -> Result<Change, String> {
         plain.clear();
@@ -68,16 +66,9 @@ pub(super) async fn run(ctx: &mut Ctx, t: &Target) -> Result<(), MigrateError> {
             Stored::Legacy => Ok(Change::Keep),
         }
     };
-    let stats = run_pass(
-        &mut ctx.client,
-        t,
-        ctx.opts,
-        &progress,
-        &ctx.stop,
-        &mut decide,
-    )
-    .await?;
-    let rate = progress.finish();
+    let (stats, rate) = ctx
+        .pass(t, format!("decrypt {name}"), total, &mut decide)
+        .await?;
     if ctx.opts.dry_run {
         println!(
             "{name}: would decrypt {} of {} row(s), then change the column type bytea -> {original}",

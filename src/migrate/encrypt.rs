@@ -16,9 +16,8 @@
 //!    another pass runs.
 //! 4. The column is recorded as `encrypted`.
 
-use super::batches::{run_pass, Change};
+use super::batches::Change;
 use super::plan::Target;
-use super::progress::Progress;
 use super::state::{self, State};
 use super::{
     classify, envelope_shape_sql, legacy_format, reason, report_indexes, Ctx, MigrateError, Stored,
@@ -105,17 +104,9 @@ pub(super) async fn run(ctx: &mut Ctx, mut t: Target, all: bool) -> Result<(), M
     let mut already = 0;
     for pass in 0..=MAX_EXTRA_PASSES {
         let total = t.count_rows(&ctx.client).await?;
-        let progress = Progress::new(format!("encrypt {name}"), total);
-        let stats = run_pass(
-            &mut ctx.client,
-            &t,
-            ctx.opts,
-            &progress,
-            &ctx.stop,
-            &mut decide,
-        )
-        .await?;
-        let r = progress.finish();
+        let (stats, r) = ctx
+            .pass(&t, format!("encrypt {name}"), total, &mut decide)
+            .await?;
         if pass == 0 {
             rate = r;
             total_rows = stats.rows;

@@ -117,6 +117,33 @@ pub(crate) struct Ctx {
     stop: Arc<AtomicBool>,
 }
 
+impl Ctx {
+    /// One pass over `t` under a progress display labelled `label` for
+    /// `total` rows; returns what it did and its rate in rows per second.
+    async fn pass<F>(
+        &mut self,
+        t: &Target,
+        label: String,
+        total: u64,
+        decide: F,
+    ) -> Result<(batches::PassStats, f64), MigrateError>
+    where
+        F: FnMut(&[u8]) -> Result<batches::Change, String>,
+    {
+        let progress = progress::Progress::new(label, total);
+        let stats = batches::run_pass(
+            &mut self.client,
+            t,
+            self.opts,
+            &progress,
+            &self.stop,
+            decide,
+        )
+        .await?;
+        Ok((stats, progress.finish()))
+    }
+}
+
 /// The table rewrite a column type change costs, as measured on the
 /// reference machine (docs/PERFORMANCE.md): about 0.9 s per 100 MiB.
 const REWRITE_MS_PER_MIB: u64 = 9;

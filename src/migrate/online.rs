@@ -29,9 +29,8 @@
 //! generated columns on the column are refused up front, since the split
 //! would leave them on the old column.
 
-use super::batches::{run_pass, Change};
+use super::batches::Change;
 use super::plan::{ident, Target};
-use super::progress::Progress;
 use super::state::{self, State};
 use super::{legacy_format, reason, Ctx, MigrateError};
 use crate::crypto::ColumnCipher;
@@ -174,18 +173,10 @@ pub(super) async fn run(
     let mut changed = 0;
     let mut rate = 0.0;
     for pass in 0..=MAX_EXTRA_PASSES {
-        let total = pending(ctx, &t, &names).await?;
-        let progress = Progress::new(format!("encrypt {name}"), u64::try_from(total).unwrap_or(0));
-        let stats = run_pass(
-            &mut ctx.client,
-            &t,
-            ctx.opts,
-            &progress,
-            &ctx.stop,
-            &mut decide,
-        )
-        .await?;
-        let r = progress.finish();
+        let total = u64::try_from(pending(ctx, &t, &names).await?).unwrap_or(0);
+        let (stats, r) = ctx
+            .pass(&t, format!("encrypt {name}"), total, &mut decide)
+            .await?;
         if pass == 0 {
             rate = r;
         }

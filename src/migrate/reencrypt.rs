@@ -4,9 +4,8 @@
 //! 2..6 of each envelope) before and after, so the operator sees that a
 //! decrypt-only version is no longer used before destroying it.
 
-use super::batches::{run_pass, Change};
+use super::batches::Change;
 use super::plan::Target;
-use super::progress::Progress;
 use super::state::{self, State};
 use super::{classify, envelope_shape_sql, reason, Ctx, MigrateError, Stored};
 use crate::crypto::{Format, KeyState, Keyring};
@@ -85,15 +84,9 @@ pub(super) async fn run(
         return Ok(());
     }
     let total = t.count_rows(&ctx.client).await?;
-    let progress = Progress::new(format!("reencrypt {name}"), total);
     let mut plain = Vec::new();
-    let stats = run_pass(
-        &mut ctx.client,
-        t,
-        ctx.opts,
-        &progress,
-        &ctx.stop,
-        |v: &[u8]| {
+    let (stats, rate) = ctx
+        .pass(t, format!("reencrypt {name}"), total, |v: &[u8]| {
             plain.clear();
             match classify(&cipher, v, Format::Binary, &mut plain)? {
                 Stored::Envelope { version, mode: m } if version == active && m == mode => {
@@ -112,10 +105,8 @@ pub(super) async fn run(
                         .into(),
                 ),
             }
-        },
-    )
-    .await?;
-    let rate = progress.finish();
+        })
+        .await?;
     let after = counts(ctx, t).await?;
     print_counts(&name, "after", &after, active);
     println!(
