@@ -20,7 +20,7 @@ use super::batches::Change;
 use super::plan::Target;
 use super::state::{self, State};
 use super::{
-    classify, envelope_shape_sql, legacy_format, reason, report_indexes, Ctx, MigrateError, Stored,
+    classify, envelope_shape_sql, legacy_format, report_indexes, Ctx, MigrateError, Stored,
 };
 use crate::crypto::LogicalType;
 
@@ -89,13 +89,7 @@ pub(super) async fn run(ctx: &mut Ctx, mut t: Target, all: bool) -> Result<(), M
                 kept.set(kept.get() + 1);
                 Ok(Change::Keep)
             }
-            Stored::Legacy => {
-                let mut out = Vec::with_capacity(v.len() + 48);
-                cipher
-                    .encrypt(v, format, &mut out)
-                    .map_err(|e| reason(&e))?;
-                Ok(Change::Write(out))
-            }
+            Stored::Legacy => super::encrypted(&cipher, v, format),
         }
     };
     let mut changed = 0;

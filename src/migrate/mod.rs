@@ -337,6 +337,20 @@ pub(crate) fn envelope_shape_sql(col: &str) -> String {
     )
 }
 
+/// The batch change that replaces a legacy value `v` (in `format`) with
+/// its envelope.
+pub(crate) fn encrypted(
+    cipher: &ColumnCipher,
+    v: &[u8],
+    format: Format,
+) -> Result<batches::Change, String> {
+    let mut out = Vec::with_capacity(v.len() + 48);
+    cipher
+        .encrypt(v, format, &mut out)
+        .map_err(|e| reason(&e))?;
+    Ok(batches::Change::Write(out))
+}
+
 /// A crypto error as a batch reason (without the `pgveil:` prefix).
 pub(crate) fn reason(e: &CryptoError) -> String {
     let s = e.to_string();

@@ -29,10 +29,9 @@
 //! generated columns on the column are refused up front, since the split
 //! would leave them on the old column.
 
-use super::batches::Change;
 use super::plan::{ident, Target};
 use super::state::{self, State};
-use super::{legacy_format, reason, Ctx, MigrateError};
+use super::{legacy_format, Ctx, MigrateError};
 use crate::crypto::ColumnCipher;
 use crate::sql::LEGACY_PREFIX;
 
@@ -163,13 +162,7 @@ pub(super) async fn run(
         .await
         .map_err(|e| t.db_error("setting the session", &e))?;
     let format = legacy_format(t.logical);
-    let mut decide = |v: &[u8]| {
-        let mut out = Vec::with_capacity(v.len() + 48);
-        cipher
-            .encrypt(v, format, &mut out)
-            .map_err(|e| reason(&e))?;
-        Ok(Change::Write(out))
-    };
+    let mut decide = |v: &[u8]| super::encrypted(cipher, v, format);
     let mut changed = 0;
     let mut rate = 0.0;
     for pass in 0..=MAX_EXTRA_PASSES {
