@@ -1047,3 +1047,49 @@ fn a_bytea_column_pgveil_has_not_seen_is_refused_until_the_catalog_reloads() {
     });
     proxy.shutdown();
 }
+
+/// What an online move would leave on the old values is named up front,
+/// and nothing changes; `--in-place` is the way around it.
+#[test]
+fn an_online_move_refuses_dependents_it_would_strand() {
+    let table = "mig_deps";
+    db().psql(&format!(
+        "DROP VIEW IF EXISTS {table}_v; DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (id int PRIMARY KEY, phone text DEFAULT 'none', note text); \
+         INSERT INTO {table} SELECT i, 'p' || i, 'n' FROM generate_series(1, 10) i; \
+         CREATE VIEW {table}_v AS SELECT id, phone FROM {table};"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, cfg) = write_config(
+        tmp.path(),
+        &demo_keyring(),
+        &policy(table, "phone", "text", "randomized"),
+    );
+    let one = || args(&path, Some((table, "phone")), 1000);
+    let err = pgveil::migrate::run(MigrateCommand::Encrypt(one()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("view {table}_v")), "{err}");
+    assert!(err.contains("default value"), "{err}");
+    assert!(err.contains("--in-place"), "{err}");
+    let columns = text_rows(&format!(
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+          WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    ));
+    assert_eq!(
+        columns,
+        [["id", "integer"], ["phone", "text"], ["note", "text"]]
+            .map(|r| r.map(|c| Some(c.to_owned())).to_vec())
+            .to_vec()
+    );
+    // Without them, the move runs.
+    db().psql(&format!(
+        "DROP VIEW {table}_v; ALTER TABLE {table} ALTER COLUMN phone DROP DEFAULT;"
+    ))
+    .unwrap();
+    pgveil::migrate::run(MigrateCommand::Encrypt(one())).unwrap();
+    let originals: HashMap<i64, Option<String>> =
+        (1..=10).map(|i| (i, Some(format!("p{i}")))).collect();
+    assert_decrypts(&cfg, table, "phone", "text", Mode::Randomized, &originals);
+}
