@@ -203,7 +203,14 @@ impl<'s> Ctx<'s> {
     /// combines both forms of a column migrated online is found only this
     /// way, so its result must list every column.
     fn set_results(&mut self, out: &super::scope::Output) -> Result<(), Refusal> {
-        if self.merged && out.cols.is_none() {
+        // `*` over a relation pgveil cannot list stands for an unknown
+        // number of columns: positions after it would be guesses.
+        if self.merged
+            && out
+                .cols
+                .as_ref()
+                .is_none_or(|cols| cols.iter().any(|c| c.name == "*"))
+        {
             return Err(merged_unlocated());
         }
         self.results = out

@@ -164,24 +164,51 @@ impl Ctx<'_> {
     /// After a select item that is a bare column reference was analysed:
     /// if it was rewritten, its result column is combined (no origin), and
     /// an unaliased one keeps its name.
-    pub(crate) fn legacy_item(&mut self, idents: &[Ident], aliased: bool) -> Result<(), Refusal> {
+    /// `parens`: how many parentheses enclose the reference in the item.
+    pub(crate) fn legacy_item(
+        &mut self,
+        idents: &[Ident],
+        aliased: bool,
+        parens: usize,
+    ) -> Result<(), Refusal> {
         let (Some(first), Some(last)) = (idents.first(), idents.last()) else {
             return Ok(());
         };
         let Some(start) = self.src.byte(first.span.start) else {
             return Ok(());
         };
-        let Some(r) = self.legacy_refs.get_mut(&start) else {
+        let Some(end) = self.legacy_refs.get(&start).map(|r| r.end) else {
             return Ok(());
         };
         self.merged = true;
-        if !aliased {
-            let name = self
-                .src
-                .range(last.span)
-                .and_then(|n| self.src.text(&n))
-                .ok_or_else(|| Refusal::unlocated("a column being migrated"))?;
-            r.alias = Some(name.to_owned());
+        if aliased {
+            return Ok(());
+        }
+        let unlocated = || Refusal::unlocated("a column being migrated");
+        let name = self
+            .src
+            .range(last.span)
+            .and_then(|n| self.src.text(&n))
+            .ok_or_else(unlocated)?
+            .to_owned();
+        // `(col)`: the name goes after the parentheses.
+        let mut outer = start..end;
+        for _ in 0..parens {
+            outer = self.src.paren_extent(&outer).ok_or_else(unlocated)?;
+        }
+        if outer.end == end {
+            if let Some(r) = self.legacy_refs.get_mut(&start) {
+                r.alias = Some(name);
+            }
+        } else {
+            self.legacy_refs.insert(
+                outer.end,
+                LegacyRef {
+                    end: outer.end,
+                    text: String::new(),
+                    alias: Some(name),
+                },
+            );
         }
         Ok(())
     }

@@ -307,7 +307,13 @@ impl Ctx<'_> {
                     self.result_item(e, sc)?;
                     if let Some(idents) = column_ref(e) {
                         let aliased = !matches!(item, SelectItem::UnnamedExpr(_));
-                        self.legacy_item(idents, aliased)?;
+                        let mut parens = 0;
+                        let mut inner = e;
+                        while let Expr::Nested(x) = inner {
+                            parens += 1;
+                            inner = x;
+                        }
+                        self.legacy_item(idents, aliased, parens)?;
                     }
                     let kind = match column_ref(e) {
                         Some(idents) => sc

@@ -73,6 +73,13 @@ fn a_selected_column_reads_both_forms_under_its_own_name() {
 }
 
 #[test]
+fn a_parenthesised_item_is_named_after_its_parentheses() {
+    let (sql, results) = rewrite_m("SELECT ((phone)), id FROM guests");
+    assert_eq!(sql, format!("SELECT (({BOTH})) AS phone, id FROM guests"));
+    assert_eq!(results, vec![Some("phone".into()), None]);
+}
+
+#[test]
 fn conditions_see_the_old_value_too() {
     let (sql, results) = rewrite_m("SELECT id FROM guests WHERE phone IS NULL");
     assert_eq!(sql, format!("SELECT id FROM guests WHERE {BOTH} IS NULL"));
@@ -154,6 +161,10 @@ fn forms_the_split_would_change_are_refused() {
     refused_m("SELECT phone FROM guests; SELECT 1", "several statements");
     refused_m(
         "SELECT * FROM guests JOIN unknown_t u ON u.id = guests.id",
+        "does not know",
+    );
+    refused_m(
+        "UPDATE guests SET name = $1 FROM unknown_t u WHERE u.id = guests.id RETURNING u.*, guests.phone",
         "does not know",
     );
     refused_m(
