@@ -1093,3 +1093,48 @@ fn an_online_move_refuses_dependents_it_would_strand() {
         (1..=10).map(|i| (i, Some(format!("p{i}")))).collect();
     assert_decrypts(&cfg, table, "phone", "text", Mode::Randomized, &originals);
 }
+
+/// A run stopped between renaming the column and adding it again (the
+/// state a kill at that moment leaves) is finished by the next run.
+#[test]
+fn a_run_stopped_between_the_rename_and_the_new_column_resumes() {
+    let table = "mig_split";
+    db().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (id int PRIMARY KEY, phone text NOT NULL, note text); \
+         INSERT INTO {table} SELECT i, 'p' || i, 'n' FROM generate_series(1, 500) i; \
+         CREATE SCHEMA IF NOT EXISTS pgveil; \
+         CREATE TABLE IF NOT EXISTS pgveil.migrations ( \
+           table_schema text NOT NULL, table_name text NOT NULL, column_name text NOT NULL, \
+           state text NOT NULL CHECK (state IN ('encrypting', 'encrypted', 'decrypting')), \
+           original_type text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
+           PRIMARY KEY (table_schema, table_name, column_name)); \
+         ALTER TABLE pgveil.migrations ADD COLUMN IF NOT EXISTS legacy_column text; \
+         DELETE FROM pgveil.migrations WHERE table_name = '{table}'; \
+         INSERT INTO pgveil.migrations (table_schema, table_name, column_name, state, original_type, legacy_column) \
+           VALUES ('public', '{table}', 'phone', 'encrypting', 'text', '__pgveil_legacy_phone'); \
+         ALTER TABLE {table} RENAME COLUMN phone TO __pgveil_legacy_phone;"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, cfg) = write_config(
+        tmp.path(),
+        &demo_keyring(),
+        &policy(table, "phone", "text", "randomized"),
+    );
+    pgveil::migrate::run(MigrateCommand::Encrypt(args(
+        &path,
+        Some((table, "phone")),
+        100,
+    )))
+    .unwrap();
+    let originals: HashMap<i64, Option<String>> =
+        (1..=500).map(|i| (i, Some(format!("p{i}")))).collect();
+    assert_decrypts(&cfg, table, "phone", "text", Mode::Randomized, &originals);
+    let rest = text_rows(&format!(
+        "SELECT attnotnull::text, (SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
+                AND attname LIKE '%legacy%' AND NOT attisdropped)::text \
+           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'phone'"
+    ));
+    assert_eq!(rest, vec![vec![Some("true".into()), Some("0".into())]]);
+}

@@ -55,6 +55,29 @@ pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The hidden column of an online encryption of `name` in progress.
+async fn stopped_online(
+    client: &Client,
+    name: &QualifiedName,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pgveil.migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt(
+            "SELECT to_jsonb(m)->>'legacy_column' FROM pgveil.migrations m \
+              WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 \
+                AND state = 'encrypting'",
+            &[&name.schema, &name.table, &name.column],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// Quotes a string literal for SQL.
 pub fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -78,17 +101,34 @@ impl Target {
                 reason: describe_db(&e),
             }
         };
-        let row = client
-            .query_opt(
-                "SELECT c.oid, format_type(a.atttypid, a.atttypmod), a.attnum \
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                   JOIN pg_attribute a ON a.attrelid = c.oid \
-                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 \
-                    AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&name.schema, &name.table, &name.column],
-            )
+        let lookup = |column: String| {
+            let name = &name;
+            async move {
+                client
+                    .query_opt(
+                        "SELECT c.oid, format_type(a.atttypid, a.atttypmod), a.attnum \
+                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                           JOIN pg_attribute a ON a.attrelid = c.oid \
+                          WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 \
+                            AND a.attnum > 0 AND NOT a.attisdropped",
+                        &[&name.schema, &name.table, &column],
+                    )
+                    .await
+            }
+        };
+        let mut row = lookup(name.column.clone())
             .await
             .map_err(db("looking up the column"))?;
+        if row.is_none() {
+            // An online encryption stopped between renaming the column and
+            // adding it again: the column is its hidden twin for now.
+            if let Some(legacy) = stopped_online(client, &name)
+                .await
+                .map_err(db("reading pgveil.migrations"))?
+            {
+                row = lookup(legacy).await.map_err(db("looking up the column"))?;
+            }
+        }
         let Some(row) = row else {
             return Err(MigrateError::Usage(format!(
                 "column {name} does not exist in the database"
