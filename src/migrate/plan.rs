@@ -50,33 +50,7 @@ pub struct Target {
     pub legacy_sql: Option<String>,
 }
 
-/// Quotes an identifier the way `quote_ident` does, always.
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// The hidden column of an online encryption of `name` in progress.
-async fn stopped_online(
-    client: &Client,
-    name: &QualifiedName,
-) -> Result<Option<String>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('pgveil.migrations') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
-    Ok(client
-        .query_opt(
-            "SELECT to_jsonb(m)->>'legacy_column' FROM pgveil.migrations m \
-              WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 \
-                AND state = 'encrypting'",
-            &[&name.schema, &name.table, &name.column],
-        )
-        .await?
-        .and_then(|r| r.get(0)))
-}
+pub use crate::sql::quote_ident as ident;
 
 /// Quotes a string literal for SQL.
 pub fn literal(s: &str) -> String {
@@ -122,7 +96,7 @@ impl Target {
         if row.is_none() {
             // An online encryption stopped between renaming the column and
             // adding it again: the column is its hidden twin for now.
-            if let Some(legacy) = stopped_online(client, &name)
+            if let Some(legacy) = super::state::legacy_of(client, &name)
                 .await
                 .map_err(db("reading pgveil.migrations"))?
             {

@@ -115,19 +115,34 @@ pub async fn legacy(
     client: &impl GenericClient,
     t: &Target,
 ) -> Result<Option<String>, MigrateError> {
-    if get(client, t).await?.is_none() {
+    legacy_of(client, &t.name)
+        .await
+        .map_err(|e| t.db_error("reading pgveil.migrations", &e))
+}
+
+/// [`legacy`] by name, for a column that cannot be resolved yet (it is
+/// its hidden twin between the two steps of an online move).
+pub async fn legacy_of(
+    client: &impl GenericClient,
+    name: &crate::policy::QualifiedName,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pgveil.migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
         return Ok(None);
     }
-    let row = client
+    // `to_jsonb`: the column is absent from tables made before online moves.
+    Ok(client
         .query_opt(
             "SELECT to_jsonb(m)->>'legacy_column' FROM pgveil.migrations m \
               WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 \
                 AND state = 'encrypting'",
-            &[&t.name.schema, &t.name.table, &t.name.column],
+            &[&name.schema, &name.table, &name.column],
         )
-        .await
-        .map_err(|e| t.db_error("reading pgveil.migrations", &e))?;
-    Ok(row.and_then(|r| r.get(0)))
+        .await?
+        .and_then(|r| r.get(0)))
 }
 
 /// Records (or, with `None`, forgets) the hidden column of an online

@@ -43,7 +43,7 @@ pub use plan::{
     apply, render_text, CopyFormat, CopyIn, Edit, EditKind, ParamTarget, ParamUsage, Plan, Rewrite,
 };
 pub use prefilter::Prefilter;
-pub use schema::{ColumnInfo, ProtectedColumn, Schema, TableInfo, LEGACY_PREFIX};
+pub use schema::{quote_ident, ColumnInfo, ProtectedColumn, Schema, TableInfo, LEGACY_PREFIX};
 
 /// Analyses `sql` (one or more statements) against `schema`.
 ///

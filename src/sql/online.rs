@@ -33,7 +33,7 @@ use sqlparser::tokenizer::Span;
 use super::analyze::Ctx;
 use super::error::Refusal;
 use super::plan::{Edit, EditKind};
-use super::schema::{ColumnInfo, ProtectedColumn, TableInfo, LEGACY_PREFIX};
+use super::schema::{quote_ident as quote, ColumnInfo, ProtectedColumn, TableInfo, LEGACY_PREFIX};
 use super::scope::{ColKind, Relation, Scope};
 use crate::crypto::LogicalType;
 
@@ -64,11 +64,6 @@ pub(crate) fn check_text(sql: &str) -> Result<(), Refusal> {
         )));
     }
     Ok(())
-}
-
-/// `"name"`, quoted for SQL.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// How SQL names a relation's columns: its alias, or its schema-qualified

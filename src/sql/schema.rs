@@ -70,6 +70,12 @@ impl TableInfo {
     }
 }
 
+/// Quotes an identifier for SQL that pgveil writes itself (always
+/// quoted, so the name means exactly the stored one).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// What analysis asks of the schema.
 pub trait Schema {
     /// Resolves a table reference. `schema` is `None` for an unqualified
