@@ -15,10 +15,15 @@ use crate::crypto::LogicalType;
 use crate::policy::{ColumnPolicy, QualifiedName};
 use crate::sql::{ColumnInfo, ProtectedColumn, Schema, TableInfo};
 use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::Notify;
 
+mod connect;
+mod migrating;
 pub mod views;
+pub use connect::{
+    connect, connect_with, listen, OnNotification, PendingTokens, ACK_CHANNEL, CHANGES_CHANNEL,
+    LISTENER_NAME,
+};
+pub use migrating::Migrating;
 pub use views::ViewDef;
 
 /// Why the catalog could not be loaded.
@@ -73,21 +78,6 @@ pub struct Catalog {
     /// Identifies the set of online migrations in progress (0: none), so
     /// a statement prepared under another set is prepared again.
     online_epoch: u64,
-}
-
-/// One row of `pgveil.migrations` the catalog acts on: a column that is
-/// being encrypted or decrypted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Migrating {
-    /// Schema of the table.
-    pub schema: String,
-    /// The table.
-    pub table: String,
-    /// The policy column.
-    pub column: String,
-    /// For an online encryption: the hidden column holding the values
-    /// not encrypted yet.
-    pub legacy: Option<String>,
 }
 
 impl Catalog {
@@ -185,98 +175,6 @@ impl Catalog {
     /// that is not one of its envelopes is legacy plaintext, not an error.
     pub fn is_migrating(&self, full_name: &str) -> bool {
         self.migrating.contains(full_name)
-    }
-
-    /// Records the columns being migrated (loaded with the catalog, before
-    /// the views). A column migrated online has a hidden twin holding the
-    /// values not encrypted yet: it leaves the table's visible columns, its
-    /// policy column learns its name (so analysis reads both), and the
-    /// twin itself counts as computed from protected data, so no result
-    /// and no view may show it.
-    pub fn set_migrating(&mut self, migrating: &[Migrating], columns: &TableColumns) {
-        self.migrating = migrating
-            .iter()
-            .map(|m| format!("{}.{}.{}", m.schema, m.table, m.column))
-            .collect();
-        // Between the two steps of its start, an online migration's column
-        // exists only under its hidden name. It is not missing: statements
-        // naming it are rewritten as usual and fail at the server until
-        // the new column exists, and the rest of the table stays usable.
-        for m in migrating.iter().filter(|m| m.legacy.is_some()) {
-            let full = format!("{}.{}.{}", m.schema, m.table, m.column);
-            let Some(pc) = self.absent.remove(&full) else {
-                continue;
-            };
-            self.missing.retain(|x| x != &full);
-            if let Some(info) = self.tables.get_mut(&(m.schema.clone(), m.table.clone())) {
-                info.columns.push(ColumnInfo {
-                    name: m.column.clone(),
-                    protected: Some(pc),
-                });
-            }
-        }
-        let mut online: Vec<(&str, &str, &str, &str, bool)> = migrating
-            .iter()
-            .filter_map(|m| {
-                let l = m.legacy.as_deref()?;
-                let moved = columns
-                    .get(&(m.schema.clone(), m.table.clone()))
-                    .is_some_and(|cols| cols.iter().any(|(_, _, n)| n == &m.column));
-                Some((
-                    m.schema.as_str(),
-                    m.table.as_str(),
-                    m.column.as_str(),
-                    l,
-                    moved,
-                ))
-            })
-            .collect();
-        online.sort_unstable();
-        self.online_epoch = if online.is_empty() {
-            0
-        } else {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            online.hash(&mut h);
-            h.finish() | 1
-        };
-        for m in migrating {
-            let Some(legacy) = &m.legacy else { continue };
-            let key = (m.schema.clone(), m.table.clone());
-            let Some(info) = self.tables.get_mut(&key) else {
-                continue;
-            };
-            info.columns.retain(|c| &c.name != legacy);
-            if !info.hidden.contains(legacy) {
-                info.hidden.push(legacy.clone());
-            }
-            if let Some(pc) = info
-                .columns
-                .iter_mut()
-                .find(|c| c.name == m.column)
-                .and_then(|c| c.protected.as_mut())
-            {
-                pc.legacy = Some(legacy.clone());
-            }
-            for (oid, attnum, name) in columns.get(&key).into_iter().flatten() {
-                if name == &m.column {
-                    if let Some(pc) = self.by_attr.get_mut(&(*oid, *attnum)) {
-                        pc.legacy = Some(legacy.clone());
-                    }
-                } else if name == legacy {
-                    self.computed.insert(
-                        (*oid, *attnum),
-                        format!("{}.{}.{legacy}", m.schema, m.table),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Which online migrations are in progress (0: none): statements
-    /// read differently under each set.
-    pub fn online_epoch(&self) -> u64 {
-        self.online_epoch
     }
 
     /// Whether the catalog has seen this column of a protected table or
@@ -426,43 +324,11 @@ impl Catalog {
                 .push(r.get::<_, String>(1));
         }
         catalog.set_memberships(memberships);
-        let migrating = load_migrating(&client).await.map_err(err)?;
+        let migrating = migrating::load(&client).await.map_err(err)?;
         catalog.set_migrating(&migrating, &columns);
         let views = load_views(&client).await.map_err(err)?;
         catalog.add_views(&views);
         Ok(catalog)
-    }
-}
-
-/// The columns `pgveil migrate` is converting, from `pgveil.migrations`
-/// (none before its first run; `legacy_column` is absent before the first
-/// online run).
-async fn load_migrating(
-    client: &tokio_postgres::Client,
-) -> Result<Vec<Migrating>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT m.table_schema, m.table_name, m.column_name, \
-                    CASE WHEN m.state = 'encrypting' THEN to_jsonb(m)->>'legacy_column' END \
-               FROM pgveil.migrations m WHERE m.state IN ('encrypting', 'decrypting') \
-                AND to_regclass('pgveil.migrations') IS NOT NULL",
-            &[],
-        )
-        .await;
-    match rows {
-        Ok(rows) => Ok(rows
-            .iter()
-            .map(|r| Migrating {
-                schema: r.get(0),
-                table: r.get(1),
-                column: r.get(2),
-                legacy: r.get(3),
-            })
-            .collect()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e),
     }
 }
 
@@ -544,146 +410,6 @@ async fn load_views(
             }
         })
         .collect())
-}
-
-/// Opens the catalog connection described by `[catalog]`.
-pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, CatalogError> {
-    connect_with(config, "pgveil catalog", None)
-        .await
-        .map(|(client, _)| client)
-}
-
-/// The channel `pgveil migrate` notifies when it changes a protected
-/// table's columns, so running pgveils reload their catalog at once.
-pub const CHANGES_CHANNEL: &str = "pgveil_catalog";
-
-/// The channel pgveil answers on once a reload is in force: the payload
-/// is the token of the [`CHANGES_CHANNEL`] notification that caused it,
-/// so `pgveil migrate` can wait exactly as long as every running pgveil
-/// needs.
-pub const ACK_CHANNEL: &str = "pgveil_catalog_ack";
-
-/// The `application_name` of the listening connection, by which `pgveil
-/// migrate` counts the pgveils whose acknowledgement it waits for.
-pub const LISTENER_NAME: &str = "pgveil catalog listener";
-
-/// What a connection task does with each notification: the sending
-/// backend's process id, and the payload.
-pub type OnNotification = Box<dyn Fn(i32, &str) + Send + Sync>;
-
-/// Tokens of change notifications received and not yet acknowledged:
-/// the listener adds them, the reload loop takes them when a load starts
-/// (so the load sees the change) and hands them back once it is in force.
-pub type PendingTokens = Arc<std::sync::Mutex<Vec<String>>>;
-
-/// Keeps a connection listening on [`CHANGES_CHANNEL`]: each notification
-/// keeps its token in `pending` and signals `changed`; each batch of
-/// tokens the reload loop sends on `reloaded` is answered on
-/// [`ACK_CHANNEL`]. Returns when the connection ends.
-pub async fn listen(
-    config: &Config,
-    changed: Arc<Notify>,
-    pending: PendingTokens,
-    reloaded: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
-) -> Result<(), CatalogError> {
-    let on: OnNotification = Box::new(move |_, token| {
-        if !token.is_empty() {
-            if let Ok(mut p) = pending.lock() {
-                p.push(token.to_owned());
-            }
-        }
-        changed.notify_one();
-    });
-    let (client, mut conn) = connect_with(config, LISTENER_NAME, Some(on)).await?;
-    let fail = |source| CatalogError::Db {
-        addr: config.proxy.upstream.clone(),
-        user: config.catalog.user.clone(),
-        source,
-    };
-    client
-        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
-        .await
-        .map_err(fail)?;
-    loop {
-        tokio::select! {
-            _ = &mut conn => return Ok(()),
-            tokens = reloaded.recv() => {
-                let Some(tokens) = tokens else { return Ok(()) };
-                for token in tokens {
-                    client
-                        .execute("SELECT pg_notify($1, $2)", &[&ACK_CHANNEL, &token])
-                        .await
-                        .map_err(fail)?;
-                }
-            }
-        }
-    }
-}
-
-/// Connects as the catalog user, for `pgveil migrate` too; the
-/// connection task hands every notification's payload to `on`.
-pub async fn connect_with(
-    config: &Config,
-    application_name: &str,
-    on: Option<OnNotification>,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), CatalogError> {
-    let cat = &config.catalog;
-    let (host, port) = config
-        .proxy
-        .upstream
-        .rsplit_once(':')
-        .unwrap_or((config.proxy.upstream.as_str(), "5432"));
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(host.trim_start_matches('[').trim_end_matches(']'))
-        .port(port.parse().unwrap_or(5432))
-        .user(&cat.user)
-        .dbname(&cat.database)
-        .application_name(application_name)
-        .connect_timeout(config.proxy.connect_timeout);
-    if let Some(var) = &cat.password_env {
-        let pw = std::env::var(var).map_err(|_| CatalogError::MissingPassword(var.clone()))?;
-        pg.password(pw);
-    }
-    let fail = |source| CatalogError::Db {
-        addr: config.proxy.upstream.clone(),
-        user: cat.user.clone(),
-        source,
-    };
-    // Same TLS settings as the sessions' upstream connections.
-    match crate::tls::UpstreamTls::from_config(config)? {
-        None => {
-            let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(fail)?;
-            Ok((client, tokio::spawn(drive(conn, on))))
-        }
-        Some(tls) => {
-            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let (client, conn) = pg.connect(tls.postgres_connector()).await.map_err(fail)?;
-            Ok((client, tokio::spawn(drive(conn, on))))
-        }
-    }
-}
-
-/// Runs a connection to its end, passing notifications on.
-async fn drive<S, T>(mut conn: tokio_postgres::Connection<S, T>, on: Option<OnNotification>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                if let Some(on) = &on {
-                    on(n.process_id(), n.payload());
-                }
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "catalog connection failed");
-                return;
-            }
-            None => return,
-        }
-    }
 }
 
 #[cfg(test)]
