@@ -524,6 +524,20 @@ fn a_table_without_primary_key_is_batched_by_ctid() {
 
 /// Policies for every column of the all-types table (modes alternate) and
 /// a role that sees everything in the clear, for reading back.
+/// A policy role that sees every column in clear, for `postgres`.
+const ROLE_ALL: &str = "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n";
+
+/// After an online move of a NOT NULL column: NOT NULL is back and no
+/// hidden column is left.
+fn assert_moved_with_not_null(table: &str, column: &str) {
+    let rest = text_rows(&format!(
+        "SELECT attnotnull::text, (SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
+                AND attname LIKE '%legacy%' AND NOT attisdropped)::text \
+           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = '{column}'"
+    ));
+    assert_eq!(rest, vec![vec![Some("true".into()), Some("0".into())]]);
+}
+
 fn all_type_policies(table: &str) -> String {
     let mut policies = String::new();
     for (i, (c, _, ty, _)) in TYPES.iter().enumerate() {
@@ -534,7 +548,7 @@ fn all_type_policies(table: &str) -> String {
         };
         policies.push_str(&policy(table, c, ty, mode));
     }
-    policies + "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n"
+    policies + ROLE_ALL
 }
 
 #[test]
@@ -660,7 +674,7 @@ fn pgveil_reads_legacy_plaintext_only_while_a_column_is_migrating() {
     ))
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let roles = "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n";
+    let roles = ROLE_ALL;
     let (path, cfg) = write_config(
         tmp.path(),
         &demo_keyring(),
@@ -784,7 +798,7 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
     .unwrap();
     let mut expected = originals(table, "phone");
     let tmp = tempfile::tempdir().unwrap();
-    let roles = "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n";
+    let roles = ROLE_ALL;
     let (path, cfg) = write_config(
         tmp.path(),
         &demo_keyring(),
@@ -974,12 +988,7 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
     assert!(!written.is_empty());
     // At rest: envelopes only, the hidden column gone, NOT NULL back.
     assert_decrypts(&cfg, table, "phone", "text", Mode::Searchable, &expected);
-    let rest = text_rows(&format!(
-        "SELECT attnotnull::text, (SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
-                AND attname LIKE '%legacy%' AND NOT attisdropped)::text \
-           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'phone'"
-    ));
-    assert_eq!(rest, vec![vec![Some("true".into()), Some("0".into())]]);
+    assert_moved_with_not_null(table, "phone");
     let raw = db().psql(&format!("COPY {table} TO STDOUT")).unwrap();
     assert!(!raw.contains("13900000"), "plaintext at rest");
     proxy.shutdown();
@@ -998,7 +1007,7 @@ fn a_bytea_column_pgveil_has_not_seen_is_refused_until_the_catalog_reloads() {
     ))
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let roles = "\n[[roles]]\nname = \"all\"\nmembers = [\"postgres\"]\nclearance = 4\n";
+    let roles = ROLE_ALL;
     let (_, cfg) = write_config(
         tmp.path(),
         &demo_keyring(),
@@ -1131,10 +1140,5 @@ fn a_run_stopped_between_the_rename_and_the_new_column_resumes() {
     let originals: HashMap<i64, Option<String>> =
         (1..=500).map(|i| (i, Some(format!("p{i}")))).collect();
     assert_decrypts(&cfg, table, "phone", "text", Mode::Randomized, &originals);
-    let rest = text_rows(&format!(
-        "SELECT attnotnull::text, (SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
-                AND attname LIKE '%legacy%' AND NOT attisdropped)::text \
-           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'phone'"
-    ));
-    assert_eq!(rest, vec![vec![Some("true".into()), Some("0".into())]]);
+    assert_moved_with_not_null(table, "phone");
 }
