@@ -255,8 +255,12 @@ impl Ctx<'_> {
                     for c in cols {
                         let name = quote(&c.name);
                         match &c.kind {
-                            ColKind::Protected(pc) if pc.legacy.is_some() => {
-                                let legacy = pc.legacy.as_deref().unwrap_or_default();
+                            ColKind::Protected(
+                                pc @ ProtectedColumn {
+                                    legacy: Some(legacy),
+                                    ..
+                                },
+                            ) => {
                                 if !rel.hidden.iter().any(|h| h == legacy) {
                                     return Err(refuse());
                                 }
