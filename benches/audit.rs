@@ -8,7 +8,7 @@
 //! a line of the same length.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pgveil::audit::chain::{Chain, GENESIS};
+use pgveil::audit::chain::{Chain, Head, GENESIS};
 use pgveil::audit::record::{ColumnUse, Stamped, StatementView};
 use pgveil::audit::{ColumnAction, Event, Outcome};
 use std::hint::black_box;
@@ -30,7 +30,7 @@ fn columns() -> Vec<ColumnUse> {
     .collect()
 }
 
-fn view<'a>(shown: &'a [ColumnUse], written: Option<&'a [u8]>) -> StatementView<'a> {
+fn view<'a>(shown: &'a [ColumnUse], written: Option<&'a Head>) -> StatementView<'a> {
     StatementView {
         conn: 8,
         user: "bench_manager",
@@ -53,8 +53,9 @@ fn view<'a>(shown: &'a [ColumnUse], written: Option<&'a [u8]>) -> StatementView<
 
 fn bench(c: &mut Criterion) {
     let shown = columns();
-    let mut parts = Vec::new();
-    view(&shown, None).write_parts(&mut parts);
+    let mut head = Vec::new();
+    view(&shown, None).write_head(&mut head);
+    let head = Head::new(head);
     let mut g = c.benchmark_group("audit");
     let mut chain = Chain::new(0, GENESIS, [7; 32]);
     let mut out = Vec::with_capacity(1 << 20);
@@ -72,7 +73,7 @@ fn bench(c: &mut Criterion) {
             if out.len() > 1 << 19 {
                 out.clear();
             }
-            chain.seal_statement(ts, black_box(&view(&shown, Some(&parts))), &mut out);
+            chain.seal_statement(ts, black_box(&view(&shown, Some(&head))), &mut out);
         })
     });
     let reload = Stamped {

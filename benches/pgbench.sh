@@ -14,6 +14,7 @@
 #     READ_TARGETS="pgveil-manager pgveil-manager-audit" benches/pgbench.sh   (audit trail on/off)
 #   PGVEIL_BIN=... FORWARDER_BIN=... benches/pgbench.sh   (prebuilt binaries, no cargo)
 #   AUDIT_DIR=/dev/shm/x benches/pgbench.sh   (where the audited targets write their trail)
+#   AUDIT_CONTROL=1 ...   (A/A: the "-audit" targets run without the trail)
 #   KEEP_WORK=1 benches/pgbench.sh   (keep the server and proxy logs in the work directory)
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # postgresql pgbouncer). Run as root or as a normal user.
@@ -215,7 +216,12 @@ pids+=($!); ENC_PID=$!
 # The same with the audit trail on.
 AUDIT_PORT=$(free_port)
 sed "0,/^listen = .*/s//listen = \"127.0.0.1:$AUDIT_PORT\"/" "$work/pgveil-enc.toml" > "$work/pgveil-enc-audit.toml"
-printf '[audit]\npath = "%s"\n' "${AUDIT_DIR:-$work/audit}/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
+# AUDIT_CONTROL=1 leaves the trail off here too: an A/A run of two
+# identical proxies, to see how far apart two processes measure on this
+# machine when nothing differs.
+if [ "${AUDIT_CONTROL:-0}" != 1 ]; then
+  printf '[audit]\npath = "%s"\n' "${AUDIT_DIR:-$work/audit}/audit.jsonl" >> "$work/pgveil-enc-audit.toml"
+fi
 RUST_LOG=warn "$pgveil" serve --config "$work/pgveil-enc-audit.toml" 2>"$work/pgveil-enc-audit.log" &
 pids+=($!); AUDIT_PID=$!
 
@@ -352,4 +358,27 @@ awk -F'\t' -v wl_list="$WORKLOADS" -v tg_list="$TARGETS pgveil-enc pgveil-enc-au
     }
     r = tps["guests-guard" SUBSEP "pgveil-read"]; c = tps["guests-guard" SUBSEP "pgveil-capped"]
     if (r && c) printf "\nguests-guard: capped / uncapped role = %.3f  (target >= 0.90)\n", c/r
+  }' "$results"
+
+# The audit ratio per round (each round runs both sides back to back), so
+# the spread between rounds shows how precise the average is: mean, standard
+# deviation and a 95% interval of the mean (Student's t), plus the proxy's
+# CPU per transaction on both sides.
+awk -F'\t' '
+  $3 == "pgveil-enc" || $3 == "pgveil-manager" { off[$2, $1] = $4; offc[$2, $1] = $6 }
+  $3 == "pgveil-enc-audit" || $3 == "pgveil-manager-audit" { on[$2, $1] = $4; onc[$2, $1] = $6; seen[$2] = 1; if ($1 > rounds) rounds = $1 }
+  END {
+    # two-sided 95% t quantiles for 1..30 degrees of freedom
+    split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13 2.12 2.11 2.10 2.09 2.09 2.08 2.07 2.07 2.06 2.06 2.06 2.05 2.05 2.05 2.04", t, " ")
+    for (w in seen) {
+      n = 0; sum = 0; sq = 0; dc = 0; nc = 0
+      for (r = 1; r <= rounds; r++) {
+        if (!((w, r) in on) || !((w, r) in off) || off[w, r] <= 0) continue
+        x = on[w, r] / off[w, r]; n++; sum += x; sq += x * x
+        if (onc[w, r] != "-" && offc[w, r] != "-") { dc += onc[w, r] - offc[w, r]; nc++ }
+      }
+      if (n < 2) continue
+      mean = sum / n; sd = sqrt((sq - n * mean * mean) / (n - 1)); tq = (n - 1 <= 30 ? t[n - 1] : 1.96)
+      printf "audit on/off per round, %s: mean %.3f, sd %.3f, 95%% interval %.3f..%.3f over %d rounds; proxy CPU %+.1f us/txn\n", w, mean, sd, mean - tq * sd / sqrt(n), mean + tq * sd / sqrt(n), n, (nc ? dc / nc : 0)
+    }
   }' "$results"

@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use super::chain::Head;
 use super::fingerprint::fingerprint;
 use super::record::{ColumnAction, ColumnUse};
 use crate::policy::role::{Action, PolicyRole};
@@ -23,13 +24,13 @@ pub trait ResultColumns: std::fmt::Debug + Send + Sync {
     fn each(&self, f: &mut dyn FnMut(&str, &Action));
 }
 
-/// The record parts written for a statement's first execution, with the
-/// result they were written for.
+/// The record head written for a statement's first execution, with the
+/// result it was written for.
 #[derive(Debug)]
 pub(super) struct Written {
     pub(super) result: Option<Arc<dyn ResultColumns>>,
     pub(super) shown: Vec<ColumnUse>,
-    pub(super) parts: Vec<u8>,
+    pub(super) head: Head,
 }
 
 /// Whether two results are the same object (their data pointers; vtables
@@ -50,8 +51,8 @@ pub struct Planned {
     /// protected columns (`FETCH`, `EXECUTE`): a record is opened only if
     /// it does.
     pub(super) result_only: bool,
-    /// The record's fingerprint, tables and columns as written for the
-    /// first execution, with the result they were written for.
+    /// The record's head (fingerprint, tables and columns) as written for
+    /// the first execution, with the result it was written for.
     pub(super) written: OnceLock<Written>,
 }
 

@@ -12,6 +12,8 @@
 
 use serde::Serialize;
 use std::sync::Arc;
+
+use super::chain::Head;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One auditable event.
@@ -138,11 +140,12 @@ pub struct StatementView<'a> {
     pub duration_us: u64,
     /// The approval that allowed it, if any.
     pub approval: Option<&'a str>,
-    /// `fingerprint`, `shown` and `planned` as [`StatementView::write_parts`]
-    /// wrote them for an earlier execution, when they are the same: a
-    /// prepared statement's records then copy them instead of escaping
-    /// the same strings again.
-    pub written: Option<&'a [u8]>,
+    /// The line's start up to `fingerprint`, `tables` and `columns` as
+    /// [`StatementView::write_head`] wrote it for an earlier execution,
+    /// when they are the same: a prepared statement's records then copy it
+    /// and continue its digest instead of escaping and hashing the same
+    /// strings again.
+    pub written: Option<&'a Head>,
 }
 
 impl StatementView<'_> {
@@ -156,37 +159,20 @@ impl StatementView<'_> {
         )
     }
 
-    /// Appends `,"kind":"statement",…`: the fields in the order (and with
-    /// the omissions) of the other events' serde form.
+    /// Appends the whole event, `{"kind":"statement",…` (without the
+    /// closing brace: the chain's fields follow).
     pub fn write_fields(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b",\"kind\":\"statement\"");
-        number(out, b",\"conn\":", self.conn);
-        string(out, b",\"user\":", self.user);
-        if let Some(role) = self.role {
-            string(out, b",\"role\":", role);
-        }
         match self.written {
-            Some(parts) => out.extend_from_slice(parts),
-            None => self.write_parts(out),
+            Some(head) => out.extend_from_slice(head.bytes()),
+            None => self.write_head(out),
         }
-        number(out, b",\"rows\":", self.rows);
-        number(out, b",\"bytes\":", self.bytes);
-        if let Some(n) = self.affected {
-            number(out, b",\"affected\":", n);
-        }
-        string(out, b",\"outcome\":", self.outcome.as_str());
-        if let Some(code) = self.sqlstate {
-            string(out, b",\"sqlstate\":", code);
-        }
-        number(out, b",\"duration_us\":", self.duration_us);
-        if let Some(id) = self.approval {
-            string(out, b",\"approval\":", id);
-        }
+        self.write_rest(out);
     }
 
-    /// Appends `,"fingerprint":…,"tables":[…],"columns":[…]`.
-    pub fn write_parts(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b",\"fingerprint\":");
+    /// Appends `{"kind":"statement","fingerprint":…,"tables":[…],"columns":[…]`:
+    /// what repeats from one execution of a prepared statement to the next.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"kind\":\"statement\",\"fingerprint\":");
         match self.fingerprint {
             Some(f) => write_json_str(out, f),
             None => out.extend_from_slice(b"null"),
@@ -217,6 +203,29 @@ impl StatementView<'_> {
             out.extend_from_slice(b"\"}");
         }
         out.push(b']');
+    }
+
+    /// Appends the fields after the head, `,"conn":…`: who ran it and how
+    /// this execution went.
+    pub fn write_rest(&self, out: &mut Vec<u8>) {
+        number(out, b",\"conn\":", self.conn);
+        string(out, b",\"user\":", self.user);
+        if let Some(role) = self.role {
+            string(out, b",\"role\":", role);
+        }
+        number(out, b",\"rows\":", self.rows);
+        number(out, b",\"bytes\":", self.bytes);
+        if let Some(n) = self.affected {
+            number(out, b",\"affected\":", n);
+        }
+        string(out, b",\"outcome\":", self.outcome.as_str());
+        if let Some(code) = self.sqlstate {
+            string(out, b",\"sqlstate\":", code);
+        }
+        number(out, b",\"duration_us\":", self.duration_us);
+        if let Some(id) = self.approval {
+            string(out, b",\"approval\":", id);
+        }
     }
 }
 
@@ -462,7 +471,7 @@ mod tests {
     }
 
     fn statement_json(view: &StatementView<'_>) -> serde_json::Value {
-        let mut out = b"{\"seq\":0".to_vec();
+        let mut out = Vec::new();
         view.write_fields(&mut out);
         out.push(b'}');
         serde_json::from_slice(&out).expect("the hand-written fields are JSON")
@@ -507,7 +516,7 @@ mod tests {
         assert_eq!(
             statement_json(&view),
             serde_json::json!({
-                "seq": 0, "kind": "statement", "conn": 3, "user": "al\"ice",
+                "kind": "statement", "conn": 3, "user": "al\"ice",
                 "fingerprint": "SELECT phone FROM guests WHERE id = ?",
                 "tables": ["public.guests", "public.rooms"],
                 "columns": [
@@ -518,17 +527,19 @@ mod tests {
                 "rows": 1, "bytes": 0, "outcome": "ok", "duration_us": 12,
             })
         );
-        // Copying the parts an earlier execution wrote gives the same line.
-        let mut parts = Vec::new();
-        view.write_parts(&mut parts);
+        // Copying the head an earlier execution wrote gives the same line.
+        let mut head = Vec::new();
+        view.write_head(&mut head);
+        let head = Head::new(head);
         let (mut direct, mut copied) = (Vec::new(), Vec::new());
         view.write_fields(&mut direct);
         StatementView {
-            written: Some(&parts),
+            written: Some(&head),
             ..view
         }
         .write_fields(&mut copied);
         assert_eq!(direct, copied);
+        assert!(direct.starts_with(head.bytes()));
         let failed = StatementView {
             role: Some("desk"),
             fingerprint: None,

@@ -20,8 +20,8 @@
 //! Per execution this costs a boxed entry and a shared reference to the
 //! result's columns: what a statement's plan says (fingerprint, columns) is
 //! computed once at Parse and shared by `Arc` with every execution, and the
-//! JSON of it written for the first execution is copied by the later ones
-//! with the same result.
+//! JSON of it written for the first execution (with its digest state) is
+//! copied by the later ones with the same result.
 
 use crate::proto::name::{Name, NameMap};
 use std::collections::VecDeque;
@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::chain::Head;
 use super::error::{AUDIT_UNAVAILABLE_MESSAGE, AUDIT_UNAVAILABLE_SQLSTATE};
 use super::fingerprint::fingerprint;
 use super::handle::Audit;
@@ -568,7 +569,7 @@ impl SessionAudit {
                     .result
                     .as_ref()
                     .filter(|wr| same_result(wr, r))
-                    .map(|_| &w.parts[..]),
+                    .map(|_| &w.head),
                 _ => None,
             };
             if copied.is_none() {
@@ -599,18 +600,19 @@ impl SessionAudit {
             };
             if let (Some(p), None) = (planned, copied) {
                 // Later executions with the same result columns copy the
-                // first one's fingerprint, tables and columns.
+                // first one's fingerprint, tables and columns, and continue
+                // its digest.
                 let w = p.written.get_or_init(|| {
-                    let mut parts = Vec::new();
-                    statement.write_parts(&mut parts);
+                    let mut head = Vec::new();
+                    statement.write_head(&mut head);
                     Written {
                         result: open.result.clone(),
                         shown: open.shown.clone(),
-                        parts,
+                        head: Head::new(head),
                     }
                 });
                 if w.shown == open.shown {
-                    statement.written = Some(&w.parts);
+                    statement.written = Some(&w.head);
                 }
             }
             // A failure marks the trail unhealthy (and is logged there), so
