@@ -859,6 +859,10 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
             .get::<_, i64>(0)
             == 0
         {
+            assert!(
+                !migrate.is_finished(),
+                "the migration ended before it added the new column"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         let mut holder = connect_direct().await;
@@ -1101,6 +1105,147 @@ fn an_online_move_refuses_dependents_it_would_strand() {
     let originals: HashMap<i64, Option<String>> =
         (1..=10).map(|i| (i, Some(format!("p{i}")))).collect();
     assert_decrypts(&cfg, table, "phone", "text", Mode::Randomized, &originals);
+}
+
+/// A `date` as its binary wire form: days since 2000-01-01.
+struct WireDate(i32);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for WireDate {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireDate(i32::from_be_bytes(raw.try_into()?)))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::DATE
+    }
+}
+
+/// A client's `DateStyle` does not reach the old values of a date column
+/// moving online: a row not moved yet reads like a moved one, in text and
+/// in binary format.
+#[test]
+fn a_client_date_style_does_not_change_dates_not_moved_yet() {
+    let table = "mig_datestyle";
+    let rows = 2000;
+    db().psql(&format!(
+        "DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (id int PRIMARY KEY, d date); \
+         INSERT INTO {table} SELECT i, DATE '2024-03-01' + (i % 300) \
+           FROM generate_series(1, {rows}) i;"
+    ))
+    .unwrap();
+    let expected = originals(table, "d");
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, cfg) = write_config(
+        tmp.path(),
+        &demo_keyring(),
+        &(policy(table, "d", "date", "randomized") + ROLE_ALL),
+    );
+    let proxy = start_proxy(cfg);
+    let addr = proxy.local_addr();
+    rt().block_on(async {
+        let direct = connect_direct().await;
+        let days = |id: i32| {
+            let direct = &direct;
+            async move {
+                direct
+                    .query_one(
+                        &format!("SELECT (DATE '2024-03-01' + ({id} % 300)) - DATE '2000-01-01'"),
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i32>(0)
+            }
+        };
+        let migrate = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let mut a = args(&path, Some((table, "d")), 10);
+                a.all = false;
+                pgveil::migrate::run(MigrateCommand::Encrypt(a))
+            }
+        });
+        // Hold the last row once the new column exists, so it is still an
+        // old value while this test reads it.
+        let new_column = format!(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
+               AND attname IN ('d', '__pgveil_legacy_d') AND NOT attisdropped"
+        );
+        while direct
+            .query_one(&new_column, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            < 2
+        {
+            assert!(
+                !migrate.is_finished(),
+                "the migration ended before it split the column"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let mut holder = connect_direct().await;
+        let hold = holder.transaction().await.unwrap();
+        hold.execute(
+            &format!("SELECT 1 FROM {table} WHERE id = {rows} FOR SHARE"),
+            &[],
+        )
+        .await
+        .unwrap();
+        let unmoved: bool = direct
+            .query_one(
+                &format!("SELECT __pgveil_legacy_d IS NOT NULL FROM {table} WHERE id = {rows}"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(unmoved, "the held row was moved before it was held");
+
+        let c = connect_to(addr, "postgres", None).await.unwrap();
+        c.batch_execute("SET DateStyle = 'SQL, DMY'").await.unwrap();
+        let by_id = retrying(|| async {
+            c.prepare(&format!("SELECT d FROM {table} WHERE id = $1"))
+                .await
+        })
+        .await;
+        for id in [1, rows] {
+            let want = expected[&i64::from(id)].clone().unwrap();
+            // Text: the ISO form pgveil shows for every stored date.
+            let sql = format!("SELECT d FROM {table} WHERE id = {id}");
+            let msgs = retrying(|| async { c.simple_query(&sql).await }).await;
+            let got = msgs.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(got.as_deref(), Some(want.as_str()), "row {id} in text");
+            // Binary: the same day.
+            let row = retrying(|| async { c.query_one(&by_id, &[&id]).await }).await;
+            assert_eq!(
+                row.get::<_, WireDate>(0).0,
+                days(id).await,
+                "row {id} in binary"
+            );
+        }
+        let still: bool = direct
+            .query_one(
+                &format!("SELECT __pgveil_legacy_d IS NOT NULL FROM {table} WHERE id = {rows}"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            still,
+            "the held row must still hold its old value while read"
+        );
+        hold.commit().await.unwrap();
+        migrate.join().unwrap().unwrap();
+    });
 }
 
 /// A run stopped between renaming the column and adding it again (the

@@ -328,6 +328,26 @@ impl Acks {
     }
 }
 
+/// The function pgveil's rewrites read a hidden column's old values
+/// through (`sql/online.rs`): their text form printed with the settings
+/// the batches encrypt with, whatever the client's own `DateStyle`,
+/// `IntervalStyle` or `extra_float_digits`, so a value not moved yet reads
+/// exactly as it will once it is an envelope. Application roles call it
+/// through pgveil, hence `USAGE` on the schema for everyone (the schema's
+/// table stays private).
+///
+/// Concurrent `CREATE OR REPLACE` or `GRANT` of the same object fail in
+/// PostgreSQL ("tuple concurrently updated"), so migrations running side by
+/// side take turns on a transaction-scoped advisory lock first (always
+/// before any table lock, so they cannot deadlock).
+const LEGACY_TEXT_FN: &str = "SELECT pg_advisory_xact_lock(7081960543233154405);
+    CREATE SCHEMA IF NOT EXISTS pgveil;
+    CREATE OR REPLACE FUNCTION pgveil.legacy_text(anyelement) RETURNS bytea
+      LANGUAGE sql STABLE PARALLEL SAFE
+      SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+      AS $pgveil$ SELECT convert_to($1::text, 'UTF8') $pgveil$;
+    GRANT USAGE ON SCHEMA pgveil TO PUBLIC;";
+
 /// Step 1a, in one transaction: the column becomes the hidden one.
 async fn rename(ctx: &mut Ctx, t: &Target, legacy: &str, notify: &str) -> Result<(), MigrateError> {
     let (tbl, c, l) = (&t.table_sql, &t.column_sql, &ident(legacy));
@@ -344,6 +364,7 @@ async fn rename(ctx: &mut Ctx, t: &Target, legacy: &str, notify: &str) -> Result
     state::ensure(&tx, t).await?;
     state::set(&tx, t, State::Encrypting, &t.db_type).await?;
     state::set_legacy(&tx, t, Some(legacy)).await?;
+    tx.batch_execute(LEGACY_TEXT_FN).await.map_err(err)?;
     tx.batch_execute(&sql).await.map_err(err)?;
     tx.commit().await.map_err(err)
 }
@@ -396,9 +417,8 @@ async fn add_column(ctx: &mut Ctx, t: &Target, n: &Names) -> Result<(), MigrateE
     sql.push_str(&format!("NOTIFY {};", crate::catalog::CHANGES_CHANNEL));
     let err = |e| t.db_error("adding the new bytea column", &e);
     let tx = ctx.client.transaction().await.map_err(err)?;
-    tx.batch_execute("CREATE SCHEMA IF NOT EXISTS pgveil")
-        .await
-        .map_err(err)?;
+    // Again for a run resumed after a rename made by an earlier version.
+    tx.batch_execute(LEGACY_TEXT_FN).await.map_err(err)?;
     tx.batch_execute(&sql).await.map_err(err)?;
     tx.commit().await.map_err(err)
 }

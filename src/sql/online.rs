@@ -9,11 +9,15 @@
 //! table is rewritten to
 //!
 //! ```sql
-//! COALESCE(col, convert_to(tbl."__pgveil_legacy_col"::text, 'UTF8'))
+//! COALESCE(col, pgveil.legacy_text(tbl."__pgveil_legacy_col"))
 //! ```
 //!
 //! — an envelope, or the legacy value's text form, which the read path
-//! already shows as legacy plaintext for a column being migrated. A select
+//! already shows as legacy plaintext for a column being migrated.
+//! `pgveil.legacy_text` (created by the migration) is
+//! `convert_to(value::text, 'UTF8')` under the `DateStyle`,
+//! `IntervalStyle` and `extra_float_digits` the batches encrypt with, so
+//! the client's own settings cannot change the text pgveil parses. A select
 //! item keeps its name (`AS col`), and `*` over such a table becomes its
 //! visible columns. Such a result column has no origin in the server's
 //! RowDescription, so the statement's result columns must be known by
@@ -79,12 +83,13 @@ fn qualifier(rel: &Relation) -> Option<String> {
 }
 
 /// The old value of `pc` in `qual`'s row, in the stored form of the read
-/// path's legacy plaintext (UTF-8 text, raw bytes for `bytea`).
+/// path's legacy plaintext (UTF-8 text in pgveil's formats, raw bytes for
+/// `bytea`).
 fn legacy_value(qual: &str, pc: &ProtectedColumn, legacy: &str) -> String {
     let col = format!("{qual}.{}", quote(legacy));
     match pc.logical_type {
         LogicalType::Bytea => col,
-        _ => format!("convert_to({col}::text, 'UTF8')"),
+        _ => format!("pgveil.legacy_text({col})"),
     }
 }
 

@@ -51,7 +51,7 @@ fn refused_m(sql: &str, needle: &str) {
 }
 
 const BOTH: &str =
-    r#"COALESCE(phone, convert_to("public"."guests"."__pgveil_legacy_phone"::text, 'UTF8'))"#;
+    r#"COALESCE(phone, pgveil.legacy_text("public"."guests"."__pgveil_legacy_phone"))"#;
 
 #[test]
 fn a_selected_column_reads_both_forms_under_its_own_name() {
@@ -63,7 +63,7 @@ fn a_selected_column_reads_both_forms_under_its_own_name() {
     assert_eq!(results, vec![None, Some("phone".into())]);
 
     let (sql, results) = rewrite_m("SELECT g.phone AS p, g.name FROM guests g WHERE g.phone = $1");
-    let both = r#"COALESCE(g.phone, convert_to(g."__pgveil_legacy_phone"::text, 'UTF8'))"#;
+    let both = r#"COALESCE(g.phone, pgveil.legacy_text(g."__pgveil_legacy_phone"))"#;
     assert_eq!(
         sql,
         format!("SELECT {both} AS p, g.name FROM guests g WHERE {both} = ANY(ARRAY[$1::bytea])")
@@ -95,7 +95,7 @@ fn star_lists_the_visible_columns() {
     assert_eq!(
         sql,
         format!(
-            "SELECT {q}.\"id\", {q}.\"name\", COALESCE({q}.\"phone\", convert_to({q}.\"{LEGACY}\"::text, 'UTF8')) AS \"phone\", \
+            "SELECT {q}.\"id\", {q}.\"name\", COALESCE({q}.\"phone\", pgveil.legacy_text({q}.\"{LEGACY}\")) AS \"phone\", \
              {q}.\"id_number\", {q}.\"email\", {q}.\"birth_date\" FROM guests WHERE id = 2"
         )
     );
@@ -192,8 +192,7 @@ fn forms_the_split_would_change_are_refused() {
 #[test]
 fn copy_to_reads_both_forms_with_the_same_fields() {
     let q = r#""public"."guests""#;
-    let both =
-        format!(r#"COALESCE({q}."phone", convert_to({q}."{LEGACY}"::text, 'UTF8')) AS "phone""#);
+    let both = format!(r#"COALESCE({q}."phone", pgveil.legacy_text({q}."{LEGACY}")) AS "phone""#);
     let copy = |sql: &str| match plan_m(sql) {
         Ok(Plan::CopyOut(c)) => c,
         other => panic!("{sql:?}: {other:?}"),
