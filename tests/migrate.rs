@@ -752,6 +752,45 @@ fn pgveil_reads_legacy_plaintext_only_while_a_column_is_migrating() {
     proxy.shutdown();
 }
 
+/// Waits until an online run has added `column` again beside its hidden
+/// twin; fails when the run ends first.
+async fn wait_for_new_column<T>(
+    direct: &tokio_postgres::Client,
+    table: &str,
+    column: &str,
+    migrate: &std::thread::JoinHandle<T>,
+) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
+           AND attname IN ('{column}', '__pgveil_legacy_{column}') AND NOT attisdropped"
+    );
+    while direct.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) < 2 {
+        assert!(
+            !migrate.is_finished(),
+            "the migration ended before it added the new column"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// Locks row `id` of `table` until the returned transaction ends: the
+/// run's batch containing it waits, so the row keeps its old value (held
+/// only once the new column exists; the column change would wait for it).
+async fn hold_row<'a>(
+    holder: &'a mut tokio_postgres::Client,
+    table: &str,
+    id: i32,
+) -> tokio_postgres::Transaction<'a> {
+    let hold = holder.transaction().await.unwrap();
+    hold.execute(
+        &format!("SELECT 1 FROM {table} WHERE id = {id} FOR SHARE"),
+        &[],
+    )
+    .await
+    .unwrap();
+    hold
+}
+
 /// Runs `op` again while PostgreSQL or pgveil says the column is moving
 /// under it (docs/MIGRATE.md, "Online"): an undefined column (between the
 /// two steps of the split), a value that is not an envelope (read by a
@@ -848,32 +887,9 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
         // finish its last batch until the first round below is over, so
         // that round reads while old values remain, however fast the
         // machine. (Not before: the column change would wait for it.)
-        let new_column = format!(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
-               AND attname = 'phone' AND NOT attisdropped"
-        );
-        while direct
-            .query_one(&new_column, &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            == 0
-        {
-            assert!(
-                !migrate.is_finished(),
-                "the migration ended before it added the new column"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        wait_for_new_column(&direct, table, "phone", &migrate).await;
         let mut holder = connect_direct().await;
-        let hold = holder.transaction().await.unwrap();
-        hold.execute(
-            &format!("SELECT 1 FROM {table} WHERE id = 10000 FOR SHARE"),
-            &[],
-        )
-        .await
-        .unwrap();
-        let mut hold = Some(hold);
+        let mut hold = Some(hold_row(&mut holder, table, 10000).await);
         let mut mid_reads = 0;
         let mut written = Vec::new();
         let mut i = 0i32;
@@ -1171,31 +1187,9 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
         });
         // Hold the last row once the new column exists, so it is still an
         // old value while this test reads it.
-        let new_column = format!(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass \
-               AND attname IN ('d', '__pgveil_legacy_d') AND NOT attisdropped"
-        );
-        while direct
-            .query_one(&new_column, &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-            < 2
-        {
-            assert!(
-                !migrate.is_finished(),
-                "the migration ended before it split the column"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        wait_for_new_column(&direct, table, "d", &migrate).await;
         let mut holder = connect_direct().await;
-        let hold = holder.transaction().await.unwrap();
-        hold.execute(
-            &format!("SELECT 1 FROM {table} WHERE id = {rows} FOR SHARE"),
-            &[],
-        )
-        .await
-        .unwrap();
+        let hold = hold_row(&mut holder, table, rows).await;
         let unmoved: bool = direct
             .query_one(
                 &format!("SELECT __pgveil_legacy_d IS NOT NULL FROM {table} WHERE id = {rows}"),
