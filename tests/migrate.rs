@@ -1190,15 +1190,20 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
         wait_for_new_column(&direct, table, "d", &migrate).await;
         let mut holder = connect_direct().await;
         let hold = hold_row(&mut holder, table, rows).await;
-        let unmoved: bool = direct
-            .query_one(
-                &format!("SELECT __pgveil_legacy_d IS NOT NULL FROM {table} WHERE id = {rows}"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert!(unmoved, "the held row was moved before it was held");
+        let held_is_old = || async {
+            direct
+                .query_one(
+                    &format!("SELECT __pgveil_legacy_d IS NOT NULL FROM {table} WHERE id = {rows}"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        };
+        assert!(
+            held_is_old().await,
+            "the held row was moved before it was held"
+        );
 
         let c = connect_to(addr, "postgres", None).await.unwrap();
         c.batch_execute("SET DateStyle = 'SQL, DMY'").await.unwrap();
@@ -1225,16 +1230,8 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
                 "row {id} in binary"
             );
         }
-        let still: bool = direct
-            .query_one(
-                &format!("SELECT __pgveil_legacy_d IS NOT NULL FROM {table} WHERE id = {rows}"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
         assert!(
-            still,
+            held_is_old().await,
             "the held row must still hold its old value while read"
         );
         hold.commit().await.unwrap();
