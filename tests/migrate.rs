@@ -1139,9 +1139,9 @@ impl<'a> tokio_postgres::types::FromSql<'a> for WireDate {
     }
 }
 
-/// A client's `DateStyle` does not reach the old values of a date column
-/// moving online: a row not moved yet reads like a moved one, in text and
-/// in binary format.
+/// A client's `DateStyle` (or its `search_path`) does not reach the old
+/// values of a date column moving online: a row not moved yet reads like a
+/// moved one, in text and in binary format.
 #[test]
 fn a_client_date_style_does_not_change_dates_not_moved_yet() {
     let table = "mig_datestyle";
@@ -1205,8 +1205,22 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
             "the held row was moved before it was held"
         );
 
+        // Nor does a `convert_to` of the client's earlier in its search_path.
+        direct
+            .batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS pgveil_test_shadow; \
+                 CREATE OR REPLACE FUNCTION pgveil_test_shadow.convert_to(text, name) \
+                   RETURNS bytea LANGUAGE sql AS $$ SELECT '\\x00'::bytea $$;",
+            )
+            .await
+            .unwrap();
         let c = connect_to(addr, "postgres", None).await.unwrap();
-        c.batch_execute("SET DateStyle = 'SQL, DMY'").await.unwrap();
+        c.batch_execute(
+            "SET DateStyle = 'SQL, DMY'; \
+             SET search_path = pgveil_test_shadow, pg_catalog, public",
+        )
+        .await
+        .unwrap();
         let by_id = retrying(|| async {
             c.prepare(&format!("SELECT d FROM {table} WHERE id = $1"))
                 .await

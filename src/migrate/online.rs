@@ -334,7 +334,8 @@ impl Acks {
 /// `IntervalStyle` or `extra_float_digits`, so a value not moved yet reads
 /// exactly as it will once it is an envelope. Application roles call it
 /// through pgveil, hence `USAGE` on the schema for everyone (the schema's
-/// table stays private).
+/// table stays private); its own `search_path` is pinned so that a
+/// client's cannot substitute `convert_to`.
 ///
 /// Concurrent `CREATE OR REPLACE` or `GRANT` of the same object fail in
 /// PostgreSQL ("tuple concurrently updated"), so migrations running side by
@@ -345,6 +346,7 @@ const LEGACY_TEXT_FN: &str = "SELECT pg_advisory_xact_lock(7081960543233154405);
     CREATE OR REPLACE FUNCTION pgveil.legacy_text(anyelement) RETURNS bytea
       LANGUAGE sql STABLE PARALLEL SAFE
       SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+      SET search_path = pg_catalog
       AS $pgveil$ SELECT convert_to($1::text, 'UTF8') $pgveil$;
     GRANT USAGE ON SCHEMA pgveil TO PUBLIC;";
 
