@@ -33,6 +33,21 @@ pub struct Health {
     pub(super) closed: AtomicBool,
 }
 
+/// A value on cache lines of its own. Sessions on every worker change
+/// `sealing_soon` twice per audited reply, while every audited statement
+/// reads the pointers beside it; sharing their cache line made each of
+/// those reads a miss on the other core.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(super) struct OwnLine<T>(pub(super) T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The running audit trail.
 #[derive(Debug)]
 pub struct Audit {
@@ -43,7 +58,7 @@ pub struct Audit {
     /// Sessions holding ended statements whose records they have not
     /// sealed yet (they seal right after handing the reply to the client
     /// socket); [`Audit::flush`] waits for them.
-    pub(super) sealing_soon: AtomicUsize,
+    pub(super) sealing_soon: OwnLine<AtomicUsize>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -88,7 +103,7 @@ impl Audit {
             ctl,
             health,
             next_conn: AtomicU64::new(1),
-            sealing_soon: AtomicUsize::new(0),
+            sealing_soon: OwnLine(AtomicUsize::new(0)),
             thread: Mutex::new(Some(thread)),
         })))
     }
