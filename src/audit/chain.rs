@@ -238,16 +238,14 @@ impl Chain {
         statement: &StatementView<'_>,
         out: &mut Vec<u8>,
     ) {
-        let sealed = match statement.written {
-            Some(head) => self.seal_with(ts, None, Some(head), out, |out| {
-                statement.write_rest(out);
-                Ok(())
-            }),
-            None => self.seal_with(ts, None, None, out, |out| {
-                statement.write_fields(out);
-                Ok(())
-            }),
-        };
+        // With a copied head the chain writes it; otherwise it is written here.
+        let sealed = self.seal_with(ts, None, statement.written, out, |out| {
+            if statement.written.is_none() {
+                statement.write_head(out);
+            }
+            statement.write_rest(out);
+            Ok(())
+        });
         debug_assert!(sealed.is_ok(), "writing by hand cannot fail");
         self.since_checkpoint += 1;
     }
