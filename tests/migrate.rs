@@ -93,6 +93,14 @@ fn write_config(dir: &Path, keyring: &Path, policies: &str) -> (PathBuf, Config)
     (path, Config::parse(&text).unwrap())
 }
 
+/// A config with the demo keyring and `policies`, written into a
+/// temporary directory that lives as long as the returned guard.
+fn demo_config(policies: &str) -> (tempfile::TempDir, PathBuf, Config) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, cfg) = write_config(tmp.path(), &demo_keyring(), policies);
+    (tmp, path, cfg)
+}
+
 fn policy(table: &str, column: &str, ty: &str, mode: &str) -> String {
     format!(
         "\n[[columns]]\ntable = \"{table}\"\ncolumn = \"{column}\"\ntype = \"{ty}\"\nencrypt = \"{mode}\"\nlevel = 3\n"
@@ -234,8 +242,7 @@ fn every_type_encrypts_and_decrypts_back() {
         "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
           WHERE attrelid = '{table}'::regclass AND attnum > 0 ORDER BY attnum"
     ));
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(tmp.path(), &demo_keyring(), &all_type_policies(table));
+    let (_tmp, path, cfg) = demo_config(&all_type_policies(table));
 
     // A dry run changes nothing.
     let mut dry = args(&path, None, 1000);
@@ -319,12 +326,7 @@ fn a_killed_run_resumes_without_loss() {
     ))
     .unwrap();
     let original = originals(table, "phone");
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &policy(table, "phone", "text", "searchable"),
-    );
+    let (_tmp, path, cfg) = demo_config(&policy(table, "phone", "text", "searchable"));
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_pgveil"))
             .args(["migrate", "encrypt", "--config"])
@@ -425,12 +427,7 @@ fn a_bad_value_stops_the_run_naming_the_row_and_keeping_earlier_batches() {
            FROM generate_series(1, 3000) i;"
     ))
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, _) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &policy(table, "n", "int4", "randomized"),
-    );
+    let (_tmp, path, _) = demo_config(&policy(table, "n", "int4", "randomized"));
     let err = pgveil::migrate::run(MigrateCommand::Encrypt(args(
         &path,
         Some((table, "n")),
@@ -463,12 +460,7 @@ fn a_table_rewrite_larger_than_allowed_is_refused_before_anything_changes() {
         ))[0][0]
             .clone()
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, _) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &policy(table, "phone", "text", "searchable"),
-    );
+    let (_tmp, path, _) = demo_config(&policy(table, "phone", "text", "searchable"));
     let mut small = args(&path, Some((table, "phone")), 1000);
     small.max_rewrite_mb = 0;
     small.in_place = true;
@@ -512,12 +504,7 @@ fn a_table_without_primary_key_is_batched_by_ctid() {
     ))
     .unwrap();
     let original = originals(table, "email");
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &policy(table, "email", "varchar", "randomized"),
-    );
+    let (_tmp, path, cfg) = demo_config(&policy(table, "email", "varchar", "randomized"));
     pgveil::migrate::run(MigrateCommand::Encrypt(args(&path, None, 400))).unwrap();
     assert_decrypts(&cfg, table, "email", "varchar", Mode::Randomized, &original);
 }
@@ -557,8 +544,7 @@ fn fifty_thousand_rows_of_every_type_migrate_under_a_live_writer() {
     create_all_types(table, 50_000);
     let mut expected: Vec<HashMap<i64, Option<String>>> =
         TYPES.iter().map(|t| originals(table, t.0)).collect();
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(tmp.path(), &demo_keyring(), &all_type_policies(table));
+    let (_tmp, path, cfg) = demo_config(&all_type_policies(table));
     let proxy = start_proxy(cfg.clone());
     let migrate = std::thread::spawn({
         let path = path.clone();
@@ -673,14 +659,10 @@ fn pgveil_reads_legacy_plaintext_only_while_a_column_is_migrating() {
            FROM generate_series(1, 50) i;"
     ))
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let roles = ROLE_ALL;
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
+    let (_tmp, path, cfg) = demo_config(
         &(policy(table, "phone", "text", "searchable")
             + &policy(table, "born", "date", "randomized")
-            + roles),
+            + ROLE_ALL),
     );
     let mut in_place = args(&path, None, 20);
     in_place.in_place = true;
@@ -836,13 +818,7 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
     ))
     .unwrap();
     let mut expected = originals(table, "phone");
-    let tmp = tempfile::tempdir().unwrap();
-    let roles = ROLE_ALL;
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &(policy(table, "phone", "text", "searchable") + roles),
-    );
+    let (_tmp, path, cfg) = demo_config(&(policy(table, "phone", "text", "searchable") + ROLE_ALL));
     let proxy = start_proxy(cfg.clone());
     let addr = proxy.local_addr();
     let (mid_reads, written) = rt().block_on(async {
@@ -1026,13 +1002,7 @@ fn a_bytea_column_pgveil_has_not_seen_is_refused_until_the_catalog_reloads() {
          INSERT INTO {table} VALUES (1, NULL, 'a');"
     ))
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let roles = ROLE_ALL;
-    let (_, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &(policy(table, "phone", "text", "searchable") + roles),
-    );
+    let (_tmp, _, cfg) = demo_config(&(policy(table, "phone", "text", "searchable") + ROLE_ALL));
     let proxy = start_proxy(cfg);
     rt().block_on(async {
         let c = connect_to(proxy.local_addr(), "postgres", None)
@@ -1089,12 +1059,7 @@ fn an_online_move_refuses_dependents_it_would_strand() {
          CREATE VIEW {table}_v AS SELECT id, phone FROM {table};"
     ))
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &policy(table, "phone", "text", "randomized"),
-    );
+    let (_tmp, path, cfg) = demo_config(&policy(table, "phone", "text", "randomized"));
     let one = || args(&path, Some((table, "phone")), 1000);
     let err = pgveil::migrate::run(MigrateCommand::Encrypt(one()))
         .unwrap_err()
@@ -1154,12 +1119,7 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
     ))
     .unwrap();
     let expected = originals(table, "d");
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &(policy(table, "d", "date", "randomized") + ROLE_ALL),
-    );
+    let (_tmp, path, cfg) = demo_config(&(policy(table, "d", "date", "randomized") + ROLE_ALL));
     let proxy = start_proxy(cfg);
     let addr = proxy.local_addr();
     rt().block_on(async {
@@ -1275,12 +1235,7 @@ fn a_run_stopped_between_the_rename_and_the_new_column_resumes() {
          ALTER TABLE {table} RENAME COLUMN phone TO __pgveil_legacy_phone;"
     ))
     .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (path, cfg) = write_config(
-        tmp.path(),
-        &demo_keyring(),
-        &policy(table, "phone", "text", "randomized"),
-    );
+    let (_tmp, path, cfg) = demo_config(&policy(table, "phone", "text", "randomized"));
     pgveil::migrate::run(MigrateCommand::Encrypt(args(
         &path,
         Some((table, "phone")),
