@@ -104,7 +104,25 @@ impl Veiled {
     }
 }
 
+/// Every record of one file as `pgveil audit show` prints it: statements
+/// that refer to their query have its fingerprint, tables and columns.
 fn records_of(path: &Path) -> Vec<Value> {
+    let (lines, unresolved) =
+        pgveil::audit::show::expand_file(&std::fs::read(path).unwrap_or_default());
+    assert_eq!(
+        unresolved,
+        0,
+        "every query resolves within {}",
+        path.display()
+    );
+    lines
+        .iter()
+        .map(|l| serde_json::from_slice(l).expect("json line"))
+        .collect()
+}
+
+/// Every record of one file as written.
+fn raw_records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -675,10 +693,13 @@ async fn tampering_is_detected_and_the_record_named() {
 async fn rotated_files_verify_as_one_series() {
     let v = Veiled::start("max_file_bytes = 4096\ncheckpoint_every = 1000");
     let c = v.connect("mgr_ben").await;
+    // One prepared statement: its query is written in full once per file.
+    let select = c
+        .prepare("SELECT name FROM guests WHERE id = $1")
+        .await
+        .expect("prepare");
     for i in 0..30 {
-        c.query("SELECT name FROM guests WHERE id = $1", &[&(300 + i)])
-            .await
-            .expect("select");
+        c.query(&select, &[&(300 + i)]).await.expect("select");
         // A file rotates after the write that fills it, and one group
         // commit can hold many records: write each one on its own so the
         // 30 records are spread over several files.
@@ -690,7 +711,8 @@ async fn rotated_files_verify_as_one_series() {
     let dir = v.path.parent().expect("dir");
     let rotated = pgveil::audit::files::rotated(&v.path);
     assert!(rotated.len() >= 2, "expected rotation: {rotated:?}");
-    // Every rotated file ends with its own seal.
+    // Every rotated file ends with its own seal, and reads on its own:
+    // `records_of` finds each query a record refers to in the same file.
     for f in &rotated {
         let recs = records_of(f);
         assert_eq!(
@@ -699,6 +721,26 @@ async fn rotated_files_verify_as_one_series() {
             "{}",
             f.display()
         );
+        let reads: Vec<_> = recs
+            .iter()
+            .filter(|r| r["fingerprint"] == "SELECT name FROM guests WHERE id = ?")
+            .collect();
+        assert!(
+            reads
+                .iter()
+                .all(|r| action_of(r, "public.guests.name").is_some()),
+            "{reads:?}"
+        );
+        let raw = raw_records(f);
+        let full = raw.iter().filter(|r| r["fingerprint"].is_string()).count();
+        let referring = raw
+            .iter()
+            .filter(|r| r["kind"] == "statement" && r.get("fingerprint").is_none())
+            .count();
+        if !reads.is_empty() {
+            assert_eq!(full, 1, "{}: the query once in full", f.display());
+            assert_eq!(full + referring, reads.len(), "{}", f.display());
+        }
     }
     let key = public_key(&v.config_file);
     let (code, out) = verify(&[dir.to_str().expect("utf8"), "--public-key", &key]);
@@ -1110,6 +1152,70 @@ async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
     v.audit().flush().await;
     v.close().await;
     let recs = v.records();
+    // As written, each connection's first execution carries the query in
+    // full and the other four refer to it: no fingerprint, no columns.
+    let raw = raw_records(&v.path);
+    for user in ["fd_amy", "mgr_ben"] {
+        let mine = statements(&raw, user);
+        let full: Vec<_> = mine
+            .iter()
+            .filter(|r| r["fingerprint"].is_string())
+            .collect();
+        assert_eq!(full.len(), 1, "{user}: {mine:?}");
+        let query = &full[0]["query"];
+        assert!(query.is_u64(), "{user}: {mine:?}");
+        let referring: Vec<_> = mine.iter().filter(|r| r["query"] == *query).collect();
+        assert_eq!(referring.len(), 5, "{user}: {mine:?}");
+        assert!(referring[1..]
+            .iter()
+            .all(|r| r.get("fingerprint").is_none() && r.get("columns").is_none()));
+    }
+    // `pgveil audit show` prints every record whole, as `records_of` reads it.
+    let out = pgveil()
+        .args(["audit", "show"])
+        .arg(&v.path)
+        .output()
+        .expect("run pgveil audit show");
+    assert!(out.status.success(), "{out:?}");
+    let shown: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(shown, recs);
+    // Split after amy's first read, the records that refer to it are in
+    // a file without their query: the series still verifies (a note names
+    // them), and `show` of that file alone says it cannot fill them in.
+    let text = std::fs::read_to_string(&v.path).expect("trail");
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = 1 + lines
+        .iter()
+        .position(|l| l.contains("\"user\":\"fd_amy\"") && l.contains("\"fingerprint\""))
+        .expect("amy's first read");
+    let (a, b) = (v.dir.path().join("a.jsonl"), v.dir.path().join("b.jsonl"));
+    std::fs::write(&a, lines[..cut].join("\n") + "\n").expect("write a");
+    std::fs::write(&b, lines[cut..].join("\n") + "\n").expect("write b");
+    let key = public_key(&v.config_file);
+    let (code, report) = verify(&[
+        a.to_str().expect("utf8"),
+        b.to_str().expect("utf8"),
+        "--public-key",
+        &key,
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("note: 4 statement record(s)") && report.contains("name a query"),
+        "{report}"
+    );
+    let out = pgveil()
+        .args(["audit", "show"])
+        .arg(&b)
+        .output()
+        .expect("run pgveil audit show");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("4 record(s) name a query"),
+        "{out:?}"
+    );
     for (user, name, phone) in [
         ("fd_amy", "masked", "masked"),
         ("mgr_ben", "clear", "clear"),

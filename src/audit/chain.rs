@@ -26,6 +26,8 @@
 //! The suffixes have fixed lengths, so a verifier recovers the exact bytes
 //! that were hashed, signed and MACed without re-serializing JSON.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ring::digest::{digest, Context, SHA256};
 use ring::hmac;
 use ring::signature::Ed25519KeyPair;
@@ -142,31 +144,58 @@ pub fn mac(key: &[u8; 32], prev_mac: &[u8; 32], digest: &[u8; 32]) -> [u8; 32] {
     out
 }
 
-/// The start of a line that repeats from record to record — a prepared
-/// statement's `{"kind":"statement","fingerprint":…,"tables":…,"columns":…`
-/// — with the body digest's SHA-256 state after it. A record starting with
-/// it copies the bytes and continues the digest from that state, so its
-/// SHA-256 pass covers only what differs: for the read mix's statement
-/// about 4 blocks of 64 bytes instead of 12. The bytes and the state are
-/// made together here and cannot disagree.
+/// Ids of queries, unique within the process (and so within a run).
+static QUERIES: AtomicU64 = AtomicU64::new(1);
+/// Ids of the files a chain writes into, unique within the process: a
+/// query written in full to one file is not referred to from another.
+static FILES: AtomicU64 = AtomicU64::new(1);
+
+/// A prepared statement's *query*: the start of its records that repeats
+/// from one execution to the next, `{"kind":"statement","query":<id>,
+/// "fingerprint":…,"tables":…,"columns":…`, with the body digest's SHA-256
+/// state after it.
+///
+/// The first record of the query in each file carries all of it: the
+/// chain copies the bytes and continues the digest from that state, so
+/// its SHA-256 pass covers only what follows. Later records in the same
+/// file carry only `{"kind":"statement","query":<id>` and refer to that
+/// first one (docs/AUDIT.md), which keeps the read mix's records at less
+/// than half the bytes to seal, write and cache. The bytes and the state
+/// are made together here and cannot disagree.
 pub struct Head {
+    query: u64,
     bytes: Vec<u8>,
     state: Context,
+    /// The [`Chain::file`] this query was last written to in full (0:
+    /// never). Changed under the sealing lock only.
+    written_in: AtomicU64,
 }
 
 impl Head {
-    /// A head of `bytes`, which must be the start of a line: `{` followed by
-    /// the first fields, without a trailing comma.
-    pub fn new(bytes: Vec<u8>) -> Self {
+    /// The head of `statement`'s records under a new query id.
+    pub fn of(statement: &StatementView<'_>) -> Self {
+        let query = QUERIES.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::new();
+        statement.write_head(Some(query), &mut bytes);
         let mut state = Context::new(&SHA256);
         state.update(BODY_DOMAIN);
         state.update(&bytes);
-        Head { bytes, state }
+        Head {
+            query,
+            bytes,
+            state,
+            written_in: AtomicU64::new(0),
+        }
     }
 
-    /// The line's first bytes.
+    /// The line's first bytes, as the query's first record in a file has them.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The query's id.
+    pub fn query(&self) -> u64 {
+        self.query
     }
 }
 
@@ -188,6 +217,9 @@ pub struct Chain {
     prev_mac: [u8; 32],
     /// Records since the last checkpoint.
     pub since_checkpoint: u64,
+    /// Which file the lines go to (see [`Head`]); changes with
+    /// [`Chain::new_file`].
+    file: u64,
 }
 
 impl std::fmt::Debug for Chain {
@@ -215,7 +247,15 @@ impl Chain {
             key,
             prev_mac: [0; 32],
             since_checkpoint: 0,
+            file: FILES.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The lines sealed from now on go to a new file: each query is
+    /// written in full again on its first record there, so that every
+    /// file of a rotated series can be read on its own.
+    pub fn new_file(&mut self) {
+        self.file = FILES.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Commitment to the key that will MAC the next record.
@@ -231,22 +271,31 @@ impl Chain {
     }
 
     /// Appends one sealed statement record: the hot path, written by hand
-    /// from borrowed parts instead of through serde.
+    /// from borrowed parts instead of through serde. A query already
+    /// written in full to this file is referred to by its id (see [`Head`]).
     pub fn seal_statement(
         &mut self,
         ts: std::time::SystemTime,
         statement: &StatementView<'_>,
         out: &mut Vec<u8>,
     ) {
-        // With a copied head the chain writes it; otherwise it is written here.
-        let sealed = self.seal_with(ts, None, statement.written, out, |out| {
-            if statement.written.is_none() {
-                statement.write_head(out);
+        let head = statement.written;
+        let referred = head.filter(|h| h.written_in.load(Ordering::Relaxed) == self.file);
+        let copied = if referred.is_some() { None } else { head };
+        // A copied head is written by the chain; the rest here.
+        let sealed = self.seal_with(ts, None, copied, out, |out| {
+            match (referred, copied) {
+                (Some(h), _) => StatementView::write_reference(h.query, out),
+                (None, Some(_)) => {}
+                (None, None) => statement.write_head(None, out),
             }
             statement.write_rest(out);
             Ok(())
         });
         debug_assert!(sealed.is_ok(), "writing by hand cannot fail");
+        if let Some(h) = copied {
+            h.written_in.store(self.file, Ordering::Relaxed);
+        }
         self.since_checkpoint += 1;
     }
 
@@ -483,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn a_statement_sealed_from_a_copied_head_is_the_same_line() {
+    fn a_query_is_written_in_full_once_per_file_and_referred_to_after() {
         use crate::audit::record::{ColumnUse, Outcome};
         use crate::audit::ColumnAction;
         let shown = [ColumnUse {
@@ -506,25 +555,44 @@ mod tests {
             approval: None,
             written,
         };
-        let mut head = Vec::new();
-        view(0, None).write_head(&mut head);
-        let head = Head::new(head);
-        let (mut fresh, mut copied) = (
-            Chain::new(3, GENESIS, [5; 32]),
-            Chain::new(3, GENESIS, [5; 32]),
-        );
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for rows in [1, 2, 3] {
-            fresh.seal_statement(std::time::UNIX_EPOCH, &view(rows, None), &mut a);
-            copied.seal_statement(std::time::UNIX_EPOCH, &view(rows, Some(&head)), &mut b);
+        let head = Head::of(&view(0, None));
+        let q = head.query();
+        let mut chain = Chain::new(3, GENESIS, [5; 32]);
+        let mut out = Vec::new();
+        for rows in [1, 2] {
+            chain.seal_statement(std::time::UNIX_EPOCH, &view(rows, Some(&head)), &mut out);
         }
-        assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        chain.new_file();
+        chain.seal_statement(std::time::UNIX_EPOCH, &view(3, Some(&head)), &mut out);
+        chain.seal_statement(std::time::UNIX_EPOCH, &view(4, None), &mut out);
+        let lines: Vec<&[u8]> = out
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        // In full where the query first appears in a file; by id after.
+        let full = |line: &[u8], rows: u64| {
+            let mut expected = Vec::new();
+            view(rows, None).write_head(Some(q), &mut expected);
+            view(rows, None).write_rest(&mut expected);
+            assert!(
+                line.starts_with(&expected),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        };
+        full(lines[0], 1);
+        let mut reference = Vec::new();
+        StatementView::write_reference(q, &mut reference);
+        view(2, None).write_rest(&mut reference);
+        assert!(lines[1].starts_with(&reference));
+        full(lines[2], 3);
+        let p = parse(lines[3]).expect("a sealed line");
+        assert!(p.fields.get("query").is_none() && p.str("fingerprint").is_some());
         // And each line's MAC is the one a verifier recomputes from the
-        // whole line.
+        // whole line: a copied digest state hashes the same bytes.
         let mut key = [5u8; 32];
         let mut prev_mac = [0u8; 32];
-        for line in b.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
-            assert!(line.starts_with(head.bytes()));
+        for line in lines {
             let p = parse(line).expect("a sealed line");
             assert_eq!(p.kind(), "statement");
             assert_eq!(p.mac, mac(&key, &prev_mac, &body_digest(p.mac_body)));

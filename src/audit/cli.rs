@@ -1,11 +1,13 @@
-//! `pgveil audit …`: verify a trail, print the checkpoint public key.
+//! `pgveil audit …`: verify a trail, print it with every statement whole,
+//! print the checkpoint public key.
 //!
 //! `main` parses the command and calls [`run`]; output goes to the writer
 //! given so tests can read it. The verdict maps to the exit code: 0 when
 //! everything is intact and sealed, 1 when a record was altered, inserted,
 //! deleted or reordered or a checkpoint forged, 2 when what is there is
 //! intact but the end is not sealed by a shutdown checkpoint (pgveil still
-//! running, crashed, or the end of the trail was cut off).
+//! running, crashed, or the end of the trail was cut off). `show` exits 2
+//! when some record names a query its file does not hold.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,6 +34,17 @@ pub enum AuditCommand {
         /// Accept a trail whose first record is not seq 0 (older files archived).
         #[arg(long)]
         partial: bool,
+    },
+    /// Print a trail with every statement whole: records that refer to
+    /// their query by id get its fingerprint, tables and columns (for
+    /// reading, `jq`, `grep`; the printed lines are not the sealed bytes).
+    Show {
+        /// Audit files or directories; default: `[audit] path` and its
+        /// rotated files, from --config.
+        files: Vec<PathBuf>,
+        /// Configuration file naming the trail.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Print the public key that verifies checkpoints (hex).
     PublicKey {
@@ -74,10 +87,43 @@ fn public_key_of(cfg: &Config) -> Result<Vec<u8>, String> {
         .ok_or_else(|| "pgveil: the keyring's signing public key is not valid hex".to_owned())
 }
 
+/// The files of a trail: those named, or `[audit] path` of the
+/// configuration and its rotated files.
+fn trail(files: &[PathBuf], cfg: Option<&Config>, verb: &str) -> Result<Vec<PathBuf>, String> {
+    let mut targets = files.to_vec();
+    if targets.is_empty() {
+        let path = cfg.and_then(|c| c.audit.path.clone()).ok_or(format!(
+            "pgveil: name the audit files to {verb}, or a --config with [audit] path"
+        ))?;
+        targets = super::files::rotated(&path);
+        if path.exists() {
+            targets.push(path);
+        }
+    }
+    let files = verify::collect(&targets).map_err(|e: AuditError| e.to_string())?;
+    if files.is_empty() {
+        return Err(format!("pgveil: no audit files to {verb}"));
+    }
+    Ok(files)
+}
+
 /// Runs one audit command; `Err` is a message for the user (exit 1).
 pub fn run(cmd: &AuditCommand, out: &mut dyn Write) -> Result<Verdict, String> {
     let w = |e: std::io::Error| format!("pgveil: cannot write output: {e}");
     match cmd {
+        AuditCommand::Show { files, config } => {
+            let cfg = config.as_deref().map(load).transpose()?;
+            let files = trail(files, cfg.as_ref(), "show")?;
+            let unresolved = super::show::show(&files, out).map_err(|e| e.to_string())?;
+            if unresolved > 0 {
+                eprintln!(
+                    "pgveil: {unresolved} record(s) name a query their file does not hold \
+                     (printed as they are): part of the file is missing"
+                );
+                return Ok(Verdict::Unsealed);
+            }
+            Ok(Verdict::Ok)
+        }
         AuditCommand::PublicKey { config } => {
             let cfg = load(config)?;
             writeln!(out, "{}", super::chain::hex(&public_key_of(&cfg)?)).map_err(w)?;
@@ -100,20 +146,7 @@ pub fn run(cmd: &AuditCommand, out: &mut dyn Write) -> Result<Verdict, String> {
             let master = cfg
                 .as_ref()
                 .and_then(|c| crate::crypto::MasterKey::load(&c.keyring).ok());
-            let mut targets = files.clone();
-            if targets.is_empty() {
-                let path = cfg.as_ref().and_then(|c| c.audit.path.clone()).ok_or(
-                    "pgveil: name the audit files to verify, or a --config with [audit] path",
-                )?;
-                targets = super::files::rotated(&path);
-                if path.exists() {
-                    targets.push(path);
-                }
-            }
-            let files = verify::collect(&targets).map_err(|e: AuditError| e.to_string())?;
-            if files.is_empty() {
-                return Err("pgveil: no audit files to verify".to_owned());
-            }
+            let files = trail(files, cfg.as_ref(), "verify")?;
             let report = verify::verify(
                 &files,
                 &Options {
@@ -136,6 +169,16 @@ pub fn run(cmd: &AuditCommand, out: &mut dyn Write) -> Result<Verdict, String> {
                 )
                 .map_err(w)?;
                 return Ok(Verdict::Tampered);
+            }
+            if let Some(first) = report.unresolved.first() {
+                writeln!(
+                    out,
+                    "note: {} statement record(s), the first seq {first}, name a query their file \
+                     does not hold (was part of a file deleted while pgveil ran?); `pgveil audit \
+                     show` prints them as they are",
+                    report.unresolved.len()
+                )
+                .map_err(w)?;
             }
             for seq in &report.unclean_runs {
                 writeln!(

@@ -26,6 +26,7 @@ mod handle;
 pub mod planned;
 pub mod record;
 mod sealer;
+pub mod show;
 pub mod spool;
 pub mod track;
 pub mod verify;

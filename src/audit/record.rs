@@ -140,11 +140,11 @@ pub struct StatementView<'a> {
     pub duration_us: u64,
     /// The approval that allowed it, if any.
     pub approval: Option<&'a str>,
-    /// The line's start up to `fingerprint`, `tables` and `columns` as
-    /// [`StatementView::write_head`] wrote it for an earlier execution,
-    /// when they are the same: a prepared statement's records then copy it
-    /// and continue its digest instead of escaping and hashing the same
-    /// strings again.
+    /// The query of a prepared statement's records (its fingerprint,
+    /// tables and columns as [`StatementView::write_head`] wrote them for
+    /// the first execution), when they are the same: its records then copy
+    /// it or refer to it instead of escaping and hashing the same strings
+    /// again.
     pub written: Option<&'a Head>,
 }
 
@@ -159,20 +159,16 @@ impl StatementView<'_> {
         )
     }
 
-    /// Appends the whole event, `{"kind":"statement",…` (without the
-    /// closing brace: the chain's fields follow).
-    pub fn write_fields(&self, out: &mut Vec<u8>) {
-        match self.written {
-            Some(head) => out.extend_from_slice(head.bytes()),
-            None => self.write_head(out),
+    /// Appends `{"kind":"statement","query":…,"fingerprint":…,"tables":[…],
+    /// "columns":[…]`: what repeats from one execution of a prepared
+    /// statement to the next. `query` names it for later records (see
+    /// `chain::Head`); a statement that will not be executed again has none.
+    pub fn write_head(&self, query: Option<u64>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"kind\":\"statement\"");
+        if let Some(id) = query {
+            number(out, b",\"query\":", id);
         }
-        self.write_rest(out);
-    }
-
-    /// Appends `{"kind":"statement","fingerprint":…,"tables":[…],"columns":[…]`:
-    /// what repeats from one execution of a prepared statement to the next.
-    pub fn write_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"kind\":\"statement\",\"fingerprint\":");
+        out.extend_from_slice(b",\"fingerprint\":");
         match self.fingerprint {
             Some(f) => write_json_str(out, f),
             None => out.extend_from_slice(b"null"),
@@ -203,6 +199,13 @@ impl StatementView<'_> {
             out.extend_from_slice(b"\"}");
         }
         out.push(b']');
+    }
+
+    /// Appends `{"kind":"statement","query":<id>`: the start of a record
+    /// whose query was written in full earlier in the same file.
+    pub fn write_reference(query: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"kind\":\"statement\"");
+        number(out, b",\"query\":", query);
     }
 
     /// Appends the fields after the head, `,"conn":…`: who ran it and how
@@ -472,7 +475,8 @@ mod tests {
 
     fn statement_json(view: &StatementView<'_>) -> serde_json::Value {
         let mut out = Vec::new();
-        view.write_fields(&mut out);
+        view.write_head(None, &mut out);
+        view.write_rest(&mut out);
         out.push(b'}');
         serde_json::from_slice(&out).expect("the hand-written fields are JSON")
     }
@@ -527,19 +531,21 @@ mod tests {
                 "rows": 1, "bytes": 0, "outcome": "ok", "duration_us": 12,
             })
         );
-        // Copying the head an earlier execution wrote gives the same line.
-        let mut head = Vec::new();
-        view.write_head(&mut head);
-        let head = Head::new(head);
-        let (mut direct, mut copied) = (Vec::new(), Vec::new());
-        view.write_fields(&mut direct);
-        StatementView {
-            written: Some(&head),
-            ..view
-        }
-        .write_fields(&mut copied);
-        assert_eq!(direct, copied);
-        assert!(direct.starts_with(head.bytes()));
+        // A query's head is the same start under its id.
+        let head = Head::of(&view);
+        let mut direct = Vec::new();
+        view.write_head(Some(head.query()), &mut direct);
+        assert_eq!(direct, head.bytes());
+        let v: serde_json::Value = serde_json::from_slice(&[&direct[..], b"}"].concat())
+            .expect("a head is the start of an object");
+        assert_eq!(v["query"], head.query());
+        assert_eq!(v["tables"], statement_json(&view)["tables"]);
+        let mut reference = Vec::new();
+        StatementView::write_reference(head.query(), &mut reference);
+        assert_eq!(
+            String::from_utf8_lossy(&reference),
+            format!("{{\"kind\":\"statement\",\"query\":{}", head.query())
+        );
         let failed = StatementView {
             role: Some("desk"),
             fingerprint: None,

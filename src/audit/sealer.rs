@@ -89,6 +89,11 @@ impl Sealer {
         Ok(())
     }
 
+    /// The lines sealed from now on go to a new file (see `chain::Head`).
+    pub(super) fn new_file(&mut self) {
+        self.chain.new_file();
+    }
+
     /// Seals the shutdown checkpoint; later events are refused.
     pub(super) fn close(&mut self) -> Result<(), AuditError> {
         let sealed = self.checkpoint("shutdown");

@@ -21,7 +21,8 @@
 //! result's columns: what a statement's plan says (fingerprint, columns) is
 //! computed once at Parse and shared by `Arc` with every execution, and the
 //! JSON of it written for the first execution (with its digest state) is
-//! copied by the later ones with the same result.
+//! the statement's query: later executions with the same result copy it,
+//! or, in the same file, refer to it by id (`chain::Head`).
 
 use crate::proto::name::{Name, NameMap};
 use std::collections::VecDeque;
@@ -599,17 +600,12 @@ impl SessionAudit {
                 written: copied,
             };
             if let (Some(p), None) = (planned, copied) {
-                // Later executions with the same result columns copy the
-                // first one's fingerprint, tables and columns, and continue
-                // its digest.
-                let w = p.written.get_or_init(|| {
-                    let mut head = Vec::new();
-                    statement.write_head(&mut head);
-                    Written {
-                        result: open.result.clone(),
-                        shown: open.shown.clone(),
-                        head: Head::new(head),
-                    }
+                // Later executions with the same result columns share the
+                // first one's fingerprint, tables and columns as a query.
+                let w = p.written.get_or_init(|| Written {
+                    result: open.result.clone(),
+                    shown: open.shown.clone(),
+                    head: Head::of(&statement),
                 });
                 if w.shown == open.shown {
                     statement.written = Some(&w.head);

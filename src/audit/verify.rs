@@ -14,6 +14,7 @@
 //! forged checkpoint); see docs/AUDIT.md for what each check can and
 //! cannot prove.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -113,6 +114,11 @@ pub struct Report {
     /// Runs that ended without a shutdown checkpoint (crashes), by the
     /// sequence number of their last record.
     pub unclean_runs: Vec<u64>,
+    /// Statement records naming a query that is not written in full
+    /// earlier in their file and run (by sequence number). Intact records
+    /// of a trail, but not readable on their own: a file deleted under a
+    /// running pgveil loses the queries later records refer to.
+    pub unresolved: Vec<u64>,
 }
 
 /// What the verifier is given.
@@ -181,8 +187,10 @@ struct Line<'a> {
     torn: bool,
 }
 
-/// Verifies the trail in `files` (any order; they are put in sequence order).
-pub fn verify(files: &[PathBuf], opts: &Options) -> Result<Report, AuditError> {
+/// Reads `files` and puts them in sequence order: by each one's first
+/// record (rotated names sort the same way, but copies may have been
+/// renamed).
+pub fn read_in_order(files: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, AuditError> {
     let mut contents = Vec::with_capacity(files.len());
     for f in files {
         let bytes = std::fs::read(f).map_err(|source| AuditError::Io {
@@ -192,8 +200,6 @@ pub fn verify(files: &[PathBuf], opts: &Options) -> Result<Report, AuditError> {
         })?;
         contents.push((f.clone(), bytes));
     }
-    // Sequence order: by the first record's seq (rotated names sort the
-    // same way, but copies may have been renamed).
     contents.sort_by_key(|(name, bytes)| {
         let first = bytes
             .split(|b| *b == b'\n')
@@ -202,6 +208,12 @@ pub fn verify(files: &[PathBuf], opts: &Options) -> Result<Report, AuditError> {
             .and_then(|p| p.seq());
         (first.unwrap_or(u64::MAX), name.clone())
     });
+    Ok(contents)
+}
+
+/// Verifies the trail in `files` (any order; they are put in sequence order).
+pub fn verify(files: &[PathBuf], opts: &Options) -> Result<Report, AuditError> {
+    let contents = read_in_order(files)?;
     let nfiles = contents.len();
     let mut lines = Vec::new();
     for (fi, (_, bytes)) in contents.iter().enumerate() {
@@ -271,6 +283,7 @@ impl Verifier<'_> {
             problem: None,
             tail: TailState::Empty,
             unclean_runs: Vec::new(),
+            unresolved: Vec::new(),
         };
         let key = UnparsedPublicKey::new(&ED25519, self.opts.public_key.as_slice());
         let mut expected: Option<u64> = None;
@@ -282,7 +295,14 @@ impl Verifier<'_> {
         let mut count_known = false;
         let mut last_checkpoint: Option<(u64, bool)> = None;
         let mut last_kind_shutdown = false;
+        // Queries written in full so far in this file and run.
+        let mut queries: HashSet<u64> = HashSet::new();
+        let mut file = None;
         for (i, line) in self.lines.iter().enumerate() {
+            if file != Some(line.file) {
+                file = Some(line.file);
+                queries.clear();
+            }
             let Some(p) = chain::parse(line.bytes) else {
                 if line.torn && line.file == self.last_file {
                     report.tail = TailState::Torn {
@@ -539,7 +559,18 @@ impl Verifier<'_> {
                 last_checkpoint = Some((seq, shutdown));
                 last_kind_shutdown = shutdown;
             } else {
+                if p.kind() == "statement" {
+                    let query = p.fields.get("query").and_then(serde_json::Value::as_u64);
+                    match query {
+                        Some(q) if p.fields.contains_key("fingerprint") => {
+                            queries.insert(q);
+                        }
+                        Some(q) if !queries.contains(&q) => report.unresolved.push(seq),
+                        _ => {}
+                    }
+                }
                 if p.kind() == "start" {
+                    queries.clear();
                     if report.runs > 0 && !last_kind_shutdown {
                         report.unclean_runs.push(seq.saturating_sub(1));
                     }

@@ -250,7 +250,12 @@ impl Writer {
             match std::fs::symlink_metadata(&self.path) {
                 // Gone (deleted, or its directory replaced): start a new
                 // file once the path can be created again.
-                Err(_) => self.reopen(true)?,
+                Err(_) => {
+                    // Records from now on write their queries in full again
+                    // (those already sealed may refer to the lost file).
+                    self.sealing.lock()?.new_file();
+                    self.reopen(true)?
+                }
                 Ok(_) if self.file.is_none() => self.reopen(false)?,
                 Ok(_) => self.check_identity()?,
             }
@@ -273,6 +278,7 @@ impl Writer {
             {
                 let mut sealer = self.sealing.lock()?;
                 sealer.checkpoint("rotate")?;
+                sealer.new_file();
                 let first = sealer.take(&mut self.unwritten);
                 if self.unwritten_first_seq.is_none() {
                     self.unwritten_first_seq = first;
