@@ -162,7 +162,8 @@ impl StatementView<'_> {
     /// Appends `{"kind":"statement","query":…,"fingerprint":…,"tables":[…],
     /// "columns":[…]`: what repeats from one execution of a prepared
     /// statement to the next. `query` names it for later records (see
-    /// `chain::Head`); a statement that will not be executed again has none.
+    /// `chain::Head`); a record without a query (its result shown
+    /// differently from the query's, or no plan kept) has none.
     pub fn write_head(&self, query: Option<u64>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"kind\":\"statement\"");
         if let Some(id) = query {
