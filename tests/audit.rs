@@ -71,7 +71,8 @@ impl Veiled {
         let text = format!("{head}{sections}\n{policy}");
         let config_file = dir.path().join("pgveil.toml");
         std::fs::write(&config_file, &text).expect("write config");
-        let proxy = start_proxy(Config::parse(&text).expect("config"));
+        // Loaded from its file, so that a reload reads it again.
+        let proxy = start_proxy(Config::load(&config_file).expect("config"));
         Veiled {
             proxy,
             dir,
@@ -313,9 +314,21 @@ async fn every_event_kind_is_recorded_and_no_value_leaks() {
             conn: None,
         })
         .expect("approval used");
-    v.audit()
-        .config_reloaded("pgveil.toml", Ok(()))
-        .expect("reload");
+    // Reloads through the proxy (what SIGHUP and `POST /reload` call):
+    // one applied, one rejected for a broken file.
+    let reload = || {
+        let shared = v.proxy.shared().clone();
+        proxy_runtime().spawn(async move { pgveil::server::reload::reload(&shared).await })
+    };
+    reload()
+        .await
+        .expect("reload task")
+        .expect("reload applied");
+    let good = std::fs::read_to_string(&v.config_file).expect("config");
+    std::fs::write(&v.config_file, "[proxy\nlisten = ").expect("break config");
+    let rejected = reload().await.expect("reload task");
+    assert!(rejected.is_err(), "{rejected:?}");
+    std::fs::write(&v.config_file, good).expect("restore config");
 
     // Key rotation and destruction through the keyring CLI, on a copy of
     // the demo keyring, with the same audit path: spooled, then sealed.
@@ -390,6 +403,21 @@ async fn every_event_kind_is_recorded_and_no_value_leaks() {
     assert_eq!(
         recs.last().map(|r| r["reason"].clone()),
         Some(Value::from("shutdown"))
+    );
+    let reloads: Vec<_> = recs
+        .iter()
+        .filter(|r| r["kind"] == "config_reloaded")
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert_eq!(reloads[0]["outcome"], "ok");
+    assert_eq!(reloads[0]["path"], v.config_file.display().to_string());
+    assert_eq!(reloads[1]["outcome"], "failed");
+    assert!(
+        reloads[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reload rejected")),
+        "{}",
+        reloads[1]
     );
     let rotated = recs
         .iter()
