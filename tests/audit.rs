@@ -1392,3 +1392,45 @@ async fn portal_and_cursor_reads_record_what_the_role_was_shown() {
     }
     assert_eq!(fetch["rows"], 2, "{fetch}");
 }
+
+/// Sessions on both workers seal concurrently: each record is stamped under
+/// the lock that gives it its `seq`, so time never runs backwards along the
+/// trail (an investigator reads `ts` in `seq` order).
+#[tokio::test]
+async fn timestamps_follow_the_sequence_under_concurrent_sessions() {
+    let v = Veiled::start("checkpoint_every = 100000");
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let c = v.connect("mgr_ben").await;
+        tasks.push(tokio::spawn(async move {
+            let select = c
+                .prepare("SELECT name FROM guests WHERE id = $1")
+                .await
+                .expect("prepare");
+            for i in 0..600 {
+                c.query(&select, &[&(n * 1000 + i)]).await.expect("select");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("session task");
+    }
+    v.audit().flush().await;
+    v.close().await;
+    let recs = v.records();
+    let stamps: Vec<(u64, &str)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().expect("seq"),
+                r["ts"].as_str().expect("ts"),
+            )
+        })
+        .collect();
+    assert!(stamps.len() > 2400, "{} records", stamps.len());
+    // Fixed-width RFC 3339 in UTC: string order is time order.
+    for pair in stamps.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "seq order: {pair:?}");
+        assert!(pair[0].1 <= pair[1].1, "ts ran backwards: {pair:?}");
+    }
+}

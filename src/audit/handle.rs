@@ -117,15 +117,17 @@ impl Audit {
     /// Records an event; fails (and marks the trail unhealthy, so protected
     /// statements are refused) when it cannot be sealed.
     pub fn log(&self, event: Event) -> Result<(), AuditError> {
-        let rec = Stamped::now(event);
-        self.sealing.record(&self.health, |s| s.seal(&rec))
+        // Stamped under the lock that orders the records: `ts` never runs
+        // backwards from one `seq` to the next.
+        self.sealing
+            .record(&self.health, |s| s.seal(&Stamped::now(event)))
     }
 
-    /// Records a statement on protected columns.
+    /// Records a statement on protected columns (stamped as [`Audit::log`]).
     pub(super) fn statement(&self, statement: &StatementView<'_>) -> Result<(), AuditError> {
-        let ts = SystemTime::now();
-        self.sealing
-            .record(&self.health, |s| s.seal_statement(ts, statement))
+        self.sealing.record(&self.health, |s| {
+            s.seal_statement(SystemTime::now(), statement)
+        })
     }
 
     /// A session's audit state for a client at `client`.
