@@ -60,7 +60,7 @@ pub async fn reload(shared: &Shared) -> Result<String, ReloadError> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let outcome = result.as_ref().map(drop).map_err(|e| e.to_string());
+        let outcome = result.as_ref().map(drop).map_err(without_quoted_source);
         // An audit that cannot be written refuses protected statements on
         // its own; a reload is not held back for it.
         let _ = audit.config_reloaded(&path, outcome.as_ref().map(|_| ()).map_err(String::as_str));
@@ -72,10 +72,30 @@ pub async fn reload(shared: &Shared) -> Result<String, ReloadError> {
         }
         Err(e) => {
             metrics().reloads_rejected.inc();
-            warn!(error = %e, "configuration reload rejected");
+            let error = without_quoted_source(e);
+            warn!(%error, "configuration reload rejected");
         }
     }
     result
+}
+
+/// A rejected reload's reason for the log and the audit trail: the
+/// parser's report without the lines it quotes from the file (`2 | key =
+/// "…"`), which may hold whatever an operator mistyped. Line and column
+/// stay; the full report goes back to whoever asked for the reload.
+fn without_quoted_source(e: &ReloadError) -> String {
+    let quoted = |line: &str| {
+        let rest = line
+            .trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit());
+        rest.trim_start().starts_with('|')
+    };
+    e.to_string()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !quoted(l))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 async fn apply(shared: &Shared) -> Result<String, ReloadError> {
@@ -169,4 +189,34 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         out.push("[log]");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+
+    #[test]
+    fn the_logged_reason_keeps_the_position_but_not_the_file_s_text() {
+        let source = Config::parse("[proxy]\nupstream = \"db:5432?password=hunter2")
+            .expect_err("an unterminated string");
+        let e = ReloadError::Config(ConfigError::Parse {
+            path: "/etc/pgveil.toml".into(),
+            source,
+        });
+        assert!(
+            e.to_string().contains("hunter2"),
+            "the full report quotes it: {e}"
+        );
+        let reason = without_quoted_source(&e);
+        assert!(!reason.contains("hunter2"), "{reason}");
+        assert!(!reason.contains('\n'), "{reason}");
+        assert!(
+            reason.contains("/etc/pgveil.toml") && reason.contains("line 2"),
+            "{reason}"
+        );
+        // Reasons without quoted lines are unchanged.
+        let plain = ReloadError::NeedsRestart("restart pgveil");
+        assert_eq!(without_quoted_source(&plain), plain.to_string());
+    }
 }
