@@ -1163,14 +1163,17 @@ async fn with_guest(id: i32, name: &str) -> (Veiled, tokio_postgres::Client) {
     (v, su)
 }
 
-/// pgbench's prepared mode pipelines Bind, Describe (portal), Execute and
-/// Sync, so the result's plan is only settled when the rows arrive: every
-/// execution's record must still say what the role was shown.
-#[tokio::test]
-async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
-    let (v, _su) = with_guest(911, "Bench Read").await;
+/// Five prepared reads of guest `id` by `fd_amy`, then five by `mgr_ben`,
+/// each through pgbench (`-M prepared`: Parse once, then Bind/Execute
+/// pipelined to Sync); the trail closed.
+async fn prepared_reads_by_two_roles(id: i32) -> Veiled {
+    let (v, _su) = with_guest(id, "Bench Read").await;
     let script = v.dir.path().join("read.sql");
-    std::fs::write(&script, "SELECT name, phone FROM guests WHERE id = 911;\n").expect("script");
+    std::fs::write(
+        &script,
+        format!("SELECT name, phone FROM guests WHERE id = {id};\n"),
+    )
+    .expect("script");
     let script = script.to_str().expect("utf8");
     for user in ["fd_amy", "mgr_ben"] {
         let out = run_tool(
@@ -1187,6 +1190,47 @@ async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
     }
     v.audit().flush().await;
     v.close().await;
+    v
+}
+
+/// pgbench's prepared mode pipelines Bind, Describe (portal), Execute and
+/// Sync, so the result's plan is only settled when the rows arrive: every
+/// execution's record must still say what the role was shown.
+#[tokio::test]
+async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
+    let v = prepared_reads_by_two_roles(911).await;
+    let recs = v.records();
+    for (user, name, phone) in [
+        ("fd_amy", "masked", "masked"),
+        ("mgr_ben", "clear", "clear"),
+    ] {
+        let reads: Vec<_> = statements(&recs, user)
+            .into_iter()
+            .filter(|r| r["fingerprint"] == "SELECT name, phone FROM guests WHERE id = ?;")
+            .collect();
+        assert_eq!(reads.len(), 5, "{user}: {reads:?}");
+        for r in reads {
+            assert_eq!(r["rows"], 1, "{r}");
+            assert_eq!(
+                action_of(r, "public.guests.name").as_deref(),
+                Some(name),
+                "{r}"
+            );
+            assert_eq!(
+                action_of(r, "public.guests.phone").as_deref(),
+                Some(phone),
+                "{r}"
+            );
+        }
+    }
+}
+
+/// A prepared statement's later records name its query instead of
+/// repeating it; `pgveil audit show` fills it back in, and a file that
+/// lacks the query is noticed by `verify` and `show`.
+#[tokio::test]
+async fn later_records_name_their_query_and_show_fills_it_in() {
+    let v = prepared_reads_by_two_roles(912).await;
     let recs = v.records();
     // As written, each connection's first execution carries the query in
     // full and the other four refer to it: no fingerprint, no columns.
@@ -1252,29 +1296,6 @@ async fn pipelined_prepared_executions_record_what_each_role_was_shown() {
         String::from_utf8_lossy(&out.stderr).contains("4 record(s) name a query"),
         "{out:?}"
     );
-    for (user, name, phone) in [
-        ("fd_amy", "masked", "masked"),
-        ("mgr_ben", "clear", "clear"),
-    ] {
-        let reads: Vec<_> = statements(&recs, user)
-            .into_iter()
-            .filter(|r| r["fingerprint"] == "SELECT name, phone FROM guests WHERE id = ?;")
-            .collect();
-        assert_eq!(reads.len(), 5, "{user}: {reads:?}");
-        for r in reads {
-            assert_eq!(r["rows"], 1, "{r}");
-            assert_eq!(
-                action_of(r, "public.guests.name").as_deref(),
-                Some(name),
-                "{r}"
-            );
-            assert_eq!(
-                action_of(r, "public.guests.phone").as_deref(),
-                Some(phone),
-                "{r}"
-            );
-        }
-    }
 }
 
 /// A prepared statement's record parts are reused only for the same
