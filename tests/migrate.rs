@@ -755,22 +755,42 @@ async fn wait_for_new_column<T>(
     }
 }
 
-/// Locks row `id` of `table` until the returned transaction ends: the
-/// run's batch containing it waits, so the row keeps its old value (held
-/// only once the new column exists; the column change would wait for it).
-async fn hold_row<'a>(
-    holder: &'a mut tokio_postgres::Client,
-    table: &str,
-    id: i32,
-) -> tokio_postgres::Transaction<'a> {
-    let hold = holder.transaction().await.unwrap();
-    hold.execute(
-        &format!("SELECT 1 FROM {table} WHERE id = {id} FOR SHARE"),
-        &[],
-    )
-    .await
+/// Makes an online run of `table` wait at row `id` until [`resume`]: a
+/// trigger on that row's UPDATE takes a shared advisory lock that the
+/// returned connection holds. Set before the run starts, it keeps the row
+/// (and every batch after it) unmoved for as long as the test reads,
+/// however fast or slow the machine: a row lock could only be taken once
+/// the new column exists (the column change would wait for it), and a run
+/// can finish before a test that waits for that window sees it.
+async fn pause_at_row(table: &str, id: i32) -> tokio_postgres::Client {
+    db().psql(&format!(
+        "CREATE OR REPLACE FUNCTION {table}_pause() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM pg_advisory_xact_lock_shared(hashtext('{table}')); RETURN NEW; END $$; \
+         CREATE TRIGGER {table}_pause BEFORE UPDATE ON {table} FOR EACH ROW \
+           WHEN (OLD.id = {id}) EXECUTE FUNCTION {table}_pause();"
+    ))
     .unwrap();
-    hold
+    let pauser = connect_direct().await;
+    pauser
+        .execute(
+            &format!("SELECT pg_advisory_lock(hashtext('{table}'))"),
+            &[],
+        )
+        .await
+        .unwrap();
+    pauser
+}
+
+/// Lets a run paused by [`pause_at_row`] go on (within the batches'
+/// `lock_timeout` of 5 s, or the run stops).
+async fn resume(pauser: tokio_postgres::Client, table: &str) {
+    pauser
+        .execute(
+            &format!("SELECT pg_advisory_unlock(hashtext('{table}'))"),
+            &[],
+        )
+        .await
+        .unwrap();
 }
 
 /// Runs `op` again while PostgreSQL or pgveil says the column is moving
@@ -829,6 +849,9 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
             .prepare(&format!("SELECT id, phone FROM {table} WHERE id = $1"))
             .await
             .unwrap();
+        // The run cannot finish its last batch until the first round below
+        // is over, so that round reads while old values remain.
+        let mut pause = Some(pause_at_row(table, 10000).await);
         let migrate = std::thread::spawn({
             let path = path.clone();
             move || {
@@ -859,13 +882,7 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        // Hold the last row once the new column exists: the run cannot
-        // finish its last batch until the first round below is over, so
-        // that round reads while old values remain, however fast the
-        // machine. (Not before: the column change would wait for it.)
         wait_for_new_column(&direct, table, "phone", &migrate).await;
-        let mut holder = connect_direct().await;
-        let mut hold = Some(hold_row(&mut holder, table, 10000).await);
         let mut mid_reads = 0;
         let mut written = Vec::new();
         let mut i = 0i32;
@@ -957,13 +974,13 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
                     "{err:?}"
                 );
             }
-            // One round with the last row held is enough.
-            if let Some(hold) = hold.take() {
-                hold.commit().await.unwrap();
+            // One round with the run paused is enough.
+            if let Some(pause) = pause.take() {
+                resume(pause, table).await;
             }
         }
-        if let Some(hold) = hold.take() {
-            hold.commit().await.unwrap();
+        if let Some(pause) = pause.take() {
+            resume(pause, table).await;
         }
         migrate.join().unwrap().unwrap();
         // After the move, the statement prepared before it still reads.
@@ -1137,6 +1154,8 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
                     .get::<_, i32>(0)
             }
         };
+        // The last row stays an old value while this test reads it.
+        let pause = pause_at_row(table, rows).await;
         let migrate = std::thread::spawn({
             let path = path.clone();
             move || {
@@ -1145,11 +1164,7 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
                 pgveil::migrate::run(MigrateCommand::Encrypt(a))
             }
         });
-        // Hold the last row once the new column exists, so it is still an
-        // old value while this test reads it.
         wait_for_new_column(&direct, table, "d", &migrate).await;
-        let mut holder = connect_direct().await;
-        let hold = hold_row(&mut holder, table, rows).await;
         let held_is_old = || async {
             direct
                 .query_one(
@@ -1160,10 +1175,7 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
                 .unwrap()
                 .get::<_, bool>(0)
         };
-        assert!(
-            held_is_old().await,
-            "the held row was moved before it was held"
-        );
+        assert!(held_is_old().await, "the paused row was moved");
 
         // Nor does a `convert_to` of the client's earlier in its search_path.
         direct
@@ -1208,7 +1220,7 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
             held_is_old().await,
             "the held row must still hold its old value while read"
         );
-        hold.commit().await.unwrap();
+        resume(pause, table).await;
         migrate.join().unwrap().unwrap();
     });
 }
