@@ -734,6 +734,21 @@ fn pgveil_reads_legacy_plaintext_only_while_a_column_is_migrating() {
     proxy.shutdown();
 }
 
+/// Starts `pgveil migrate encrypt` of `table.column` (online, batches of
+/// 10) on its own thread, for tests that read and write meanwhile.
+fn encrypt_in_background(
+    path: &Path,
+    table: &'static str,
+    column: &'static str,
+) -> std::thread::JoinHandle<Result<(), pgveil::migrate::MigrateError>> {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let mut a = args(&path, Some((table, column)), 10);
+        a.all = false;
+        pgveil::migrate::run(MigrateCommand::Encrypt(a))
+    })
+}
+
 /// Waits until an online run has added `column` again beside its hidden
 /// twin; fails when the run ends first.
 async fn wait_for_new_column<T>(
@@ -852,14 +867,7 @@ fn online_encrypt_keeps_the_table_readable_and_writable_through_pgveil() {
         // The run cannot finish its last batch until the first round below
         // is over, so that round reads while old values remain.
         let mut pause = Some(pause_at_row(table, 10000).await);
-        let migrate = std::thread::spawn({
-            let path = path.clone();
-            move || {
-                let mut a = args(&path, Some((table, "phone")), 10);
-                a.all = false;
-                pgveil::migrate::run(MigrateCommand::Encrypt(a))
-            }
-        });
+        let migrate = encrypt_in_background(&path, table, "phone");
         let direct = connect_direct().await;
         let pending = || async {
             direct
@@ -1156,14 +1164,7 @@ fn a_client_date_style_does_not_change_dates_not_moved_yet() {
         };
         // The last row stays an old value while this test reads it.
         let pause = pause_at_row(table, rows).await;
-        let migrate = std::thread::spawn({
-            let path = path.clone();
-            move || {
-                let mut a = args(&path, Some((table, "d")), 10);
-                a.all = false;
-                pgveil::migrate::run(MigrateCommand::Encrypt(a))
-            }
-        });
+        let migrate = encrypt_in_background(&path, table, "d");
         wait_for_new_column(&direct, table, "d", &migrate).await;
         let held_is_old = || async {
             direct
